@@ -1,0 +1,157 @@
+"""The Assessment: what a ruleset concluded about one patient, and why.
+
+Pydantic models, JSON-serialisable and deterministic: the same input gives
+byte-identical JSON (:meth:`Assessment.to_json`). Every flag, referral, plan
+item, suppression and data request names the rule that produced it, its
+rationale and citation; flags and referrals carry their evidence (the facts
+matched and the source resource ids); the trace lists every rule that fired,
+by stratum, with what it matched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from cdss.facts import DataQualityNote
+
+__all__ = [
+    "SEVERITY_RANK",
+    "Assessment",
+    "Citation",
+    "DataRequest",
+    "Evidence",
+    "Flag",
+    "PlanItem",
+    "Referral",
+    "RulesetIdentity",
+    "Suppressed",
+    "TraceEntry",
+]
+
+#: Severities from least to most severe.
+SEVERITY_RANK = {"low": 0, "moderate": 1, "high": 2, "critical": 3}
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RulesetIdentity(_Out):
+    """``id@version`` and the sha256 of the ruleset's canonical content."""
+
+    id: str
+    version: str
+    sha256: str
+    title: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+class Citation(_Out):
+    """The source a conclusion cites: its key in the ruleset, title and section."""
+
+    source: str
+    title: str
+    section: str
+    url: str | None = None
+
+
+class Evidence(_Out):
+    """A fact a conclusion rests on: its values and the resources behind it."""
+
+    fact: str
+    kind: str
+    values: dict[str, str | float | int | bool]
+    sources: list[str]
+
+
+class Flag(_Out):
+    code: str
+    display: str
+    severity: Literal["low", "moderate", "high", "critical"]
+    rule_id: str
+    rationale: str
+    citation: Citation
+    evidence: list[Evidence]
+
+
+class Referral(_Out):
+    code: str
+    display: str
+    urgency: Literal["routine", "urgent"]
+    rule_id: str
+    rationale: str
+    citation: Citation
+    evidence: list[Evidence]
+
+
+class PlanItem(_Out):
+    code: str
+    order: int
+    category: str
+    text: str
+    why: str
+    rule_ids: list[str]
+    citations: list[Citation]
+    emphasis: list[str] = []
+
+
+class Suppressed(_Out):
+    code: str
+    category: str
+    text: str
+    reason: str
+    rule_id: str
+    citation: Citation
+
+
+class DataRequest(_Out):
+    analyte: str
+    display: str
+    loinc: str | None
+    reason: str
+    rule_id: str
+
+
+class TraceEntry(_Out):
+    stratum: int
+    rule_id: str
+    title: str
+    matched: list[str]
+
+
+class Assessment(_Out):
+    """The result of evaluating one patient with one ruleset version."""
+
+    ruleset: RulesetIdentity
+    as_of: datetime
+    patient: str | None
+    flags: list[Flag]
+    referrals: list[Referral]
+    plan: list[PlanItem]
+    suppressed: list[Suppressed]
+    data_requests: list[DataRequest]
+    trace: list[TraceEntry]
+    data_quality: list[DataQualityNote]
+    skipped_resources: dict[str, int]
+
+    def to_json(self, *, indent: bool = False) -> bytes:
+        """Deterministic JSON: sorted keys, the same bytes for the same input."""
+        option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+        return orjson.dumps(self.model_dump(mode="json"), option=option)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flag(self, code: str) -> Flag | None:
+        return next((f for f in self.flags if f.code == code), None)
+
+    @property
+    def highest_severity(self) -> str | None:
+        return self.flags[0].severity if self.flags else None

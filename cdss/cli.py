@@ -1,0 +1,96 @@
+"""The ``cdss`` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import orjson
+import typer
+
+from cdss.errors import CDSSError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Clinical decision support from FHIR R4 data.")
+
+
+def _fail(exc: CDSSError) -> None:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def evaluate(
+    files: Annotated[list[Path], typer.Argument(help="FHIR R4 JSON files (Bundle or resources)")],
+    ruleset: Annotated[str, typer.Option(help="id or id@version")] = "plantar-cramps",
+    as_of: Annotated[Optional[str], typer.Option(help="evaluation time (ISO); default now")] = None,  # noqa: UP007
+    output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    engine: Annotated[str, typer.Option(help="rete or reference")] = "rete",
+    paths: Annotated[Optional[list[Path]], typer.Option("--rulesets", help="extra ruleset folder")] = None,  # noqa: UP007
+) -> None:
+    """Evaluate one patient record per file and print each Assessment."""
+    from cdss.evaluation import evaluate as run_evaluate
+    from cdss.outputs.text import render_text
+    from cdss.rulesets import load_ruleset
+
+    if output not in ("text", "json"):
+        raise typer.BadParameter("--format must be text or json")
+    status = 0
+    try:
+        rs = load_ruleset(ruleset, paths=paths)
+    except CDSSError as exc:
+        _fail(exc)
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            typer.secho(f"error: {path}: {exc.strerror}", err=True, fg=typer.colors.RED)
+            status = 2
+            continue
+        try:
+            result = run_evaluate(data, ruleset=rs, as_of=as_of, engine=engine)
+        except CDSSError as exc:
+            typer.secho(f"error: {path.name}: {exc}", err=True, fg=typer.colors.RED)
+            status = 2
+            continue
+        if output == "json":
+            sys.stdout.write(result.to_json().decode() + "\n")
+        else:
+            if len(files) > 1:
+                typer.echo(f"== {path.name}")
+            typer.echo(render_text(result))
+    raise typer.Exit(code=status)
+
+
+@app.command("rulesets")
+def list_rulesets(
+    paths: Annotated[Optional[list[Path]], typer.Option("--rulesets", help="extra ruleset folder")] = None,  # noqa: UP007
+) -> None:
+    """List the rulesets found, with status and content hash."""
+    from cdss.rulesets import available_rulesets, load_ruleset
+
+    try:
+        for spec in sorted(available_rulesets(paths=paths)):
+            rs = load_ruleset(spec, paths=paths)
+            typer.echo(f"{spec:28} {rs.source.status:8} {rs.sha256[:16]}  {rs.source.title}")
+    except CDSSError as exc:
+        _fail(exc)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of ruleset files."""
+    from cdss.schema import ruleset_json_schema
+
+    sys.stdout.write(orjson.dumps(ruleset_json_schema(), option=orjson.OPT_INDENT_2
+                                  | orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def main() -> None:
+    """Entry point of the ``cdss`` script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,284 @@
+"""The engines: run a compiled ruleset over one patient's facts.
+
+This is the only module that imports ``durable`` (durable-rules). Two engines
+run the same compiled strata and must agree on every patient:
+
+``rete``
+    durable-rules. Every rule is registered with a *start marker* as its first
+    pattern (a fact ``{t: "$go", r: <rule id>}``). A patient's facts go in as
+    one batch; then, stratum by stratum, the derived facts of the earlier
+    strata go in, followed by the start markers of the stratum's rules. No rule
+    can join before its marker arrives, by which time every fact it tests,
+    negated ones included, is present: durable-rules has no truth maintenance,
+    and without the marker a ``none`` pattern could pass before the fact it
+    negates arrived (measured: the result then depends on input order). One
+    session per patient, always deleted; a catch-all rule keeps every action
+    synchronous; an error inside an action becomes :class:`EngineError`.
+    durable-rules is not thread-safe, so one host per process behind a lock.
+
+``reference``
+    a plain-Python naive evaluation of the same strata: the test oracle, and
+    the fallback where durable-rules cannot be installed.
+
+Both return the rules that fired with the facts they matched; the derived
+facts of a stratum are made here, once per name, whichever rules derive them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdss.errors import EngineError, InvalidArgument
+from cdss.facts import Fact
+from cdss.rulesets import CompiledRule, Pattern, Ruleset, Test
+
+__all__ = ["ENGINES", "Firing", "run"]
+
+ENGINES = ("rete", "reference")
+
+
+@dataclass(frozen=True)
+class Firing:
+    """A rule that fired, in which stratum, and the ids of the facts it matched
+    (the union over all its matches, sorted)."""
+
+    rule: CompiledRule
+    matched: tuple[str, ...]
+
+
+def run(ruleset: Ruleset, facts: Sequence[Fact], *, engine: str = "rete") -> tuple[
+    list[Firing], dict[str, Fact]
+]:
+    """Run ``ruleset`` over ``facts``; return the firings (stratum, then rule
+    order) and every fact by id, derived facts included."""
+    if engine == "rete":
+        backend: _Backend = _Rete(ruleset)
+    elif engine == "reference":
+        backend = _Reference()
+    else:
+        raise InvalidArgument(f"engine must be one of {ENGINES}, got {engine!r}")
+    by_id = {f.id: f for f in facts}
+    firings: list[Firing] = []
+    with backend.session(list(by_id.values())) as sess:
+        for stratum in ruleset.strata:
+            fired = sess.run_stratum(stratum)
+            new: dict[str, Fact] = {}
+            for rule in stratum:
+                matched = fired.get(rule.id)
+                if matched is None:
+                    continue
+                firings.append(Firing(rule=rule, matched=tuple(sorted(matched))))
+                sources = sorted({s for fid in matched for s in by_id[fid].sources})
+                for action in rule.rule.then:
+                    if not action.derive:
+                        continue
+                    fid = f"derived:{action.derive}"
+                    old = new.get(fid) or by_id.get(fid)
+                    merged = tuple(sorted({*(old.sources if old else ()), *sources}))
+                    new[fid] = Fact(id=fid, name=action.derive, kind="derived", values={},
+                                    sources=merged)
+            fresh = [f for fid, f in new.items() if fid not in by_id]
+            by_id.update(new)
+            sess.add(fresh)
+    return firings, by_id
+
+
+class _Session:
+    def run_stratum(self, rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+        raise NotImplementedError
+
+    def add(self, facts: Sequence[Fact]) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Backend:
+    def session(self, facts: Sequence[Fact]) -> _Session:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- #
+# Reference evaluator
+# --------------------------------------------------------------------------- #
+class _Reference(_Backend):
+    def session(self, facts: Sequence[Fact]) -> _Session:
+        return _ReferenceSession(facts)
+
+
+class _ReferenceSession(_Session):
+    def __init__(self, facts: Sequence[Fact]) -> None:
+        self.facts = [f.engine_dict() for f in facts]
+
+    def add(self, facts: Sequence[Fact]) -> None:
+        self.facts.extend(f.engine_dict() for f in facts)
+
+    def _matching(self, pattern: Pattern) -> list[str]:
+        return [f["id"] for f in self.facts if pattern.matches(f)]
+
+    def run_stratum(self, rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+        fired: dict[str, set[str]] = {}
+        for rule in rules:
+            alls = [self._matching(p) for p in rule.all]
+            if not all(alls):
+                continue
+            anys = [self._matching(p) for p in rule.any]
+            if rule.any and not any(anys):
+                continue
+            if any(self._matching(p) for p in rule.none):
+                continue
+            fired[rule.id] = {fid for group in (*alls, *anys) for fid in group}
+        return fired
+
+
+# --------------------------------------------------------------------------- #
+# durable-rules
+# --------------------------------------------------------------------------- #
+_GO = "$go"
+_HOST_LOCK = threading.RLock()
+_host: Any = None
+_registered: set[str] = set()
+_sink: list[tuple[str, Mapping[str, Any]]] = []
+_errors: list[tuple[str, BaseException]] = []
+_counter = itertools.count()
+
+
+def _durable_test(test: Test) -> dict[str, Any]:
+    if test.op == "eq":
+        return {test.field: test.value}
+    if test.op == "in":
+        return {"$or": [{test.field: v} for v in test.value]}
+    op = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}[test.op]
+    return {"$and": [{"$ex": {test.field: 1}}, {op: {test.field: test.value}}]}
+
+
+def _durable_pattern(pattern: Pattern) -> dict[str, Any]:
+    return {"$and": [{"t": pattern.fact}, *(_durable_test(t) for t in pattern.tests)]}
+
+
+def _action(rule_id: str) -> Callable[[Any], None]:
+    def action(c: Any) -> None:
+        try:
+            _sink.append((rule_id, dict(c._m)))
+        except BaseException as exc:  # recorded and raised by the caller
+            _errors.append((rule_id, exc))
+
+    return action
+
+
+def _noop(c: Any) -> None:
+    return None
+
+
+def _definition(ruleset: Ruleset) -> dict[str, Any]:
+    definition: dict[str, Any] = {}
+    for rule in ruleset.rules:
+        terms: list[dict[str, Any]] = [
+            {"go": {"$and": [{"t": _GO}, {"r": rule.id}]}}
+        ]
+        terms += [{f"c{i}": _durable_pattern(p)} for i, p in enumerate(rule.all)]
+        if rule.any:
+            terms.append({"a$any": [{f"a{i}": _durable_pattern(p)}
+                                    for i, p in enumerate(rule.any)]})
+        terms += [{f"n{i}$not": _durable_pattern(p)} for i, p in enumerate(rule.none)]
+        definition[rule.id] = {"all": terms, "run": _action(rule.id), "dist": 0}
+    definition["$catch-all"] = {"all": [{"m": {"$ex": {"t": 1}}}], "run": _noop}
+    return definition
+
+
+def _get_host(ruleset: Ruleset) -> Any:
+    global _host
+    try:
+        from durable import engine as durable_engine
+    except ImportError as exc:  # pragma: no cover - depends on the platform
+        raise EngineError(
+            "durable-rules is not installed; use engine='reference'"
+        ) from exc
+    if _host is None:
+        _host = durable_engine.Host()
+    if ruleset.key not in _registered:
+        try:
+            _host.register_rulesets({ruleset.key: _definition(ruleset)})
+        except Exception as exc:
+            raise EngineError(f"durable-rules refused {ruleset.spec}: {exc}") from exc
+        _registered.add(ruleset.key)
+    return _host
+
+
+class _Rete(_Backend):
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+
+    def session(self, facts: Sequence[Fact]) -> _Session:
+        return _ReteSession(self.ruleset, facts)
+
+
+class _ReteSession(_Session):
+    def __init__(self, ruleset: Ruleset, facts: Sequence[Fact]) -> None:
+        self.ruleset = ruleset
+        self.initial = facts
+        self.sid = f"{os.getpid()}-{next(_counter)}"
+
+    def __enter__(self) -> _Session:
+        _HOST_LOCK.acquire()
+        try:
+            self.host = _get_host(self.ruleset)
+            _sink.clear()
+            _errors.clear()
+            self.add(self.initial)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if getattr(self, "host", None) is not None:
+                try:
+                    self.host.delete_state(self.ruleset.key, self.sid)
+                except Exception:  # noqa: S110 - a session never created has nothing to delete
+                    pass
+            _sink.clear()
+            _errors.clear()
+        finally:
+            _HOST_LOCK.release()
+
+    def _assert(self, facts: list[dict[str, Any]]) -> None:
+        if not facts:
+            return
+        for fact in facts:
+            fact["sid"] = self.sid
+        try:
+            self.host.assert_facts(self.ruleset.key, facts)
+        except Exception as exc:
+            raise EngineError(f"durable-rules failed: {type(exc).__name__}: {exc}") from exc
+        if _errors:
+            rule_id, error = _errors[0]
+            raise EngineError(f"action failed: {error!r}", rule_id=rule_id)
+        state = self.host.get_state(self.ruleset.key, self.sid)
+        if isinstance(state, Mapping) and state.get("exception"):
+            raise EngineError(f"durable-rules reported: {state['exception']}")
+
+    def add(self, facts: Sequence[Fact]) -> None:
+        self._assert([f.engine_dict() for f in facts])
+
+    def run_stratum(self, rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+        _sink.clear()
+        self._assert([{"id": f"{_GO}:{r.id}", "t": _GO, "r": r.id} for r in rules])
+        fired: dict[str, set[str]] = {}
+        for rule_id, matched in _sink:
+            ids = fired.setdefault(rule_id, set())
+            for alias, fact in matched.items():
+                if alias != "go" and isinstance(fact, Mapping) and "id" in fact:
+                    ids.add(str(fact["id"]))
+        _sink.clear()
+        return fired

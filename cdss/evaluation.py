@@ -1,0 +1,199 @@
+"""``evaluate()``: one patient's FHIR record in, an explained Assessment out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cdss.assessment import (
+    SEVERITY_RANK,
+    Assessment,
+    Citation,
+    DataRequest,
+    Evidence,
+    Flag,
+    PlanItem,
+    Referral,
+    RulesetIdentity,
+    Suppressed,
+    TraceEntry,
+)
+from cdss.engine import Firing, run
+from cdss.errors import InvalidArgument
+from cdss.facts import Fact, Facts, build_facts, parse_time
+from cdss.intake import read_record
+from cdss.rulesets import Ruleset, load_ruleset
+
+__all__ = ["assess", "evaluate", "extract_facts", "resolve_as_of", "resolve_ruleset"]
+
+
+def resolve_as_of(as_of: datetime | date | str | None) -> datetime:
+    """``as_of`` as an aware datetime; ``None`` means now (UTC)."""
+    if as_of is None:
+        return datetime.now(timezone.utc)
+    if isinstance(as_of, datetime):
+        return as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    if isinstance(as_of, date):
+        return datetime.combine(as_of, datetime.min.time(), tzinfo=timezone.utc)
+    if isinstance(as_of, str):
+        try:
+            return parse_time(as_of)
+        except ValueError:
+            raise InvalidArgument(f"as_of {as_of!r} is not an ISO date or date-time") from None
+    raise InvalidArgument(f"as_of must be a datetime, date, ISO text or None, not {as_of!r}")
+
+
+def resolve_ruleset(ruleset: Ruleset | str, paths: Sequence[str | Path] | None = None) -> Ruleset:
+    if isinstance(ruleset, Ruleset):
+        return ruleset
+    if isinstance(ruleset, str):
+        return load_ruleset(ruleset, paths=paths)
+    raise InvalidArgument(f"ruleset must be a Ruleset or 'id[@version]', not {ruleset!r}")
+
+
+def extract_facts(
+    record: Any,
+    *,
+    ruleset: Ruleset | str,
+    as_of: datetime | date | str | None = None,
+    mode: str = "strict",
+) -> Facts:
+    """Read ``record`` and return its :class:`~cdss.facts.Facts` for ``ruleset``."""
+    rs = resolve_ruleset(ruleset)
+    when = resolve_as_of(as_of)
+    parsed = read_record(record, mode=mode)
+    return build_facts(parsed, rs.terminology, as_of=when,
+                       finding_lookback_days=rs.source.finding_lookback_days)
+
+
+def evaluate(
+    record: Any,
+    *,
+    ruleset: Ruleset | str = "plantar-cramps",
+    as_of: datetime | date | str | None = None,
+    mode: str = "strict",
+    engine: str = "rete",
+) -> Assessment:
+    """Evaluate one patient's FHIR R4 record with a ruleset.
+
+    ``record`` is a Bundle, a resource, a list of resources, or JSON text or
+    bytes of those. ``ruleset`` is ``"id"`` (latest active version),
+    ``"id@version"`` or a loaded :class:`~cdss.rulesets.Ruleset`. ``as_of``
+    is the evaluation time every window is relative to (default: now).
+    Raises only :class:`~cdss.errors.CDSSError`.
+    """
+    rs = resolve_ruleset(ruleset)
+    facts = extract_facts(record, ruleset=rs, as_of=as_of, mode=mode)
+    return assess(facts, rs, engine=engine)
+
+
+def _evidence(matched: Sequence[str], by_id: dict[str, Fact]) -> list[Evidence]:
+    out = []
+    for fid in matched:
+        fact = by_id[fid]
+        out.append(Evidence(fact=fact.name, kind=fact.kind, values=dict(fact.values),
+                            sources=list(fact.sources)))
+    return out
+
+
+def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessment:
+    """Run ``ruleset`` over already extracted ``facts``."""
+    firings, by_id = run(ruleset, facts.items, engine=engine)
+    flags: dict[str, Flag] = {}
+    referrals: dict[str, Referral] = {}
+    planned: dict[str, list[Firing]] = {}
+    emphasis: dict[str, list[str]] = {}
+    suppressions: list[tuple[Firing, Any]] = []
+    requests: dict[str, DataRequest] = {}
+    trace = []
+
+    def cite(rule: Any) -> Citation:
+        src = ruleset.source.sources[rule.citation.source]
+        return Citation(source=rule.citation.source, title=src.title,
+                        section=rule.citation.section, url=src.url)
+
+    for firing in firings:
+        rule = firing.rule.rule
+        trace.append(TraceEntry(stratum=firing.rule.stratum, rule_id=rule.id, title=rule.title,
+                                matched=list(firing.matched)))
+        evidence = _evidence(firing.matched, by_id)
+        for action in rule.then:
+            if action.flag:
+                new = Flag(code=action.flag.code, display=action.flag.display,
+                           severity=action.flag.severity, rule_id=rule.id,
+                           rationale=rule.rationale, citation=cite(rule), evidence=evidence)
+                old = flags.get(new.code)
+                if old is None or SEVERITY_RANK[new.severity] > SEVERITY_RANK[old.severity]:
+                    flags[new.code] = new
+            elif action.referral:
+                ref = Referral(code=action.referral.code, display=action.referral.display,
+                               urgency=action.referral.urgency, rule_id=rule.id,
+                               rationale=rule.rationale, citation=cite(rule),
+                               evidence=evidence)
+                old_ref = referrals.get(ref.code)
+                if old_ref is None or (ref.urgency == "urgent" and old_ref.urgency != "urgent"):
+                    referrals[ref.code] = ref
+            elif action.plan:
+                planned.setdefault(action.plan, []).append(firing)
+            elif action.emphasize:
+                emphasis.setdefault(action.emphasize.plan, []).append(action.emphasize.reason)
+            elif action.suppress:
+                suppressions.append((firing, action.suppress))
+            elif action.request:
+                analyte = action.request.analyte
+                if analyte not in requests:
+                    concept = ruleset.valuesets.concepts[analyte]
+                    requests[analyte] = DataRequest(
+                        analyte=analyte, display=concept.display,
+                        loinc=ruleset.order_loinc(analyte), reason=action.request.reason,
+                        rule_id=rule.id)
+
+    catalogue = {item.code: (i, item) for i, item in enumerate(ruleset.source.plan_items)}
+    removed: dict[str, Suppressed] = {}
+    for firing, sup in suppressions:
+        for code in sorted(planned, key=lambda c: catalogue[c][0]):
+            item = catalogue[code][1]
+            if code in removed or not (sup.plan == code or sup.category == item.category):
+                continue
+            removed[code] = Suppressed(code=code, category=item.category, text=item.text,
+                                       reason=sup.reason, rule_id=firing.rule.id,
+                                       citation=cite(firing.rule.rule))
+    plan = []
+    for code in sorted(planned, key=lambda c: catalogue[c][0]):
+        if code in removed:
+            continue
+        index, item = catalogue[code]
+        sources = planned[code]
+        plan.append(PlanItem(
+            code=code, order=len(plan) + 1, category=item.category, text=item.text,
+            why=sources[0].rule.rule.rationale,
+            rule_ids=sorted({f.rule.id for f in sources}),
+            citations=_unique([cite(f.rule.rule) for f in sources]),
+            emphasis=sorted(set(emphasis.get(code, []))),
+        ))
+    rs = ruleset.source
+    return Assessment(
+        ruleset=RulesetIdentity(id=rs.id, version=rs.version, sha256=ruleset.sha256,
+                                title=rs.title),
+        as_of=facts.as_of,
+        patient=facts.patient,
+        flags=sorted(flags.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.code)),
+        referrals=sorted(referrals.values(),
+                         key=lambda r: (r.urgency != "urgent", r.code)),
+        plan=plan,
+        suppressed=sorted(removed.values(), key=lambda s: catalogue[s.code][0]),
+        data_requests=sorted(requests.values(), key=lambda d: d.analyte),
+        trace=trace,
+        data_quality=list(facts.data_quality),
+        skipped_resources=dict(facts.skipped),
+    )
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out

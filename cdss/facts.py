@@ -1,0 +1,437 @@
+"""Facts: a patient's resources turned into typed, immutable facts.
+
+Terminology maps codes to concepts, units convert lab values to canonical
+units, and time windows are relative to ``as_of``. One fact per concept:
+
+* ``patient``: age in years at ``as_of`` and sex (fields absent when unknown);
+* a lab concept (``potassium``...): the latest value within the analyte's
+  lookback, ``status`` ``determinate`` with ``value`` in the canonical unit, or
+  ``indeterminate`` without ``value`` when its unit cannot be converted;
+* a finding (``leg_cramps``...): ``status`` ``present`` or ``absent`` from the
+  latest record, with ``site`` and ``nocturnal`` when recorded; no fact at all
+  means unknown, which is never the same as absent;
+* a condition, a medication class, an allergy: present when active.
+
+Entered-in-error, cancelled, preliminary-only and future-dated data are
+ignored and listed as data-quality notes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from cdss.errors import InputError
+from cdss.intake import Record
+from cdss.terminology import Terminology
+from cdss.units import convert
+
+__all__ = ["DataQualityNote", "Fact", "Facts", "build_facts", "parse_time"]
+
+Scalar = str | float | int | bool
+
+_FINAL = frozenset({"final", "amended", "corrected"})
+_PRESENT = frozenset({"52101004", "373066001", "Y", "y", "true"})
+_ABSENT = frozenset({"2667000", "373067005", "N", "n", "false"})
+_ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Fact(_Frozen):
+    """One fact: its ``name`` (a concept or ``patient``), ``kind``, the field
+    values rules compare, and the ids of the resources it comes from."""
+
+    id: str
+    name: str
+    kind: str
+    values: dict[str, Scalar]
+    sources: tuple[str, ...]
+
+    def engine_dict(self) -> dict[str, Any]:
+        """The fact as the engines see it: ``t`` is its name."""
+        return {**self.values, "id": self.id, "t": self.name}
+
+
+class DataQualityNote(_Frozen):
+    """Something about the data that was ignored or could not be used."""
+
+    code: str
+    resource: str | None
+    message: str
+
+
+class Facts(_Frozen):
+    """All facts of one patient at ``as_of``, sorted by id."""
+
+    as_of: datetime
+    patient: str | None
+    items: tuple[Fact, ...]
+    data_quality: tuple[DataQualityNote, ...]
+    skipped: dict[str, int]
+
+    def get(self, name: str) -> Fact | None:
+        for fact in self.items:
+            if fact.name == name:
+                return fact
+        return None
+
+
+def parse_time(text: str) -> datetime:
+    """A FHIR date, dateTime or instant as an aware datetime (UTC when no zone).
+
+    Partial dates (``2020``, ``2020-05``) mean their first day.
+    """
+    text = text.strip()
+    if len(text) == 4:
+        text += "-01-01"
+    elif len(text) == 7:
+        text += "-01"
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    if len(text) == 10:
+        parsed = datetime.combine(date.fromisoformat(text), datetime.min.time())
+    else:
+        parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _ref(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+
+
+def _time_of(resource: Mapping[str, Any], *fields: str) -> datetime | None:
+    for name in fields:
+        value = resource.get(name)
+        if isinstance(value, Mapping):  # a Period
+            value = value.get("end") or value.get("start")
+        if isinstance(value, str) and value:
+            try:
+                return parse_time(value)
+            except ValueError:
+                raise InputError(
+                    f"{value!r} is not a FHIR date/time",
+                    resource_type=str(resource.get("resourceType")),
+                    resource_id=str(resource.get("id")),
+                    field=name,
+                ) from None
+    return None
+
+
+def _code(cc: Any) -> str | None:
+    if isinstance(cc, Mapping):
+        for coding in cc.get("coding") or []:
+            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+                return str(coding["code"])
+    return None
+
+
+class _Builder:
+    def __init__(self, record: Record, terminology: Terminology, as_of: datetime,
+                 finding_lookback_days: int) -> None:
+        self.record = record
+        self.term = terminology
+        self.as_of = as_of
+        self.finding_lookback = finding_lookback_days
+        self.notes: list[DataQualityNote] = []
+        self.facts: dict[str, Fact] = {}
+        # concept -> best candidate (sort key, fact)
+        self.labs: dict[str, tuple[tuple[Any, ...], Fact]] = {}
+        self.findings: dict[str, tuple[tuple[Any, ...], Fact]] = {}
+        self.stale: dict[str, tuple[datetime, str, int]] = {}
+
+    def note(self, code: str, resource: Mapping[str, Any] | None, message: str) -> None:
+        self.notes.append(
+            DataQualityNote(code=code, resource=_ref(resource) if resource else None,
+                            message=message)
+        )
+
+    def age_days(self, when: datetime) -> float:
+        return (self.as_of - when).total_seconds() / 86400.0
+
+    # -- patient -------------------------------------------------------------
+    def patient(self) -> None:
+        patient = self.record.patient
+        values: dict[str, Scalar] = {}
+        sources: tuple[str, ...] = ()
+        if patient is not None:
+            sources = (_ref(patient),)
+            birth = patient.get("birthDate")
+            if isinstance(birth, str):
+                born = parse_time(birth).date()
+                today = self.as_of.date()
+                if born > today:
+                    self.note("future-dated", patient, "birthDate is after as_of; age unknown")
+                else:
+                    values["age"] = today.year - born.year - (
+                        (today.month, today.day) < (born.month, born.day)
+                    )
+            gender = patient.get("gender")
+            if isinstance(gender, str) and gender != "unknown":
+                values["sex"] = gender
+        self.facts["patient"] = Fact(
+            id="patient", name="patient", kind="patient", values=values, sources=sources
+        )
+
+    # -- observations --------------------------------------------------------
+    def observation(self, obs: Mapping[str, Any]) -> None:
+        concepts = self.term.concepts_of(obs.get("code"))
+        if not concepts:
+            return
+        status = obs.get("status")
+        if status in ("entered-in-error", "cancelled"):
+            self.note(str(status), obs, f"{status} observation ignored")
+            return
+        if status not in _FINAL:
+            self.note("not-final", obs, f"observation with status {status!r} ignored")
+            return
+        when = _time_of(obs, "effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
+        if when is None:
+            self.note("no-time", obs, "observation has no effective time; ignored")
+            return
+        age = self.age_days(when)
+        if age < 0:
+            self.note("future-dated", obs, "observation is dated after as_of; ignored")
+            return
+        issued = obs.get("issued") or ""
+        for concept in sorted(concepts):
+            kind = self.term.kind(concept)
+            if kind == "lab":
+                self.lab(concept, obs, age, (when, str(issued), str(obs.get("id"))))
+            elif kind == "finding":
+                self.finding(concept, obs, age, (when, str(issued), str(obs.get("id"))))
+
+    def lab(self, concept: str, obs: Mapping[str, Any], age: float, key: tuple[Any, ...]) -> None:
+        analyte = self.term.valuesets.analytes.get(concept)
+        if analyte is None:
+            return
+        if age > analyte.lookback_days:
+            prev = self.stale.get(concept)
+            if prev is None or key[0] > prev[0]:
+                self.stale[concept] = (key[0], _ref(obs), analyte.lookback_days)
+            return
+        values: dict[str, Scalar] = {"age_days": math.floor(age), "computed": False}
+        quantity = obs.get("valueQuantity")
+        reason = None
+        if not isinstance(quantity, Mapping) or quantity.get("value") is None:
+            reason = "the observation has no numeric valueQuantity"
+        elif quantity.get("comparator"):
+            reason = f"the value is a bound ({quantity['comparator']}), not a measurement"
+        if reason is None:
+            assert isinstance(quantity, Mapping)
+            raw = quantity["value"]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise InputError("value is not a number", resource_type="Observation",
+                                 resource_id=str(obs.get("id")), field="valueQuantity.value")
+            try:
+                number = float(raw)
+            except ValueError:
+                raise InputError(f"value {raw!r} is not a number", resource_type="Observation",
+                                 resource_id=str(obs.get("id")),
+                                 field="valueQuantity.value") from None
+            if not math.isfinite(number):
+                raise InputError("value is not a finite number", resource_type="Observation",
+                                 resource_id=str(obs.get("id")), field="valueQuantity.value")
+            unit = quantity.get("code") if quantity.get("system") == "http://unitsofmeasure.org" \
+                else None
+            unit = unit or quantity.get("unit") or quantity.get("code")
+            conv = convert(number, unit if isinstance(unit, str) else None, analyte)
+            if conv.value is None:
+                reason = conv.reason
+            else:
+                value = float(f"{conv.value:.10g}")
+                low, high = analyte.plausible or (-math.inf, math.inf)
+                if not low <= value <= high:
+                    raise InputError(
+                        f"{concept} {number} {unit} ({value} {conv.unit}) is outside the "
+                        f"possible range {low}..{high} {conv.unit}",
+                        resource_type="Observation", resource_id=str(obs.get("id")),
+                        field="valueQuantity.value",
+                    )
+                values.update(value=value, unit=conv.unit, status="determinate")
+                if conv.note:
+                    self.note("unit-annotation", obs, conv.note)
+        if reason is not None:
+            values.update(status="indeterminate", unit=analyte.canonical_unit)
+        fact = Fact(id=f"lab:{concept}", name=concept, kind="lab", values=values,
+                    sources=(_ref(obs),))
+        if reason is not None:
+            fact = fact.model_copy(update={"values": {**values, "reason": reason}})
+        prev = self.labs.get(concept)
+        if prev is None or key > prev[0]:
+            self.labs[concept] = (key, fact)
+
+    def finding(self, concept: str, res: Mapping[str, Any], age: float,
+                key: tuple[Any, ...]) -> None:
+        if age > self.finding_lookback:
+            return
+        status = "present"
+        if "valueBoolean" in res:
+            status = "present" if res["valueBoolean"] else "absent"
+        elif "valueCodeableConcept" in res:
+            code = _code(res["valueCodeableConcept"])
+            if code in _PRESENT:
+                status = "present"
+            elif code in _ABSENT:
+                status = "absent"
+            else:
+                self.note("unreadable-finding", res, "finding value is neither present nor absent")
+                return
+        elif res.get("dataAbsentReason") is not None:
+            return  # explicitly unknown: no fact
+        values: dict[str, Scalar] = {"status": status}
+        sites = sorted(c for c in self.term.concepts_of(res.get("bodySite"))
+                       if self.term.kind(c) == "body_site")
+        if sites:
+            values["site"] = sites[0]
+        for component in res.get("component") or []:
+            if not isinstance(component, Mapping):
+                continue
+            names = self.term.concepts_of(component.get("code"))
+            if "nocturnal" in names and isinstance(component.get("valueBoolean"), bool):
+                values["nocturnal"] = component["valueBoolean"]
+        fact = Fact(id=f"finding:{concept}", name=concept, kind="finding", values=values,
+                    sources=(_ref(res),))
+        prev = self.findings.get(concept)
+        if prev is None or key > prev[0]:
+            self.findings[concept] = (key, fact)
+
+    # -- conditions, medications, allergies ----------------------------------
+    def condition(self, cond: Mapping[str, Any]) -> None:
+        concepts = self.term.concepts_of(cond.get("code"))
+        if not concepts:
+            return
+        verification = _code(cond.get("verificationStatus"))
+        if verification in ("entered-in-error", "refuted"):
+            self.note(verification, cond, f"condition {verification}; ignored")
+            return
+        clinical = _code(cond.get("clinicalStatus"))
+        if clinical is None:
+            self.note("no-clinical-status", cond, "condition has no clinicalStatus; read as active")
+        elif clinical not in _ACTIVE_CONDITION:
+            return
+        onset = _time_of(cond, "onsetDateTime", "recordedDate")
+        if onset is not None and onset > self.as_of:
+            self.note("future-dated", cond, "condition is dated after as_of; ignored")
+            return
+        for concept in sorted(concepts):
+            kind = self.term.kind(concept)
+            if kind == "condition":
+                self.add(concept, "condition", cond, {})
+            elif kind == "finding":
+                when = onset or self.as_of
+                self.finding(concept, cond, self.age_days(when),
+                             (when, "", str(cond.get("id"))))
+
+    def medication(self, med: Mapping[str, Any]) -> None:
+        concepts = {c for c in self.term.concepts_of(med.get("medicationCodeableConcept"))
+                    if self.term.kind(c) == "medication"}
+        if not concepts:
+            return
+        status = med.get("status")
+        if status == "entered-in-error":
+            self.note("entered-in-error", med, "medication entered in error; ignored")
+            return
+        if status != "active":
+            return
+        for concept in sorted(concepts):
+            self.add(concept, "medication", med, {})
+
+    def allergy(self, allergy: Mapping[str, Any]) -> None:
+        codes = [allergy.get("code")]
+        for reaction in allergy.get("reaction") or []:
+            if isinstance(reaction, Mapping):
+                codes.append(reaction.get("substance"))
+        concepts = {c for c in self.term.concepts_of(codes) if self.term.kind(c) == "allergy"}
+        if not concepts:
+            return
+        verification = _code(allergy.get("verificationStatus"))
+        if verification in ("entered-in-error", "refuted"):
+            self.note(verification, allergy, f"allergy {verification}; ignored")
+            return
+        clinical = _code(allergy.get("clinicalStatus"))
+        if clinical not in (None, "active"):
+            return
+        for concept in sorted(concepts):
+            self.add(concept, "allergy", allergy, {})
+
+    def add(self, concept: str, kind: str, res: Mapping[str, Any],
+            values: dict[str, Scalar]) -> None:
+        fid = f"{kind}:{concept}"
+        prev = self.facts.get(fid)
+        sources = tuple(sorted({*(prev.sources if prev else ()), _ref(res)}))
+        self.facts[fid] = Fact(id=fid, name=concept, kind=kind, values=values, sources=sources)
+
+    # -- assembly ------------------------------------------------------------
+    def finish(self) -> None:
+        for concept, (_, fact) in self.labs.items():
+            self.facts[fact.id] = fact
+        for concept, (_, fact) in self.findings.items():
+            self.facts[fact.id] = fact
+        for concept, (when, ref, days) in sorted(self.stale.items()):
+            if concept not in self.labs:
+                self.notes.append(DataQualityNote(
+                    code="outside-lookback", resource=ref,
+                    message=f"latest {concept} ({when.date().isoformat()}) is older than the "
+                            f"{days}-day lookback; counted as missing"))
+        for concept, (_, fact) in sorted(self.labs.items()):
+            if fact.values.get("status") == "indeterminate":
+                self.notes.append(DataQualityNote(
+                    code="indeterminate", resource=fact.sources[0],
+                    message=f"{concept}: {fact.values.get('reason')}"))
+        self.ratios()
+
+    def ratios(self) -> None:
+        for concept, analyte in sorted(self.term.valuesets.analytes.items()):
+            if analyte.ratio_of is None:
+                continue
+            existing = self.facts.get(f"lab:{concept}")
+            if existing is not None and existing.values.get("status") == "determinate":
+                continue
+            top, bottom = (self.facts.get(f"lab:{name}") for name in analyte.ratio_of)
+            if top is None or bottom is None:
+                continue
+            tv, bv = top.values.get("value"), bottom.values.get("value")
+            if not isinstance(tv, float) or not isinstance(bv, float) or bv <= 0:
+                continue
+            age = max(int(top.values["age_days"]), int(bottom.values["age_days"]))
+            if age > analyte.lookback_days:
+                continue
+            self.facts[f"lab:{concept}"] = Fact(
+                id=f"lab:{concept}", name=concept, kind="lab",
+                values={"value": float(f"{tv / bv:.10g}"), "unit": analyte.canonical_unit,
+                        "status": "determinate", "computed": True, "age_days": age},
+                sources=tuple(sorted({*top.sources, *bottom.sources})),
+            )
+
+
+def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
+                finding_lookback_days: int = 365) -> Facts:
+    """Turn one patient's record into :class:`Facts` at ``as_of``."""
+    builder = _Builder(record, terminology, as_of, finding_lookback_days)
+    builder.patient()
+    for resource in record.resources:
+        rtype = resource.get("resourceType")
+        if rtype == "Observation":
+            builder.observation(resource)
+        elif rtype == "Condition":
+            builder.condition(resource)
+        elif rtype in ("MedicationRequest", "MedicationStatement"):
+            builder.medication(resource)
+        elif rtype == "AllergyIntolerance":
+            builder.allergy(resource)
+    builder.finish()
+    notes = sorted(set(builder.notes), key=lambda n: (n.code, n.resource or "", n.message))
+    return Facts(
+        as_of=as_of,
+        patient=record.patient_ref,
+        items=tuple(sorted(builder.facts.values(), key=lambda f: f.id)),
+        data_quality=tuple(notes),
+        skipped=dict(sorted(record.skipped.items())),
+    )

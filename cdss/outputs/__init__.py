@@ -1,0 +1,1 @@
+"""Renderings of an Assessment for the systems and people that consume it."""

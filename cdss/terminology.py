@@ -1,0 +1,95 @@
+"""Terminology: codes as EHRs send them, mapped to a ruleset's concepts.
+
+The value sets are data in the ruleset's folder. A code may map to more than
+one concept (a neuropathy due to type 2 diabetes is both a neuropathy and
+diabetes). ICD-10-CM and ATC entries may be category prefixes. A site adds its
+own codes with a concept-map file; rules never see codes, only concepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from cdss.schema import ConceptMapEntry, ValueSetFile
+
+__all__ = ["ICD10CM", "LOINC", "SNOMED", "Terminology"]
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+_DOTLESS = frozenset({ICD10CM, "http://www.whocc.no/atc"})
+
+
+def _norm(system: str, code: str) -> str:
+    code = code.strip()
+    if system in _DOTLESS:
+        return code.replace(".", "").upper()
+    return code
+
+
+class Terminology:
+    """Maps codings to concept names, from a ruleset's value sets and any
+    site concept maps."""
+
+    def __init__(self, valuesets: ValueSetFile, maps: Sequence[ConceptMapEntry] = ()) -> None:
+        self.valuesets = valuesets
+        self._exact: dict[tuple[str, str], set[str]] = {}
+        self._prefix: list[tuple[str, str, str]] = []
+        for name, concept in valuesets.concepts.items():
+            for code in concept.codes:
+                system = valuesets.systems.get(code.system, code.system)
+                key = _norm(system, code.code)
+                if code.prefix:
+                    self._prefix.append((system, key, name))
+                else:
+                    self._exact.setdefault((system, key), set()).add(name)
+        for entry in maps:
+            system = valuesets.systems.get(entry.system, entry.system)
+            self._exact.setdefault((system, _norm(system, entry.code)), set()).add(entry.concept)
+        self._prefix.sort(key=lambda p: (p[0], p[1], p[2]))
+
+    def kind(self, concept: str) -> str | None:
+        found = self.valuesets.concepts.get(concept)
+        return found.kind if found else None
+
+    def concepts_of_coding(self, system: str, code: str) -> set[str]:
+        key = _norm(system, code)
+        found = set(self._exact.get((system, key), ()))
+        for psystem, prefix, name in self._prefix:
+            if psystem == system and key.startswith(prefix):
+                found.add(name)
+        return found
+
+    def concepts_of(self, codeable: Any) -> set[str]:
+        """Concepts of a CodeableConcept (dict) or a list of them."""
+        found: set[str] = set()
+        for cc in _as_list(codeable):
+            if not isinstance(cc, Mapping):
+                continue
+            for coding in _as_list(cc.get("coding")):
+                if not isinstance(coding, Mapping):
+                    continue
+                system, code = coding.get("system"), coding.get("code")
+                if isinstance(system, str) and isinstance(code, str):
+                    found |= self.concepts_of_coding(system, code)
+        return found
+
+    def codes_of(self, concept: str, system: str) -> list[str]:
+        """The codes of a concept in one system, in file order (for data requests)."""
+        found = self.valuesets.concepts.get(concept)
+        if found is None:
+            return []
+        return [
+            c.code
+            for c in found.codes
+            if self.valuesets.systems.get(c.system, c.system) == system and not c.prefix
+        ]
+
+
+def _as_list(value: Any) -> Iterable[Any]:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return value
+    return (value,)

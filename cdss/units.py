@@ -1,0 +1,128 @@
+"""Units: a lab quantity converted to its analyte's canonical unit.
+
+UCUM unit strings are parsed by ucumvert (a UCUM grammar on top of pint).
+Conversions between amount and mass use the analyte's molar mass, and
+equivalents use its valence; both are data in the ruleset's value-set file.
+A unit that cannot be parsed or converted makes the value *indeterminate*
+with a reason: a value is never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from cdss.schema import Analyte
+
+__all__ = ["Conversion", "convert"]
+
+# Common non-UCUM spellings seen in EHR feeds, mapped to their UCUM codes.
+_SPELLINGS = {
+    "meq/l": "meq/L",
+    "mmol/l": "mmol/L",
+    "umol/l": "umol/L",
+    "µmol/l": "umol/L",
+    "μmol/l": "umol/L",
+    "mg/dl": "mg/dL",
+    "mosm/kg": "mosm/kg",
+    "mosmol/kg": "mosm/kg",
+    "ml/min/1.73m2": "mL/min/{1.73_m2}",
+    "ml/min/1.73 m2": "mL/min/{1.73_m2}",
+    "ml/min/{1.73_m2}": "mL/min/{1.73_m2}",
+    "ml/min": "mL/min",
+    "mg/l": "mg/L",
+}
+_ANNOTATION_ONLY = re.compile(r"^\{[^{}]*\}$")
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted value, or ``value is None`` with the ``reason`` why not."""
+
+    value: float | None
+    unit: str
+    reason: str | None = None
+    note: str | None = None
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    from ucumvert import PintUcumRegistry
+
+    return PintUcumRegistry()
+
+
+@lru_cache(maxsize=1024)
+def _parse(unit: str) -> tuple[Any, int] | None:
+    """(pint quantity of one unit, equivalents flag) or None when unparseable.
+
+    UCUM defines ``eq`` as a mole of charge, so for ions a factor of the
+    valence is applied by the caller; here ``eq`` is rewritten to ``mol`` and
+    flagged.
+    """
+    text = unit.strip()
+    if text in ("", "1") or _ANNOTATION_ONLY.match(text):
+        text = "1"
+    text = _SPELLINGS.get(text.lower(), text)
+    equivalents = 0
+    if re.search(r"(?<![a-z])(m|u|n)?eq(?![a-z])", text):
+        text = re.sub(r"(?<![a-z])((?:m|u|n)?)eq(?![a-z])", r"\1mol", text)
+        equivalents = 1
+    # An annotation after a unit is semantically void in UCUM.
+    text = re.sub(r"/\{[^{}]*\}", "", text)
+    try:
+        quantity = _registry().from_ucum(text)
+        _ = quantity.dimensionality
+    except Exception:  # the parser raises several unrelated types
+        return None
+    return quantity, equivalents
+
+
+@lru_cache(maxsize=4096)
+def _factor(unit: str, canonical: str, molar_mass: float | None, valence: int | None) -> (
+    tuple[float | None, str | None]
+):
+    """Multiplicative factor from ``unit`` to ``canonical``, or (None, reason)."""
+    src = _parse(unit)
+    if src is None:
+        return None, f"unit {unit!r} is not a UCUM unit cdss can read"
+    dst = _parse(canonical)
+    if dst is None:  # pragma: no cover - canonical units are validated data
+        return None, f"canonical unit {canonical!r} is not readable"
+    (sq, s_eq), (dq, d_eq) = src, dst
+    if s_eq or d_eq:
+        if not valence:
+            return None, f"unit {unit!r} is in equivalents but the analyte has no valence"
+        sq = sq / valence if s_eq else sq
+        dq = dq / valence if d_eq else dq
+    try:
+        if sq.dimensionality == dq.dimensionality:
+            return float((sq / dq).to_base_units().magnitude), None
+        if molar_mass is not None:
+            registry = sq._REGISTRY
+            molar = registry.Quantity(molar_mass, registry.parse_units("g/mol"))
+            for candidate in (sq * molar, sq / molar):
+                if candidate.dimensionality == dq.dimensionality:
+                    return float((candidate / dq).to_base_units().magnitude), None
+    except Exception:  # pint raises several types for odd combinations
+        return None, f"unit {unit!r} cannot be converted to {canonical!r}"
+    return None, f"unit {unit!r} cannot be converted to {canonical!r} for this analyte"
+
+
+def convert(value: float, unit: str | None, analyte: Analyte) -> Conversion:
+    """Convert ``value`` in ``unit`` to the analyte's canonical unit."""
+    canonical = analyte.canonical_unit
+    if unit is None:
+        return Conversion(None, canonical, reason="the quantity has no unit")
+    if not math.isfinite(value):
+        return Conversion(None, canonical, reason="the value is not a finite number")
+    factor, reason = _factor(unit, canonical, analyte.molar_mass_g_per_mol, analyte.valence)
+    if factor is None:
+        return Conversion(None, canonical, reason=reason)
+    note = None
+    if _parse(unit) == _parse(canonical) and unit.strip() != canonical and "{" in canonical:
+        note = f"unit {unit!r} read as {canonical!r} (UCUM annotations carry no dimension)"
+    return Conversion(value * factor, canonical, note=note)
