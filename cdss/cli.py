@@ -87,6 +87,18 @@ def schema() -> None:
                                   | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
+def _register_commands() -> None:
+    # Commands of the optional parts live beside them; each module imports its
+    # extra packages only when its command runs.
+    from cdss import cli_cohort, cli_service, cli_testing
+
+    for module in (cli_service, cli_cohort, cli_testing):
+        module.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point of the ``cdss`` script."""
     app()

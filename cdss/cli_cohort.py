@@ -1,0 +1,9 @@
+"""Commands of cohort screens (`cdss screen`, `cdss diff`, `cdss generate`)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
