@@ -152,17 +152,20 @@ _errors: list[tuple[str, BaseException]] = []
 _counter = itertools.count()
 
 
-def _durable_test(test: Test) -> dict[str, Any]:
+def _durable_tests(test: Test) -> list[dict[str, Any]]:
+    """A test as flat durable-rules conditions (nested ``$and`` inside an
+    alternative is mis-evaluated by durable-rules 2.0.28, so none is made)."""
     if test.op == "eq":
-        return {test.field: test.value}
+        return [{test.field: test.value}]
     if test.op == "in":
-        return {"$or": [{test.field: v} for v in test.value]}
+        return [{"$or": [{test.field: v} for v in test.value]}]
     op = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}[test.op]
-    return {"$and": [{"$ex": {test.field: 1}}, {op: {test.field: test.value}}]}
+    return [{"$ex": {test.field: 1}}, {op: {test.field: test.value}}]
 
 
 def _durable_pattern(pattern: Pattern) -> dict[str, Any]:
-    return {"$and": [{"t": pattern.fact}, *(_durable_test(t) for t in pattern.tests)]}
+    return {"$and": [{"t": pattern.fact},
+                     *(part for t in pattern.tests for part in _durable_tests(t))]}
 
 
 def _action(rule_id: str) -> Callable[[Any], None]:
@@ -180,17 +183,24 @@ def _noop(c: Any) -> None:
 
 
 def _definition(ruleset: Ruleset) -> dict[str, Any]:
+    """The durable-rules definition of a ruleset.
+
+    ``any`` is expanded into one durable rule per alternative, all sharing the
+    rule's start marker: measured on durable-rules 2.0.28, a boolean operator
+    inside the second or a later alternative of a nested ``$any`` never
+    matched, so nested ``$any`` is not used.
+    """
     definition: dict[str, Any] = {}
     for rule in ruleset.rules:
-        terms: list[dict[str, Any]] = [
-            {"go": {"$and": [{"t": _GO}, {"r": rule.id}]}}
-        ]
-        terms += [{f"c{i}": _durable_pattern(p)} for i, p in enumerate(rule.all)]
-        if rule.any:
-            terms.append({"a$any": [{f"a{i}": _durable_pattern(p)}
-                                    for i, p in enumerate(rule.any)]})
-        terms += [{f"n{i}$not": _durable_pattern(p)} for i, p in enumerate(rule.none)]
-        definition[rule.id] = {"all": terms, "run": _action(rule.id), "dist": 0}
+        base: list[dict[str, Any]] = [{"go": {"$and": [{"t": _GO}, {"r": rule.id}]}}]
+        base += [{f"c{i}": _durable_pattern(p)} for i, p in enumerate(rule.all)]
+        negations = [{f"n{i}$not": _durable_pattern(p)} for i, p in enumerate(rule.none)]
+        if not rule.any:
+            definition[rule.id] = {"all": base + negations, "run": _action(rule.id), "dist": 0}
+            continue
+        for i, alternative in enumerate(rule.any):
+            terms = [*base, {f"a{i}": _durable_pattern(alternative)}, *negations]
+            definition[f"{rule.id}#any{i}"] = {"all": terms, "run": _action(rule.id), "dist": 0}
     definition["$catch-all"] = {"all": [{"m": {"$ex": {"t": 1}}}], "run": _noop}
     return definition
 

@@ -144,7 +144,7 @@ class _Builder:
         # concept -> best candidate (sort key, fact)
         self.labs: dict[str, tuple[tuple[Any, ...], Fact]] = {}
         self.findings: dict[str, tuple[tuple[Any, ...], Fact]] = {}
-        self.stale: dict[str, tuple[datetime, str, int]] = {}
+        self.stale: dict[str, tuple[tuple[Any, ...], str, int]] = {}
 
     def note(self, code: str, resource: Mapping[str, Any] | None, message: str) -> None:
         self.notes.append(
@@ -213,8 +213,8 @@ class _Builder:
             return
         if age > analyte.lookback_days:
             prev = self.stale.get(concept)
-            if prev is None or key[0] > prev[0]:
-                self.stale[concept] = (key[0], _ref(obs), analyte.lookback_days)
+            if prev is None or key > prev[0]:
+                self.stale[concept] = (key, _ref(obs), analyte.lookback_days)
             return
         values: dict[str, Scalar] = {"age_days": math.floor(age), "computed": False}
         quantity = obs.get("valueQuantity")
@@ -374,7 +374,8 @@ class _Builder:
             self.facts[fact.id] = fact
         for concept, (_, fact) in self.findings.items():
             self.facts[fact.id] = fact
-        for concept, (when, ref, days) in sorted(self.stale.items()):
+        for concept, (key, ref, days) in sorted(self.stale.items()):
+            when = key[0]
             if concept not in self.labs:
                 self.notes.append(DataQualityNote(
                     code="outside-lookback", resource=ref,

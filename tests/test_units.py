@@ -1,0 +1,66 @@
+"""Units: conversion to the analyte's canonical unit; never a guess."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdss.schema import Analyte
+from cdss.units import convert
+
+MG = Analyte(canonical_unit="mmol/L", lookback_days=90, molar_mass_g_per_mol=24.305, valence=2)
+K = Analyte(canonical_unit="mmol/L", lookback_days=90, valence=1)
+CREAT = Analyte(canonical_unit="mg/dL", lookback_days=30, molar_mass_g_per_mol=113.12)
+BUN = Analyte(canonical_unit="mg/dL", lookback_days=30, molar_mass_g_per_mol=28.0134)
+EGFR = Analyte(canonical_unit="mL/min/{1.73_m2}", lookback_days=90)
+SG = Analyte(canonical_unit="1", lookback_days=30)
+OSM = Analyte(canonical_unit="mosm/kg", lookback_days=30)
+
+
+@pytest.mark.parametrize(
+    ("analyte", "value", "unit", "expected"),
+    [
+        (MG, 0.7, "mmol/L", 0.7),
+        (MG, 1.7015, "mg/dL", 0.7),            # 0.7 mmol/L x 24.305 g/mol
+        (MG, 1.4, "meq/L", 0.7),               # valence 2
+        (MG, 1.4, "mEq/L", 0.7),               # common non-UCUM spelling
+        (K, 3.2, "meq/L", 3.2),
+        (K, 3.2, "mmol/l", 3.2),
+        (CREAT, 88.4, "umol/L", 1.0),
+        (CREAT, 88.4, "µmol/L", 1.0),
+        (BUN, 7.14, "mmol/L", 20.0),           # urea mmol/L -> urea nitrogen mg/dL
+        (EGFR, 50, "mL/min/{1.73_m2}", 50),
+        (EGFR, 50, "mL/min/1.73m2", 50),
+        (SG, 1.02, "{nominal}", 1.02),
+        (SG, 1.02, "1", 1.02),
+        (OSM, 300, "mosm/kg", 300),
+    ],
+)
+def test_converts_to_canonical(analyte: Analyte, value: float, unit: str,
+                               expected: float) -> None:
+    result = convert(value, unit, analyte)
+    assert result.reason is None
+    assert result.value == pytest.approx(expected, rel=1e-3)
+    assert result.unit == analyte.canonical_unit
+
+
+@pytest.mark.parametrize(
+    ("analyte", "unit", "why"),
+    [
+        (K, "mg/dL", "cannot be converted"),       # no molar mass for potassium here
+        (K, "furlong", "not a UCUM unit"),
+        (K, None, "no unit"),
+        (MG, "mL/min", "cannot be converted"),
+        (CREAT, "meq/L", "no valence"),
+    ],
+)
+def test_unconvertible_unit_is_indeterminate_with_a_reason(analyte: Analyte, unit: str | None,
+                                                           why: str) -> None:
+    result = convert(1.0, unit, analyte)
+    assert result.value is None
+    assert result.reason is not None and why in result.reason
+
+
+def test_a_unit_without_the_annotation_is_read_with_a_note() -> None:
+    result = convert(50, "mL/min", EGFR)
+    assert result.value == 50
+    assert result.note is not None and "annotation" in result.note
