@@ -100,6 +100,7 @@ class PlanItem(_Out):
     rule_ids: list[str]
     citations: list[Citation]
     emphasis: list[str] = []
+    tailoring: list[str] = []
 
 
 class Suppressed(_Out):

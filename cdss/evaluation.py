@@ -105,6 +105,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessmen
     referrals: dict[str, Referral] = {}
     planned: dict[str, list[Firing]] = {}
     emphasis: dict[str, list[str]] = {}
+    tailoring: dict[str, list[tuple[str, str]]] = {}
     suppressions: list[tuple[Firing, Any]] = []
     requests: dict[str, DataRequest] = {}
     trace = []
@@ -139,6 +140,9 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessmen
                 planned.setdefault(action.plan, []).append(firing)
             elif action.emphasize:
                 emphasis.setdefault(action.emphasize.plan, []).append(action.emphasize.reason)
+            elif action.tailor:
+                tailoring.setdefault(action.tailor.plan, []).append(
+                    (action.tailor.variant, action.tailor.reason))
             elif action.suppress:
                 suppressions.append((firing, action.suppress))
             elif action.request:
@@ -166,12 +170,15 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessmen
             continue
         index, item = catalogue[code]
         sources = planned[code]
+        variants = tailoring.get(code, [])
+        text = item.variants[variants[0][0]] if variants else item.text
         plan.append(PlanItem(
-            code=code, order=len(plan) + 1, category=item.category, text=item.text,
+            code=code, order=len(plan) + 1, category=item.category, text=text,
             why=sources[0].rule.rule.rationale,
             rule_ids=sorted({f.rule.id for f in sources}),
             citations=_unique([cite(f.rule.rule) for f in sources]),
             emphasis=sorted(set(emphasis.get(code, []))),
+            tailoring=sorted({reason for _, reason in variants}),
         ))
     rs = ruleset.source
     return Assessment(

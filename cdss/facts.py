@@ -330,8 +330,17 @@ class _Builder:
                              (when, "", str(cond.get("id"))))
 
     def medication(self, med: Mapping[str, Any]) -> None:
-        concepts = {c for c in self.term.concepts_of(med.get("medicationCodeableConcept"))
+        codeable = med.get("medicationCodeableConcept")
+        concepts = {c for c in self.term.concepts_of(codeable)
                     if self.term.kind(c) == "medication"}
+        by_name = False
+        if not concepts and isinstance(codeable, Mapping):
+            texts = [codeable.get("text")] + [
+                c.get("display") for c in codeable.get("coding") or [] if isinstance(c, Mapping)]
+            for text in texts:
+                if isinstance(text, str):
+                    concepts |= self.term.medications_named_in(text)
+            by_name = bool(concepts)
         if not concepts:
             return
         status = med.get("status")
@@ -340,6 +349,10 @@ class _Builder:
             return
         if status != "active":
             return
+        if by_name:
+            self.note("medication-by-name", med,
+                      f"code not in the value sets; class {', '.join(sorted(concepts))} "
+                      "recognised from the ingredient name")
         for concept in sorted(concepts):
             self.add(concept, "medication", med, {})
 

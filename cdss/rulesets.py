@@ -445,6 +445,17 @@ def _check(source: RulesetFile, valuesets: ValueSetFile, path: Path) -> None:
                 raise RulesetError(f"unknown plan item {action.emphasize.plan!r}", path=p,
                                    rule_id=rule.id, field=f"then.{i}.emphasize.plan",
                                    suggestion=_suggest(action.emphasize.plan, plan_codes))
+            if action.tailor:
+                item = next((d for d in source.plan_items if d.code == action.tailor.plan), None)
+                if item is None:
+                    raise RulesetError(f"unknown plan item {action.tailor.plan!r}", path=p,
+                                       rule_id=rule.id, field=f"then.{i}.tailor.plan",
+                                       suggestion=_suggest(action.tailor.plan, plan_codes))
+                if action.tailor.variant not in item.variants:
+                    raise RulesetError(
+                        f"plan item {item.code!r} has no variant {action.tailor.variant!r}",
+                        path=p, rule_id=rule.id, field=f"then.{i}.tailor.variant",
+                        suggestion=_suggest(action.tailor.variant, item.variants))
             if action.suppress and action.suppress.plan and action.suppress.plan not in plan_codes:
                 raise RulesetError(f"unknown plan item {action.suppress.plan!r}", path=p,
                                    rule_id=rule.id, field=f"then.{i}.suppress.plan",

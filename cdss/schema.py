@@ -30,6 +30,7 @@ __all__ = [
     "RulesetFile",
     "Source",
     "SuppressAction",
+    "TailorAction",
     "Threshold",
     "ValueSetFile",
     "When",
@@ -136,6 +137,15 @@ class EmphasizeAction(_Strict):
     reason: str
 
 
+class TailorAction(_Strict):
+    """Replace a plan item's text with one of its ``variants`` for this patient,
+    saying why (e.g. the nut-free food list for a nut allergy)."""
+
+    plan: Annotated[str, Field(pattern=CODE)]
+    variant: Annotated[str, Field(pattern=NAME)]
+    reason: str
+
+
 class RequestAction(_Strict):
     """Ask for data: a lab analyte to order, with the reason."""
 
@@ -145,13 +155,14 @@ class RequestAction(_Strict):
 
 class Action(_Strict):
     """Exactly one of: derive a fact, raise a flag, make a referral, add a plan
-    item, emphasise a plan item, suppress plan items, request data."""
+    item, emphasise or tailor a plan item, suppress plan items, request data."""
 
     derive: Annotated[str | None, Field(pattern=NAME)] = None
     flag: FlagAction | None = None
     referral: ReferralAction | None = None
     plan: Annotated[str | None, Field(pattern=CODE)] = None
     emphasize: EmphasizeAction | None = None
+    tailor: TailorAction | None = None
     suppress: SuppressAction | None = None
     request: RequestAction | None = None
 
@@ -160,7 +171,7 @@ class Action(_Strict):
         if len(self.model_dump(exclude_none=True)) != 1:
             raise ValueError(
                 "an action has exactly one of derive, flag, referral, plan, emphasize, "
-                "suppress, request"
+                "tailor, suppress, request"
             )
         return self
 
@@ -202,6 +213,7 @@ class PlanItemDef(_Strict):
     code: Annotated[str, Field(pattern=CODE)]
     category: Annotated[str, Field(pattern=NAME)]
     text: str
+    variants: dict[Annotated[str, Field(pattern=NAME)], str] = Field(default_factory=dict)
 
 
 class Invariant(_Strict):

@@ -8,6 +8,7 @@ own codes with a concept-map file; rules never see codes, only concepts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -73,6 +74,21 @@ class Terminology:
                 system, code = coding.get("system"), coding.get("code")
                 if isinstance(system, str) and isinstance(code, str):
                     found |= self.concepts_of_coding(system, code)
+        return found
+
+    def medications_named_in(self, text: str) -> set[str]:
+        """Medication concepts whose ingredient names appear as words in
+        ``text`` (a coding display or CodeableConcept text): the fallback for
+        clinical-drug codes that are not in the value sets."""
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        found = set()
+        for name, concept in self.valuesets.concepts.items():
+            if concept.kind != "medication":
+                continue
+            for ingredient in concept.ingredients:
+                parts = ingredient.lower().split()
+                if parts and all(p in words for p in parts):
+                    found.add(name)
         return found
 
     def codes_of(self, concept: str, system: str) -> list[str]:

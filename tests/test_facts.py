@@ -168,3 +168,14 @@ def test_facts_are_immutable_and_sorted() -> None:
     with pytest.raises(Exception):  # noqa: B017, PT011 - pydantic raises its own type
         fs.items[0].name = "x"  # type: ignore[misc]
     assert LOINC  # builders and facts agree on the system
+
+
+def test_medication_class_from_ingredient_name_when_the_code_is_unknown() -> None:
+    med = medication("m", "99999999")  # a clinical-drug code not in the value sets
+    med["medicationCodeableConcept"]["coding"][0]["display"] = "Spironolactone 25 MG Oral Tablet"
+    fs = facts(patient(), med)
+    assert fs.get("potassium_sparing_diuretic") is not None
+    assert ("medication-by-name", "MedicationRequest/m") in notes(fs)
+    unrelated = medication("n", "1")
+    unrelated["medicationCodeableConcept"]["text"] = "Metformin 500 MG"
+    assert facts(patient(), unrelated).items == facts(patient()).items

@@ -54,6 +54,8 @@ def render_text(assessment: Assessment) -> str:
         lines.append(_wrap(f"why: {item.why}", "       "))
         for reason in item.emphasis:
             lines.append(_wrap(f"emphasised: {reason}", "       "))
+        for reason in item.tailoring:
+            lines.append(_wrap(f"tailored: {reason}", "       "))
     if a.suppressed:
         lines += ["", "Suppressed"]
         for sup in a.suppressed:
