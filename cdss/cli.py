@@ -87,6 +87,25 @@ def schema() -> None:
                                   | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
+@app.command()
+def docs(
+    ruleset_id: Annotated[str, typer.Argument(help="ruleset id, e.g. plantar-cramps")],
+    out: Annotated[Optional[Path], typer.Option(help="write to this file")] = None,  # noqa: UP007
+) -> None:
+    """Generate the reference document of a ruleset from its files."""
+    from cdss.docgen import render_ruleset_doc
+
+    try:
+        text = render_ruleset_doc(ruleset_id)
+    except CDSSError as exc:
+        _fail(exc)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+
+
 def _register_commands() -> None:
     # Commands of the optional parts live beside them; each module imports its
     # extra packages only when its command runs.

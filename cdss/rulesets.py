@@ -409,6 +409,10 @@ def _check(source: RulesetFile, valuesets: ValueSetFile, path: Path) -> None:
             raise RulesetError(f"citation source {rule.citation.source!r} is not in sources",
                                path=p, rule_id=rule.id, field="citation.source",
                                suggestion=_suggest(rule.citation.source, source.sources))
+        for claim in rule.claims:
+            if claim not in source.claims:
+                raise RulesetError(f"claim {claim!r} is not in the ruleset's claims", path=p,
+                                   rule_id=rule.id, field="claims")
         if rule.id in seen:
             raise RulesetError("rule id used twice", path=p, rule_id=rule.id, field="id")
         seen.add(rule.id)

@@ -236,6 +236,7 @@ class RulesetFile(_Strict):
     description: str
     canonical_url: str | None = None
     sources: Annotated[dict[Annotated[str, Field(pattern=NAME)], Source], Field(min_length=1)]
+    claims: dict[Annotated[str, Field(pattern=r"^C\d+$")], str] = Field(default_factory=dict)
     valuesets: Annotated[list[str], Field(min_length=1)]
     finding_lookback_days: Annotated[int, Field(gt=0)] = 365
     thresholds: dict[Annotated[str, Field(pattern=NAME)], Threshold] = Field(default_factory=dict)
