@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
 
 from cdss.errors import CDSSError
+
+RulesetFolders = Annotated[
+    list[Path] | None, typer.Option("--rulesets", help="a folder of a site's own rulesets")
+]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Clinical decision support from FHIR R4 data.")
@@ -24,10 +28,10 @@ def _fail(exc: CDSSError) -> None:
 def evaluate(
     files: Annotated[list[Path], typer.Argument(help="FHIR R4 JSON files (Bundle or resources)")],
     ruleset: Annotated[str, typer.Option(help="id or id@version")] = "plantar-cramps",
-    as_of: Annotated[Optional[str], typer.Option(help="evaluation time (ISO); default now")] = None,  # noqa: UP007
+    as_of: Annotated[str | None, typer.Option(help="evaluation time (ISO); default now")] = None,
     output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     engine: Annotated[str, typer.Option(help="rete or reference")] = "rete",
-    paths: Annotated[Optional[list[Path]], typer.Option("--rulesets", help="extra ruleset folder")] = None,  # noqa: UP007
+    paths: RulesetFolders = None,
 ) -> None:
     """Evaluate one patient record per file and print each Assessment."""
     from cdss.evaluation import evaluate as run_evaluate
@@ -65,7 +69,7 @@ def evaluate(
 
 @app.command("rulesets")
 def list_rulesets(
-    paths: Annotated[Optional[list[Path]], typer.Option("--rulesets", help="extra ruleset folder")] = None,  # noqa: UP007
+    paths: RulesetFolders = None,
 ) -> None:
     """List the rulesets found, with status and content hash."""
     from cdss.rulesets import available_rulesets, load_ruleset
@@ -90,7 +94,7 @@ def schema() -> None:
 @app.command()
 def docs(
     ruleset_id: Annotated[str, typer.Argument(help="ruleset id, e.g. plantar-cramps")],
-    out: Annotated[Optional[Path], typer.Option(help="write to this file")] = None,  # noqa: UP007
+    out: Annotated[Path | None, typer.Option(help="write to this file")] = None,
 ) -> None:
     """Generate the reference document of a ruleset from its files."""
     from cdss.docgen import render_ruleset_doc

@@ -81,7 +81,8 @@ def _version_section(rs: Ruleset) -> list[str]:
     ]
     for claim, text in src.claims.items():
         rules = [r.id for r in rs.rules if claim in r.rule.claims]
-        lines.append(f"| {claim} | {_cell(text)} | {', '.join(rules) or 'not encoded (see description)'} |")
+        encoded = ", ".join(rules) or "not encoded (see description)"
+        lines.append(f"| {claim} | {_cell(text)} | {encoded} |")
     lines += ["", "### Thresholds", "", "| name | value | unit | meaning |", "|---|---|---|---|"]
     for name, th in src.thresholds.items():
         lines.append(f"| `{name}` | {th.value:g} | {th.unit} | {_cell(th.description or '')} |")
@@ -92,7 +93,8 @@ def _version_section(rs: Ruleset) -> list[str]:
         lines.append(
             f"| {rule.stratum} | **{rule.id}** {_cell(rule.rule.title)} | {_cell(_when(rule))} | "
             f"{_cell(_then(rule))} | {_cell(cite.title)}: {_cell(rule.rule.citation.section)} |")
-    lines += ["", "### Plan items, in plan order", "", "| code | category | text |", "|---|---|---|"]
+    lines += ["", "### Plan items, in plan order", "",
+              "| code | category | text |", "|---|---|---|"]
     for item in src.plan_items:
         text = _cell(item.text)
         for name, variant in item.variants.items():
@@ -130,7 +132,7 @@ def _valuesets_section(rs: Ruleset) -> list[str]:
               "| analyte | canonical unit | lookback (days) | molar mass (g/mol) | valence | "
               "plausible range | order (LOINC) |", "|---|---|---|---|---|---|---|"]
     for name, an in vs.analytes.items():
-        plaus = f"{an.plausible[0]:g}–{an.plausible[1]:g}" if an.plausible else ""
+        plaus = f"{an.plausible[0]:g} to {an.plausible[1]:g}" if an.plausible else ""
         ratio = f" (= {an.ratio_of[0]} / {an.ratio_of[1]})" if an.ratio_of else ""
         lines.append(f"| `{name}`{ratio} | {an.canonical_unit} | {an.lookback_days} | "
                      f"{an.molar_mass_g_per_mol or ''} | {an.valence or ''} | {plaus} | "
@@ -158,6 +160,6 @@ def render_ruleset_doc(ruleset_id: str, *, versions: Sequence[str] | None = None
         "",
     ]
     for rs in loaded:
-        lines += _version_section(rs) + [""]
+        lines += [*_version_section(rs), ""]
     lines += _valuesets_section(loaded[0])
     return "\n".join(lines) + "\n"

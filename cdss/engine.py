@@ -26,6 +26,7 @@ facts of a stratum are made here, once per name, whichever rules derive them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -253,10 +254,9 @@ class _ReteSession(_Session):
     def __exit__(self, *exc: object) -> None:
         try:
             if getattr(self, "host", None) is not None:
-                try:
+                # a session never created has nothing to delete
+                with contextlib.suppress(Exception):
                     self.host.delete_state(self.ruleset.key, self.sid)
-                except Exception:  # noqa: S110 - a session never created has nothing to delete
-                    pass
             _sink.clear()
             _errors.clear()
         finally:

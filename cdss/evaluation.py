@@ -168,7 +168,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessmen
     for code in sorted(planned, key=lambda c: catalogue[c][0]):
         if code in removed:
             continue
-        index, item = catalogue[code]
+        item = catalogue[code][1]
         sources = planned[code]
         variants = tailoring.get(code, [])
         text = item.variants[variants[0][0]] if variants else item.text

@@ -383,9 +383,7 @@ class _Builder:
 
     # -- assembly ------------------------------------------------------------
     def finish(self) -> None:
-        for concept, (_, fact) in self.labs.items():
-            self.facts[fact.id] = fact
-        for concept, (_, fact) in self.findings.items():
+        for _, fact in (*self.labs.values(), *self.findings.values()):
             self.facts[fact.id] = fact
         for concept, (key, ref, days) in sorted(self.stale.items()):
             when = key[0]

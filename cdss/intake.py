@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import orjson
@@ -63,7 +63,7 @@ class Record:
     skipped: Mapping[str, int] = field(default_factory=dict)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model_class(resource_type: str) -> Any:
     from fhir.resources.R4B import get_fhir_model_class
 

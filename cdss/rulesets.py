@@ -33,8 +33,8 @@ from pydantic import BaseModel, ValidationError
 from cdss.errors import InvalidArgument, RulesetError, RulesetNotFoundError
 from cdss.schema import (
     Comparison,
-    Condition,
     ConceptMapFile,
+    Condition,
     Rule,
     RulesetFile,
     ThresholdRef,
@@ -172,7 +172,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise RulesetError(f"cannot read: {exc.strerror}", path=str(path)) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise RulesetError(f"not valid YAML: {exc}", path=str(path)) from None
 

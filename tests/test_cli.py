@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from builders import bundle, finding, patient
 from typer.testing import CliRunner
 
-from builders import bundle, finding, patient
 from cdss.cli import app
 
 RUNNER = CliRunner()

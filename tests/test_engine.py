@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from builders import condition, finding, lab, patient
 
 import cdss
-from builders import condition, finding, lab, patient
 from cdss import engine as engine_module
 from cdss.errors import EngineError, InvalidArgument
 

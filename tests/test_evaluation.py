@@ -6,9 +6,9 @@ import json
 from datetime import date, datetime, timezone
 
 import pytest
+from builders import bundle, condition, finding, lab, patient
 
 import cdss
-from builders import bundle, condition, finding, lab, patient
 from cdss.errors import InputError, InvalidArgument
 
 AS_OF = "2026-02-01"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
-import cdss
 from builders import (
     ICD10CM,
     LOINC,
@@ -15,6 +13,8 @@ from builders import (
     medication,
     patient,
 )
+
+import cdss
 from cdss.errors import InputError
 
 AS_OF = "2026-03-01"

@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
+from builders import bundle, condition, lab, patient
 
 from cdss.errors import InputError, InvalidArgument
 from cdss.intake import read_record
-from builders import bundle, condition, lab, patient
 
 
 def test_bundle_list_text_and_bytes_give_the_same_record() -> None:

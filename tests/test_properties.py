@@ -12,11 +12,11 @@ import json
 from datetime import date, timedelta
 from typing import Any
 
+from builders import condition, finding, lab, medication, patient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cdss
-from builders import condition, finding, lab, medication, patient
 
 AS_OF = "2026-03-01"
 RULESET = cdss.load_ruleset("plantar-cramps@1.0.0")

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import MINI_RULESET, write_ruleset
 
 import cdss
 from cdss.errors import InvalidArgument, RulesetError, RulesetNotFoundError
 from cdss.rulesets import available_rulesets, load_ruleset, load_ruleset_file
 from cdss.schema import ruleset_json_schema
-from conftest import MINI_RULESET, write_ruleset
 
 
 def mutate(change: Any) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def test_file_name_must_match_version(tmp_path: Path) -> None:
     path = write_ruleset(tmp_path, copy.deepcopy(MINI_RULESET))
     other = path.with_name("2.0.0.yaml")
     path.rename(other)
-    with pytest.raises(RulesetError, match="file name says 2.0.0"):
+    with pytest.raises(RulesetError, match=r"file name says 2\.0\.0"):
         load_ruleset_file(other)
 
 
