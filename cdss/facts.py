@@ -285,7 +285,7 @@ class _Builder:
                 return
         elif res.get("dataAbsentReason") is not None:
             return  # explicitly unknown: no fact
-        values: dict[str, Scalar] = {"status": status}
+        values: dict[str, Scalar] = {"status": status, "age_days": max(0, math.floor(age))}
         sites = sorted(c for c in self.term.concepts_of(res.get("bodySite"))
                        if self.term.kind(c) == "body_site")
         if sites:

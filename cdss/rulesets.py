@@ -61,7 +61,7 @@ _VERSION_FILE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)\.ya?ml$")
 FIELDS: dict[str, frozenset[str]] = {
     "patient": frozenset({"age", "sex"}),
     "lab": frozenset({"value", "unit", "status", "age_days", "computed"}),
-    "finding": frozenset({"status", "site", "nocturnal"}),
+    "finding": frozenset({"status", "site", "nocturnal", "age_days"}),
     "condition": frozenset(),
     "medication": frozenset(),
     "allergy": frozenset(),

@@ -121,15 +121,16 @@ def test_bun_creatinine_ratio_is_computed_when_not_reported() -> None:
 def test_findings_present_absent_and_unknown() -> None:
     fs = facts(patient(), finding("a", "leg-cramps", site="calf", nocturnal=True),
                finding("b", "saddle-anaesthesia", present=False))
-    assert values(fs, "leg_cramps") == {"status": "present", "site": "calf", "nocturnal": True}
-    assert values(fs, "saddle_anaesthesia") == {"status": "absent"}
+    assert values(fs, "leg_cramps") == {"status": "present", "site": "calf", "nocturnal": True,
+                                        "age_days": 50}
+    assert values(fs, "saddle_anaesthesia") == {"status": "absent", "age_days": 50}
     assert fs.get("bladder_dysfunction") is None  # unknown: no fact, never "absent"
 
 
 def test_latest_finding_record_wins() -> None:
     fs = facts(patient(), finding("a", "leg-cramps", when="2026-01-01"),
                finding("b", "leg-cramps", present=False, when="2026-02-01"))
-    assert values(fs, "leg_cramps") == {"status": "absent"}
+    assert values(fs, "leg_cramps") == {"status": "absent", "age_days": 28}
 
 
 def test_conditions_in_snomed_and_icd10cm_active_only() -> None:
