@@ -32,3 +32,13 @@ def test_document_names_every_rule_threshold_and_claim() -> None:
 
 def test_unknown_ruleset_gives_a_short_document() -> None:
     assert "No versions found" in render_ruleset_doc("nothing-here")
+
+
+def test_shipped_json_schema_is_current() -> None:
+    import orjson
+
+    from cdss.schema import ruleset_json_schema
+
+    shipped = DOC.parent.parent / "ruleset.schema.json"
+    assert orjson.loads(shipped.read_bytes()) == ruleset_json_schema(), (
+        "docs/ruleset.schema.json is stale: run `cdss schema > docs/ruleset.schema.json`")
