@@ -1,0 +1,204 @@
+"""Latency of a CDS Hooks ``patient-view`` call with ~40 prefetched resources.
+
+Usage::
+
+    python bench/cds_hooks_latency.py [--calls N] [--concurrency C] [--ruleset ID]
+
+Measures p50 and p99 of the same call three ways: in process
+(``handle_patient_view``: request validation, intake, facts, rules, cards),
+over HTTP on loopback one call at a time (the service runs in a child process
+on 127.0.0.1, so the client does not compete with it for the GIL; adds JSON,
+HTTP and the hop to the evaluation thread), and over HTTP with C clients at
+once (calls queue for the one evaluation thread, so latency grows with C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+import cdss
+from cdss.outputs.cds_hooks import handle_patient_view, prefetch_templates
+from cdss.service import create_app, serve_in_background
+
+AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
+PID = "bench-1"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+LOCAL = "https://cdss.dev/fhir/CodeSystem/findings"
+SUBJECT = {"reference": f"Patient/{PID}"}
+
+
+def _obs(oid: str, system: str, code: str, when: str, **value: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"coding": [{"system": system, "code": code}]}, "subject": SUBJECT,
+            "effectiveDateTime": when, **value}
+
+
+def _qty(value: float, unit: str) -> dict[str, Any]:
+    return {"valueQuantity": {"value": value, "unit": unit,
+                              "system": "http://unitsofmeasure.org", "code": unit}}
+
+
+def record() -> list[dict[str, Any]]:
+    """A busy record: 39 resources besides the Patient, most of them read by the rules."""
+    labs: list[tuple[str, str, list[float]]] = [
+            ("2823-3", "mmol/L", [3.3, 3.6, 3.9]), ("19123-9", "mg/dL", [1.6, 1.9, 2.0]),
+            ("2951-2", "mmol/L", [141, 146]), ("2692-2", "mosm/kg", [290]),
+            ("3094-0", "mg/dL", [18, 22]), ("2160-0", "mg/dL", [0.9, 1.0]),
+            ("2965-2", "1", [1.020]), ("98979-8", "mL/min/{1.73_m2}", [78, 81])]
+    out: list[dict[str, Any]] = []
+    for code, unit, values in labs:
+        for i, value in enumerate(values):
+            out.append(_obs(f"lab-{code}-{i}", LOINC, code, f"2026-02-{10 + i * 5:02d}",
+                            **_qty(value, unit)))
+    findings = ["heel-pain", "first-step-pain", "leg-cramps", "calf-tightness",
+                "high-activity", "low-back-pain-symptom", "radiating-leg-pain",
+                "foot-numbness-tingling", "low-fluid-intake"]
+    for i, code in enumerate(findings):
+        out.append(_obs(f"f-{code}", LOCAL, code, f"2026-02-{1 + i:02d}", valueBoolean=True))
+    out.append(_obs("f-cramps-old", LOCAL, "leg-cramps", "2025-11-02", valueBoolean=True))
+    active = {"clinicalStatus": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}}
+    for cid, system, code in [("c-pf", SNOMED, "202882003"), ("c-dm", ICD10CM, "E11.9"),
+                              ("c-htn", SNOMED, "38341003"), ("c-lbp", ICD10CM, "M54.50"),
+                              ("c-ckd", SNOMED, "431855005"), ("c-asthma", SNOMED, "195967001")]:
+        out.append({"resourceType": "Condition", "id": cid, "subject": SUBJECT,
+                    "code": {"coding": [{"system": system, "code": code}]}, **active})
+    for mid, code in [("m-hctz", "310798"), ("m-lisinopril", "314076"),
+                      ("m-metformin", "860975"), ("m-atorva", "617312")]:
+        out.append({"resourceType": "MedicationRequest", "id": mid, "status": "active",
+                    "intent": "order", "subject": SUBJECT,
+                    "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code}]}})
+    out.append({"resourceType": "MedicationStatement", "id": "ms-mg", "status": "active",
+                "subject": SUBJECT, "medicationCodeableConcept": {"text": "magnesium oxide"}})
+    for aid, code in [("a-nsaid", "293586001"), ("a-penicillin", "91936005")]:
+        out.append({"resourceType": "AllergyIntolerance", "id": aid, "patient": SUBJECT,
+                    "code": {"coding": [{"system": SNOMED, "code": code}]}})
+    return out
+
+
+def body(rs: cdss.Ruleset) -> dict[str, Any]:
+    """A patient-view request whose prefetch satisfies every template of ``rs``."""
+    resources = record()
+    templates = prefetch_templates(rs)
+    prefetch: dict[str, Any] = {k: None for k in templates}
+    prefetch["patient"] = {"resourceType": "Patient", "id": PID, "birthDate": "1968-04-02",
+                           "gender": "female"}
+    taken: set[str] = set()
+    for key, template in templates.items():
+        if key == "patient":
+            continue
+        parts = urlsplit(template)
+        codes = parse_qs(parts.query).get("code", [""])[0].split(",")
+        found = [r for r in resources if r["resourceType"] == parts.path and r["id"] not in taken
+                 and ("code=" not in template or any(
+                     f"{c['system']}|{c['code']}" in codes
+                     for c in r.get("code", {}).get("coding", [])))]
+        taken.update(r["id"] for r in found)
+        if found:
+            prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
+                             "entry": [{"resource": r} for r in found]}
+    return {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/bench", "patientId": PID}, "prefetch": prefetch}
+
+
+def serve(rs: cdss.Ruleset) -> None:
+    """Child process: serve ``rs`` on loopback, print the URL, stop when stdin closes."""
+    with serve_in_background(create_app(rulesets=(rs,), clock=lambda: AS_OF)) as base:
+        print(base, flush=True)
+        sys.stdin.read()
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--ruleset", default="plantar-cramps")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    rs = cdss.load_ruleset(args.ruleset)
+    if args.serve:
+        serve(rs)
+        return
+    request = body(rs)
+    count = 1 + sum(len(v.get("entry", [])) for k, v in request["prefetch"].items()
+                    if v is not None and k != "patient")
+    cards = handle_patient_view(request, rs, as_of=AS_OF)["cards"]  # warm caches
+    rows: list[tuple[str, list[float]]] = []
+
+    samples = []
+    for _ in range(args.calls):
+        start = time.perf_counter()
+        handle_patient_view(request, rs, as_of=AS_OF)
+        samples.append(time.perf_counter() - start)
+    rows.append(("in process", samples))
+
+    child = subprocess.Popen([sys.executable, __file__, "--serve", "--ruleset", rs.spec],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdin is not None
+    base = child.stdout.readline().strip()
+    if not base.startswith("http://127.0.0.1:"):
+        raise SystemExit(f"the service did not start: {base!r}")
+    try:
+        url = f"{base}/cds-services/{rs.id}"
+        with httpx.Client(timeout=60) as client:
+            for _ in range(20):  # warm the connection and the evaluation thread
+                client.post(url, json=request).raise_for_status()
+            samples = []
+            for _ in range(args.calls):
+                start = time.perf_counter()
+                response = client.post(url, json=request)
+                samples.append(time.perf_counter() - start)
+                response.raise_for_status()
+        rows.append(("HTTP, loopback, 1 client", samples))
+
+        async def clients() -> list[float]:
+            limits = httpx.Limits(max_connections=args.concurrency)
+            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+                gate = asyncio.Semaphore(args.concurrency)
+
+                async def one() -> float:
+                    async with gate:
+                        start = time.perf_counter()
+                        response = await client.post(url, json=request)
+                        took = time.perf_counter() - start
+                        response.raise_for_status()
+                        return took
+
+                return list(await asyncio.gather(*(one() for _ in range(args.calls))))
+
+        rows.append((f"HTTP, loopback, {args.concurrency} clients", asyncio.run(clients())))
+    finally:
+        child.stdin.close()  # the child serves until its stdin closes
+        child.wait(timeout=60)
+        child.stdout.close()
+
+    print(f"ruleset {rs.spec}; patient-view with {count} prefetched resources "
+          f"({len(cards)} cards); {args.calls} calls per row; times in ms")
+    print(f"{'':28} {'p50':>8} {'p99':>8} {'mean':>8}")
+    for name, values in rows:
+        print(f"{name:28} {_pct(values, 50) * 1e3:8.2f} {_pct(values, 99) * 1e3:8.2f} "
+              f"{statistics.fmean(values) * 1e3:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
