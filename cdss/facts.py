@@ -307,9 +307,7 @@ class _Builder:
         concepts = self.term.concepts_of(cond.get("code"))
         if not concepts:
             return
-        verification = _code(cond.get("verificationStatus"))
-        if verification in ("entered-in-error", "refuted"):
-            self.note(verification, cond, f"condition {verification}; ignored")
+        if self.refuted(cond, "condition"):
             return
         clinical = _code(cond.get("clinicalStatus"))
         if clinical is None:
@@ -364,15 +362,21 @@ class _Builder:
         concepts = {c for c in self.term.concepts_of(codes) if self.term.kind(c) == "allergy"}
         if not concepts:
             return
-        verification = _code(allergy.get("verificationStatus"))
-        if verification in ("entered-in-error", "refuted"):
-            self.note(verification, allergy, f"allergy {verification}; ignored")
+        if self.refuted(allergy, "allergy"):
             return
         clinical = _code(allergy.get("clinicalStatus"))
         if clinical not in (None, "active"):
             return
         for concept in sorted(concepts):
             self.add(concept, "allergy", allergy, {})
+
+    def refuted(self, res: Mapping[str, Any], what: str) -> bool:
+        """True (and noted) when the record is refuted or entered in error."""
+        verification = _code(res.get("verificationStatus"))
+        if verification in ("entered-in-error", "refuted"):
+            self.note(verification, res, f"{what} {verification}; ignored")
+            return True
+        return False
 
     def add(self, concept: str, kind: str, res: Mapping[str, Any],
             values: dict[str, Scalar]) -> None:

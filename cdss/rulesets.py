@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import yaml
@@ -316,16 +316,24 @@ def _merge_valuesets(parts: Sequence[tuple[Path, ValueSetFile]], path: Path) -> 
     return ValueSetFile(systems=systems, concepts=concepts, analytes=analytes)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _read_model(path: Path, model: type[_M]) -> _M:
+    """Read a YAML file and validate it against ``model``; errors name the file."""
+    raw = _read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise RulesetError("the file must hold a mapping at its top level", path=str(path))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc, path, raw, model) from None
+
+
 def load_ruleset_file(path: str | Path, *, concept_maps: Sequence[str | Path] = ()) -> Ruleset:
     """Load one ruleset version file (and the value-set files it names)."""
     path = Path(path)
-    raw = _read_yaml(path)
-    if not isinstance(raw, Mapping):
-        raise RulesetError("a ruleset file holds a mapping at its top level", path=str(path))
-    try:
-        source = RulesetFile.model_validate(raw)
-    except ValidationError as exc:
-        raise _validation_error(exc, path, raw, RulesetFile) from None
+    source = _read_model(path, RulesetFile)
     if path.stem != source.version:
         raise RulesetError(f"file name says {path.stem} but version is {source.version}",
                            path=str(path), field="version")
@@ -335,20 +343,12 @@ def load_ruleset_file(path: str | Path, *, concept_maps: Sequence[str | Path] = 
         if path.parent.resolve() not in vpath.parents:
             raise RulesetError("value-set files must sit in the ruleset's folder",
                                path=str(path), field="valuesets")
-        vraw = _read_yaml(vpath)
-        try:
-            parts.append((vpath, ValueSetFile.model_validate(vraw)))
-        except ValidationError as exc:
-            raise _validation_error(exc, vpath, vraw, ValueSetFile) from None
+        parts.append((vpath, _read_model(vpath, ValueSetFile)))
     valuesets = _merge_valuesets(parts, path)
     maps = []
     for mpath in concept_maps:
         mpath = Path(mpath)
-        mraw = _read_yaml(mpath)
-        try:
-            cmap = ConceptMapFile.model_validate(mraw)
-        except ValidationError as exc:
-            raise _validation_error(exc, mpath, mraw, ConceptMapFile) from None
+        cmap = _read_model(mpath, ConceptMapFile)
         if cmap.ruleset != source.id:
             raise RulesetError(f"concept map is for {cmap.ruleset!r}, not {source.id!r}",
                                path=str(mpath), field="ruleset")
