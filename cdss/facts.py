@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from cdss.errors import InputError
@@ -132,6 +133,27 @@ def _code(cc: Any) -> str | None:
     return None
 
 
+_STATUS_RANK = {"final": 0, "amended": 1, "corrected": 1}
+
+
+def _recency_key(resource: Mapping[str, Any], when: datetime) -> tuple[Any, ...]:
+    """A total order on records of one concept, latest last, whatever the input order.
+
+    By effective time, then issued time (parsed, so time zones compare), then
+    the resource version (``meta.versionId``, numerically when it is a number),
+    then amended/corrected over final, then id, then the content itself, so
+    that two records can never tie.
+    """
+    issued = _time_of(resource, "issued") or when
+    version = (resource.get("meta") or {}).get("versionId") if isinstance(
+        resource.get("meta"), Mapping) else None
+    version_key = (0, int(version), "") if isinstance(version, str) and version.isdigit() \
+        else (1, 0, str(version or ""))
+    content = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS, default=str)
+    return (when, issued, version_key, _STATUS_RANK.get(str(resource.get("status")), 0),
+            str(resource.get("id")), content)
+
+
 class _Builder:
     def __init__(self, record: Record, terminology: Terminology, as_of: datetime,
                  finding_lookback_days: int) -> None:
@@ -199,13 +221,13 @@ class _Builder:
         if age < 0:
             self.note("future-dated", obs, "observation is dated after as_of; ignored")
             return
-        issued = obs.get("issued") or ""
+        key = _recency_key(obs, when)
         for concept in sorted(concepts):
             kind = self.term.kind(concept)
             if kind == "lab":
-                self.lab(concept, obs, age, (when, str(issued), str(obs.get("id"))))
+                self.lab(concept, obs, age, key)
             elif kind == "finding":
-                self.finding(concept, obs, age, (when, str(issued), str(obs.get("id"))))
+                self.finding(concept, obs, age, key)
 
     def lab(self, concept: str, obs: Mapping[str, Any], age: float, key: tuple[Any, ...]) -> None:
         analyte = self.term.valuesets.analytes.get(concept)
@@ -324,8 +346,7 @@ class _Builder:
                 self.add(concept, "condition", cond, {})
             elif kind == "finding":
                 when = onset or self.as_of
-                self.finding(concept, cond, self.age_days(when),
-                             (when, "", str(cond.get("id"))))
+                self.finding(concept, cond, self.age_days(when), _recency_key(cond, when))
 
     def medication(self, med: Mapping[str, Any]) -> None:
         codeable = med.get("medicationCodeableConcept")

@@ -180,3 +180,19 @@ def test_medication_class_from_ingredient_name_when_the_code_is_unknown() -> Non
     unrelated = medication("n", "1")
     unrelated["medicationCodeableConcept"]["text"] = "Metformin 500 MG"
     assert facts(patient(), unrelated).items == facts(patient()).items
+
+
+def test_issued_times_compare_across_time_zones() -> None:
+    a = lab("k", "2823-3", 3.2, "mmol/L", when="2026-02-20T08:00:00Z",
+            issued="2026-02-20T11:00:00+02:00")  # 09:00Z
+    b = lab("k", "2823-3", 3.9, "mmol/L", when="2026-02-20T08:00:00Z", status="amended",
+            issued="2026-02-20T10:00:00Z")
+    for order in ([a, b], [b, a]):
+        assert values(facts(patient(), *order), "potassium")["value"] == 3.9
+
+
+def test_the_latest_version_of_one_observation_wins_in_any_order() -> None:
+    v1 = lab("k", "2823-3", 3.2, "mmol/L", meta={"versionId": "2"})
+    v2 = lab("k", "2823-3", 3.9, "mmol/L", status="amended", meta={"versionId": "10"})
+    for order in ([v1, v2], [v2, v1]):
+        assert values(facts(patient(), *order), "potassium")["value"] == 3.9
