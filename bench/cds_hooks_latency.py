@@ -8,8 +8,13 @@ Measures p50 and p99 of the same call three ways: in process
 (``handle_patient_view``: request validation, intake, facts, rules, cards),
 over HTTP on loopback one call at a time (the service runs in a child process
 on 127.0.0.1, so the client does not compete with it for the GIL; adds JSON,
-HTTP and the hop to the evaluation thread), and over HTTP with C clients at
-once (calls queue for the one evaluation thread, so latency grows with C).
+HTTP, the JWT check and the hop to the evaluation thread), and over HTTP with
+C clients at once (calls queue for the one evaluation thread, so latency grows
+with C).
+
+The service runs as deployed: it trusts one issuer whose EC P-384 key is made
+here, and every HTTP call carries its own ES384 JWT (signed before the clock
+starts, so signing is not measured; verifying is).
 """
 
 from __future__ import annotations
@@ -19,17 +24,23 @@ import asyncio
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
+import orjson
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import cdss
 from cdss.outputs.cds_hooks import handle_patient_view, prefetch_templates
-from cdss.service import create_app, serve_in_background
+from cdss.service import base_url, bind, create_app, serve_in_background
+from cdss.service_config import load_config
 
 AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
 PID = "bench-1"
@@ -115,11 +126,28 @@ def body(rs: cdss.Ruleset) -> dict[str, Any]:
             "context": {"userId": "Practitioner/bench", "patientId": PID}, "prefetch": prefetch}
 
 
-def serve(rs: cdss.Ruleset) -> None:
-    """Child process: serve ``rs`` on loopback, print the URL, stop when stdin closes."""
-    with serve_in_background(create_app(rulesets=(rs,), clock=lambda: AS_OF)) as base:
+ISSUER = "https://bench-ehr.example"
+
+
+def serve(rs: cdss.Ruleset, config_file: str) -> None:
+    """Child process: serve ``rs`` on loopback with the configuration in
+    ``config_file`` (its public URL is the loopback URL), print the URL, stop
+    when stdin closes."""
+    sock = bind("127.0.0.1")
+    url = base_url(sock)
+    config = load_config(config_file, public_url=url, environ={})
+    app = create_app(rulesets=(rs,), clock=lambda: AS_OF, config=config)
+    with serve_in_background(app, sock=sock) as base:
         print(base, flush=True)
         sys.stdin.read()
+
+
+def tokens(key: ec.EllipticCurvePrivateKey, aud: str, count: int) -> list[dict[str, str]]:
+    """``count`` Authorization headers, each with a fresh ES384 JWT for ``aud``."""
+    now = int(time.time())
+    return [{"Authorization": "Bearer " + jwt.encode(
+        {"iss": ISSUER, "aud": aud, "iat": now, "exp": now + 280, "jti": str(uuid.uuid4())},
+        key, algorithm="ES384", headers={"kid": "bench", "typ": "JWT"})} for _ in range(count)]
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -132,11 +160,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--ruleset", default="plantar-cramps")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     rs = cdss.load_ruleset(args.ruleset)
     if args.serve:
-        serve(rs)
+        serve(rs, args.serve)
         return
     request = body(rs)
     count = 1 + sum(len(v.get("entry", [])) for k, v in request["prefetch"].items()
@@ -151,7 +179,15 @@ def main() -> None:
         samples.append(time.perf_counter() - start)
     rows.append(("in process", samples))
 
-    child = subprocess.Popen([sys.executable, __file__, "--serve", "--ruleset", rs.spec],
+    key = ec.generate_private_key(ec.SECP384R1())
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid="bench", alg="ES384", use="sig")
+    folder = tempfile.TemporaryDirectory()
+    config_file = Path(folder.name) / "service.json"
+    config_file.write_bytes(orjson.dumps({"issuers": [
+        {"issuer": ISSUER, "jwks": {"keys": [jwk]}}]}))
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(config_file),
+                              "--ruleset", rs.spec],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdin is not None
@@ -160,13 +196,15 @@ def main() -> None:
         raise SystemExit(f"the service did not start: {base!r}")
     try:
         url = f"{base}/cds-services/{rs.id}"
+        signed = iter(tokens(key, url, 20 + 2 * args.calls))
         with httpx.Client(timeout=60) as client:
             for _ in range(20):  # warm the connection and the evaluation thread
-                client.post(url, json=request).raise_for_status()
+                client.post(url, json=request, headers=next(signed)).raise_for_status()
             samples = []
             for _ in range(args.calls):
+                headers = next(signed)
                 start = time.perf_counter()
-                response = client.post(url, json=request)
+                response = client.post(url, json=request, headers=headers)
                 samples.append(time.perf_counter() - start)
                 response.raise_for_status()
         rows.append(("HTTP, loopback, 1 client", samples))
@@ -176,21 +214,23 @@ def main() -> None:
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
                 gate = asyncio.Semaphore(args.concurrency)
 
-                async def one() -> float:
+                async def one(headers: dict[str, str]) -> float:
                     async with gate:
                         start = time.perf_counter()
-                        response = await client.post(url, json=request)
+                        response = await client.post(url, json=request, headers=headers)
                         took = time.perf_counter() - start
                         response.raise_for_status()
                         return took
 
-                return list(await asyncio.gather(*(one() for _ in range(args.calls))))
+                return list(await asyncio.gather(*(one(next(signed))
+                                                   for _ in range(args.calls))))
 
         rows.append((f"HTTP, loopback, {args.concurrency} clients", asyncio.run(clients())))
     finally:
         child.stdin.close()  # the child serves until its stdin closes
         child.wait(timeout=60)
         child.stdout.close()
+        folder.cleanup()
 
     print(f"ruleset {rs.spec}; patient-view with {count} prefetched resources "
           f"({len(cards)} cards); {args.calls} calls per row; times in ms")

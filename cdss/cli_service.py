@@ -7,41 +7,31 @@ commands work without them.
 
 from __future__ import annotations
 
-import ipaddress
+import logging
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, NoReturn
 
-import orjson
 import typer
 
 from cdss.errors import CDSSError
 
-
-def _trusted(values: list[str]) -> dict[str, Any]:
-    """``ISSUER=FILE`` options → issuer → key (PEM text, or a JWK / JWK Set as JSON)."""
-    out: dict[str, Any] = {}
-    for value in values:
-        issuer, sep, file = value.rpartition("=")
-        if not sep or not issuer or not file:
-            raise typer.BadParameter(f"--trust takes ISSUER=FILE, not {value!r}")
-        try:
-            text = Path(file).read_bytes()
-        except OSError as exc:
-            raise typer.BadParameter(f"--trust {file}: {exc.strerror}") from None
-        try:
-            out[issuer] = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            out[issuer] = text
-    return out
+_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _log_to_stderr(level: str) -> None:
+    """Send the ``cdss`` loggers' records (one JSON line each) to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("cdss")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
 
 
 def register(app: typer.Typer) -> None:
@@ -56,44 +46,71 @@ def register(app: typer.Typer) -> None:
                               "(default: plantar-cramps)")] = None,
         paths: Annotated[list[Path] | None, typer.Option(
             "--rulesets", help="extra ruleset folder")] = None,
-        trust: Annotated[list[str] | None, typer.Option(
-            "--trust", help="ISSUER=FILE: require every call to carry a JWT signed by "
-                            "ISSUER, whose public key (PEM) or JWK Set (JSON) is in FILE; "
-                            "repeat for several clients")] = None,
+        config: Annotated[Path | None, typer.Option(
+            "--config", envvar="CDSS_SERVICE_CONFIG",
+            help="configuration file (YAML or JSON): the trusted CDS clients (issuers), "
+                 "their keys and FHIR servers; required unless --insecure-dev")] = None,
         public_url: Annotated[str | None, typer.Option(
-            help="base URL clients use (the JWT audience), when behind a proxy")] = None,
+            envvar="CDSS_PUBLIC_URL",
+            help="the base URL clients call (https, as seen through the TLS proxy); "
+                 "JWTs must name it plus the path as audience")] = None,
+        insecure_dev: Annotated[bool, typer.Option(
+            "--insecure-dev", help="local demos only: accept calls without any "
+                                   "authentication (a warning is logged on every call)")
+        ] = False,
         fhir_server: Annotated[list[str] | None, typer.Option(
-            "--fhir-server", help="only fetch from FHIR servers under this base URL; "
-                                  "repeat for several (default: any)")] = None,
+            "--fhir-server", help="with --insecure-dev: only read FHIR servers under this "
+                                  "base URL; repeat for several (default: any)")] = None,
         cors_origin: Annotated[list[str] | None, typer.Option(
             "--cors-origin", help="browser origin allowed to call, CORS (default: *)")] = None,
-        timeout: Annotated[float, typer.Option(
-            help="seconds to wait for a FHIR server")] = 10.0,
-        log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+        log_level: Annotated[str, typer.Option(
+            help="log level: critical, error, warning, info, debug")] = "info",
     ) -> None:
-        """Run the CDS Hooks 2.0 service (patient-view) over HTTP."""
+        """Run the CDS Hooks 2.0 service (patient-view) over HTTP.
+
+        Every call must carry a JWT signed by a CDS client named in --config;
+        without a configuration the service refuses to start unless
+        --insecure-dev is given.
+        """
+        if log_level.lower() not in _LEVELS:
+            raise typer.BadParameter(f"--log-level must be one of {', '.join(_LEVELS)}")
         try:
             import uvicorn
 
-            from cdss.service import create_app
+            from cdss.service import create_app, disable_access_log
+            from cdss.service_config import load_config
         except ImportError as exc:
-            typer.secho(f"error: the service needs the 'service' extra "
-                        f"(pip install 'cdss[service]'): {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(code=2) from None
-        trusted = _trusted(trust or [])
+            _fail(f"the service needs the 'service' extra (pip install 'cdss[service]'): {exc}")
+        if insecure_dev and config is not None:
+            _fail("--insecure-dev and --config (or CDSS_SERVICE_CONFIG) exclude each other")
+        if fhir_server and not insecure_dev:
+            _fail("--fhir-server applies to --insecure-dev only; with a configuration, list "
+                  "each issuer's FHIR servers in its fhir_servers")
+        if config is None and not insecure_dev:
+            _fail("no configuration of trusted CDS clients: give --config FILE (or set "
+                  "CDSS_SERVICE_CONFIG), or --insecure-dev for an unauthenticated local demo; "
+                  "see docs/deploying.md")
         try:
+            settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
                 rulesets=tuple(ruleset or ("plantar-cramps",)), paths=paths,
-                fetch_timeout=timeout, trusted_clients=trusted or None,
-                public_base_url=public_url, allowed_fhir_servers=fhir_server or None,
+                config=settings, insecure_dev=insecure_dev,
+                allowed_fhir_servers=fhir_server or None,
                 cors_origins=tuple(cor for cor in (cors_origin or ["*"])))
         except CDSSError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(code=2) from None
-        if not trusted and not _is_loopback(host):
-            typer.secho("warning: no --trust given: any client that reaches this address can "
-                        "call the service", err=True, fg=typer.colors.YELLOW)
+            _fail(str(exc))
+        _log_to_stderr(log_level)
+        disable_access_log()
+        if insecure_dev:
+            typer.secho("WARNING: --insecure-dev: calls are NOT authenticated; anyone who can "
+                        f"reach {host}:{port} can read decision support about any patient. "
+                        "Never use this with real patient data.",
+                        err=True, fg=typer.colors.YELLOW)
         services = ", ".join(f"{sid} ({rs.spec})"
                              for sid, rs in application.state.services.items())
         typer.echo(f"CDS Hooks services: {services}", err=True)
-        uvicorn.run(application, host=host, port=port, log_level=log_level)
+        if settings is not None:
+            issuers = ", ".join(i.issuer for i in settings.issuers)
+            typer.echo(f"public URL {settings.public_url}; trusted issuers: {issuers}", err=True)
+        uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
+                    access_log=False, server_header=False)

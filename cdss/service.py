@@ -7,26 +7,43 @@
 ``POST /cds-services/{id}``
     a ``patient-view`` call, answered with cards;
 ``POST /cds-services/{id}/feedback``
-    feedback on cards (accepted / overridden), validated, logged, and passed
-    to an optional callback.
+    feedback on cards (accepted / overridden), validated, logged as counts,
+    and passed to an optional callback.
 
-Errors are JSON (``{"error": {"status": ..., "message": ...}}``) and never
-carry a traceback: 400 for a malformed request or unusable patient data, 401
-when client authentication is configured and fails, 404 for an unknown
-service, 412 when the patient's data can be had neither from ``prefetch`` nor
-from ``fhirServer`` (as the specification says), 500 for anything else (the
-details go to the log only). CORS headers allow browser-based CDS clients.
+**Who may call.** With a :class:`~cdss.service_config.ServiceConfig` every
+call must carry the CDS client's signed JWT, checked as the specification's
+"Trusting CDS Clients" section says (see :mod:`cdss.service_auth`); any
+failure is a 401 with one generic message, the reason going to the log only.
+Without a configuration the app is only created when ``insecure_dev=True``,
+and then it logs a warning on every call.
 
-Data the request lacks is fetched from the client's FHIR server on the event
-loop (httpx, with a timeout), so slow servers do not hold up other calls;
-evaluation runs in one dedicated worker thread, because durable-rules is not
-thread-safe and cannot run two patients at once anyway.
+**What the service reads.** Data missing from ``prefetch`` is fetched from
+``fhirServer`` only when that server is one configured for the calling
+issuer (scheme, host, port and path prefix compared exactly; every URL
+fetched, next pages included, is checked again), without following
+redirects, with a timeout per request and for all reads of a call, and a cap
+on the size of each answer (read as a stream and abandoned past the cap).
 
-When ``trusted_clients`` is given, every call must carry the CDS client's
-signed JWT (``Authorization: Bearer``), as the specification's "Trusting CDS
-Clients" section describes: asymmetric algorithms only, the issuer on the
-allow list, ``aud`` the URL of the endpoint called, ``exp``, ``iat`` and
-``jti`` required, and a ``jti`` seen before refused as a replay.
+**What a call may cost.** A body larger than ``max_body_bytes`` is a 413
+(read as a stream, never buffered beyond the limit); arrays and objects
+nested deeper than ``max_json_depth`` are a 400 before the JSON is parsed
+(bodies over 256 KB are checked and validated in a worker thread, so that
+they do not hold up the event loop);
+an evaluation that does not finish within ``evaluation_timeout_seconds``
+is a 503. Errors are JSON (``{"error": {"status": ..., "message": ...}}``)
+and never carry a traceback; unexpected failures are a 500 whose details
+(exception type and stack, no message) go to the log only.
+
+**Logs.** One JSON line per call on the ``cdss.service`` logger: event,
+service id, hook instance, issuer, status, duration, ruleset ``id@version``,
+number of cards, and for refusals a category (for 401 the internal reason).
+No patient data, no tokens, no request or error messages. The ``httpx`` and
+``httpcore`` loggers, which would log the URLs (patient ids) of FHIR reads,
+are set to WARNING when they are not configured.
+
+Data is fetched on the event loop (httpx), so slow servers do not hold up
+other calls; evaluation runs in one dedicated worker thread, because
+durable-rules is not thread-safe.
 
 This module is imported only when the service is used: ``import cdss`` never
 imports starlette, uvicorn, httpx or PyJWT.
@@ -37,14 +54,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import http.cookiejar
 import logging
+import re
 import socket
 import threading
 import time
+import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timezone
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +82,7 @@ from starlette.routing import Route
 
 from cdss.errors import CDSSError, InvalidArgument
 from cdss.outputs.cds_hooks import (
+    FeedbackRequest,
     Fetch,
     HookRequest,
     HookRequestError,
@@ -75,15 +97,37 @@ from cdss.outputs.cds_hooks import (
     validate_request,
 )
 from cdss.rulesets import Ruleset, load_ruleset
+from cdss.service_auth import AuthenticationFailed, ClientAuthenticator, ReplayCacheFull
+from cdss.service_config import (
+    ASYMMETRIC_ALGORITHMS,
+    AllowedServer,
+    Limits,
+    ServiceConfig,
+    ServiceConfigError,
+    load_config,
+)
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "ClientAuth", "create_app", "serve_in_background"]
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "AUTH_FAILED",
+    "base_url",
+    "bind",
+    "create_app",
+    "disable_access_log",
+    "json_depth",
+    "json_too_deep",
+    "serve_in_background",
+]
 
 log = logging.getLogger("cdss.service")
 
-#: JWT algorithms a CDS client may sign with (the specification forbids none and HMAC).
-ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-                         "ES256", "ES384", "ES512", "EdDSA")
+#: The one message every refused token gets (details go to the log only).
+AUTH_FAILED = "authentication failed"
 _CORS_EXPOSE = ["Origin", "Accept", "Content-Location", "Location", "X-Requested-With"]
+_INSECURE = "unauthenticated call: the service runs with --insecure-dev"
+_CATEGORY = {400: "bad request", 401: "authentication", 404: "unknown service",
+             405: "method not allowed", 412: "data unavailable", 413: "body too large",
+             500: "internal error", 503: "unavailable"}
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -96,100 +140,127 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 
 # --------------------------------------------------------------------------- #
-# Authenticating CDS clients (JWT)
+# Request bodies: size and depth before parsing
 # --------------------------------------------------------------------------- #
-class ClientAuth:
-    """Checks the JWT a CDS client sends with every call.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_CHUNK = 1 << 16
+#: Bodies larger than this are checked and validated in a worker thread, off the event loop.
+_LARGE_BODY = 256 * 1024
+_STEP = [0] * 256
+_STEP[ord("[")] = 1
+_STEP[ord("]")] = -1
 
-    ``trusted`` maps each trusted issuer (``iss``) to its public key: PEM text
-    or bytes, a key object of ``cryptography``, a JWK (dict) or a JWK Set
-    (``{"keys": [...]}``, the key chosen by the JWT's ``kid``).
-    ``public_base_url`` is the service's base URL as clients call it (behind a
-    proxy it differs from what the server sees); ``aud`` must be that base
-    plus the path called. ``leeway`` is the clock skew allowed, in seconds.
-    """
 
-    def __init__(self, trusted: Mapping[str, Any], *, public_base_url: str | None = None,
-                 leeway: float = 30.0) -> None:
-        import jwt
+def _brackets(body: bytes) -> bytes:
+    """The brackets of JSON text outside its strings, ``{}`` written as ``[]``."""
+    return _STRING.sub(b"", body).translate(_SQUARE, _NOT_BRACKETS)
 
-        if not trusted:
-            raise InvalidArgument("trusted_clients must name at least one issuer")
-        self._jwt = jwt
-        self.keys: dict[str, Any] = {}
-        for issuer, key in trusted.items():
-            if isinstance(key, Mapping) and "keys" in key:
-                try:
-                    self.keys[issuer] = jwt.PyJWKSet.from_dict(dict(key))
-                except jwt.PyJWTError as exc:
-                    raise InvalidArgument(
-                        f"issuer {issuer!r}: not a usable JWK Set: {exc}") from None
-            elif isinstance(key, Mapping):
-                try:
-                    self.keys[issuer] = jwt.PyJWK.from_dict(dict(key))
-                except jwt.PyJWTError as exc:
-                    raise InvalidArgument(f"issuer {issuer!r}: not a usable JWK: {exc}") from None
-            else:
-                self.keys[issuer] = key
-        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
-        self.leeway = leeway
-        self._seen: dict[tuple[str, str], float] = {}
 
-    def _key(self, issuer: str, kid: str | None) -> Any:
-        key = self.keys[issuer]
-        if isinstance(key, self._jwt.PyJWKSet):
-            for jwk in key.keys:
-                if jwk.key_id == kid:
-                    return jwk.key
-            raise HookRequestError(f"no key {kid!r} of issuer {issuer!r}", status=401)
-        if isinstance(key, self._jwt.PyJWK):
-            return key.key
-        return key
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text ``body``
+    (``1`` for ``{}``), counted on the bytes without parsing them: brackets
+    inside strings do not count. For text that is not JSON the count is an
+    estimate; the parser rejects such text anyway. (The service uses the
+    faster :func:`json_too_deep`.)"""
+    return max(accumulate(map(_STEP.__getitem__, _brackets(body))), default=0)
 
-    def audience(self, request: Request) -> str:
-        base = self.public_base_url or f"{request.url.scheme}://{request.url.netloc}"
-        return base + request.url.path.rstrip("/")
 
-    def check(self, request: Request) -> None:
-        """Raise :class:`HookRequestError` 401 unless ``request`` carries a
-        valid JWT of a trusted client."""
-        jwt = self._jwt
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HookRequestError("a signed JWT is required: Authorization: Bearer <JWT>",
-                                   status=401)
-        token = token.strip()
-        try:
-            head = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise HookRequestError(f"malformed JWT: {exc}", status=401) from None
-        alg = head.get("alg")
-        if alg not in ASYMMETRIC_ALGORITHMS:
-            raise HookRequestError(f"JWT algorithm {alg!r} is not accepted; use an "
-                                   "asymmetric one such as ES384 or RS384", status=401)
-        issuer = claims.get("iss")
-        if not isinstance(issuer, str) or issuer not in self.keys:
-            raise HookRequestError(f"JWT issuer {issuer!r} is not trusted", status=401)
-        try:
-            verified = jwt.decode(
-                token, self._key(issuer, head.get("kid")), algorithms=[alg],
-                audience=self.audience(request), issuer=issuer, leeway=self.leeway,
-                options={"require": ["iss", "aud", "exp", "iat", "jti"]})
-        except jwt.PyJWTError as exc:
-            raise HookRequestError(f"JWT rejected: {exc}", status=401) from None
-        now = time.time()
-        self._seen = {k: exp for k, exp in self._seen.items() if exp + self.leeway >= now}
-        jti = (issuer, str(verified["jti"]))
-        if jti in self._seen:
-            raise HookRequestError("JWT jti was used before (replay)", status=401)
-        self._seen[jti] = float(verified["exp"])
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """Whether arrays and objects in JSON text ``body`` nest deeper than
+    ``limit`` (as :func:`json_depth` counts), stopping as soon as it is
+    known: a run of ``limit + 1`` opening brackets settles it at once;
+    otherwise the brackets are counted in chunks, leaving at the first too deep."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # too few brackets to nest that deep
+    brackets = _brackets(body)
+    if b"[" * (limit + 1) in brackets:
+        return True
+    level = 0
+    for start in range(0, len(brackets), _CHUNK):
+        levels = list(accumulate(map(_STEP.__getitem__, brackets[start:start + _CHUNK]),
+                                 initial=level))
+        if max(levels) > limit:
+            return True
+        level = levels[-1]
+    return False
+
+
+def _check_depth(body: bytes, limit: int, what: str, status: int = 400) -> None:
+    if json_too_deep(body, limit):
+        raise HookRequestError(f"the {what} is nested more than {limit} levels deep",
+                               status=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = HookRequestError(f"the request body is larger than {limit} bytes", status=413)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise HookRequestError("the Content-Length header is not a number")
+        if int(declared) > limit:
+            raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+# --------------------------------------------------------------------------- #
+# Logging without patient data
+# --------------------------------------------------------------------------- #
+def _emit(level: int, record: Mapping[str, Any]) -> None:
+    line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
+    log.log(level, orjson.dumps(line).decode())
+
+
+def _log_failure(exc: BaseException, event: str) -> None:
+    """The type and stack of an unexpected failure; never its message, which
+    may quote patient data."""
+    stack = [f"{frame.filename}:{frame.lineno} in {frame.name}"
+             for frame in traceback.extract_tb(exc.__traceback__)]
+    _emit(logging.ERROR, {"event": "failure", "during": event,
+                          "exception": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                          "stack": stack[-12:]})
+
+
+class _NoAccessLog(logging.Filter):
+    """Drops uvicorn's access log records (the request line may carry a query
+    string a client filled with patient data); the per-call JSON line replaces it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def disable_access_log() -> None:
+    """Turn uvicorn's access log off for good. ``access_log=False`` is not
+    enough: uvicorn writes access lines whenever its access logger has a
+    handler, which any logging configuration may add."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _NoAccessLog) for f in logger.filters):
+        logger.addFilter(_NoAccessLog())
+
+
+def _quiet_http_loggers() -> None:
+    # httpx logs every request's URL at INFO, and FHIR search URLs name the patient.
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------- #
 # The application
 # --------------------------------------------------------------------------- #
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing: no state may pass between calls."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(
+        allowed_domains=[]))
+
+
 class _Runtime:
     """What the app holds between calls: the evaluation thread and an HTTP client."""
 
@@ -206,7 +277,8 @@ class _Runtime:
 
     def http(self) -> httpx.AsyncClient:
         if self.client is None:
-            self.client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+            self.client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False,
+                                            cookies=_no_cookies())
         return self.client
 
     async def close(self) -> None:
@@ -214,175 +286,278 @@ class _Runtime:
             await self.client.aclose()
             self.client = None
         if self.executor is not None:
-            self.executor.shutdown(wait=True)
+            self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+
+
+class _Caller:
+    """Who is calling: a trusted issuer (and the FHIR servers it allows), or an
+    unauthenticated caller of an ``--insecure-dev`` service."""
+
+    def __init__(self, issuer: str | None, servers: Sequence[AllowedServer] | None) -> None:
+        self.issuer = issuer
+        self.servers = tuple(servers) if servers is not None else None
+
+    def may_read(self, url: str) -> bool:
+        return self.servers is None or any(s.admits(url) for s in self.servers)
+
+
+def _services(rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset],
+              paths: Sequence[str | Path] | None) -> dict[str, Ruleset]:
+    if isinstance(rulesets, Mapping):
+        return service_ids(rulesets)
+    if isinstance(rulesets, (str, Ruleset)):
+        rulesets = [rulesets]
+    return service_ids([r if isinstance(r, Ruleset) else load_ruleset(r, paths=paths)
+                        for r in rulesets])
 
 
 def create_app(
     *,
     rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] = ("plantar-cramps",),
     paths: Sequence[str | Path] | None = None,
+    config: ServiceConfig | str | Path | None = None,
+    insecure_dev: bool = False,
+    allowed_fhir_servers: Sequence[str] | None = None,
+    limits: Limits | None = None,
     clock: Callable[[], datetime] | None = None,
     fetch: Fetch | None = None,
-    fetch_timeout: float = 10.0,
-    trusted_clients: Mapping[str, Any] | None = None,
-    public_base_url: str | None = None,
-    allowed_fhir_servers: Sequence[str] | None = None,
     cors_origins: Sequence[str] = ("*",),
     on_feedback: Callable[[str, dict[str, Any]], None] | None = None,
-    max_body_bytes: int = 10_000_000,
 ) -> Starlette:
     """The CDS Hooks service as a Starlette app.
 
     ``rulesets``: ruleset specs (``id`` or ``id@version``) or loaded rulesets,
     one service each (or a mapping of service id to ruleset); ``paths`` adds
-    ruleset folders. ``clock`` gives the evaluation time (default: now).
-    ``fetch`` replaces the httpx client used to read the CDS client's FHIR
-    server (a blocking ``fetch(url, headers) -> JSON``, run off the event loop);
-    ``fetch_timeout`` is httpx's timeout in seconds. ``trusted_clients``
-    turns on JWT authentication of CDS clients (see :class:`ClientAuth`;
-    ``public_base_url`` is the base URL clients use). ``allowed_fhir_servers``
-    restricts the ``fhirServer`` URLs the service will call (prefixes).
-    ``on_feedback(service_id, entry)`` receives each feedback entry.
-    Rulesets are loaded here, so a bad one fails at start, not at a call.
+    ruleset folders. Rulesets are loaded here, so a bad one fails at start.
+
+    ``config`` (a :class:`~cdss.service_config.ServiceConfig` or the path of
+    its file) names the trusted CDS clients, their keys and FHIR servers, and
+    the service's public URL; every call must then carry a valid JWT. Without
+    it, ``insecure_dev=True`` is required: no authentication, a warning logged
+    on every call, and FHIR reads limited to ``allowed_fhir_servers`` (base
+    URLs; ``None``: any). :class:`~cdss.service_config.ServiceConfigError`
+    when neither or both are given.
+
+    ``limits`` overrides the configuration's limits. ``clock`` gives the
+    evaluation time (default: now). ``fetch`` replaces the httpx client used
+    to read FHIR servers (a blocking ``fetch(url, headers) -> JSON``, run off
+    the event loop; the allow-list still applies). ``on_feedback(service_id,
+    entry)`` receives each feedback entry.
     """
-    if isinstance(rulesets, Mapping):
-        services = service_ids(rulesets)
-    else:
-        if isinstance(rulesets, (str, Ruleset)):
-            rulesets = [rulesets]
-        loaded = [r if isinstance(r, Ruleset) else load_ruleset(r, paths=paths)
-                  for r in rulesets]
-        services = service_ids(loaded)
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    if config is None and not insecure_dev:
+        raise ServiceConfigError(
+            "the service has no configuration of trusted CDS clients: give a configuration "
+            "file (--config or CDSS_SERVICE_CONFIG), or run an unauthenticated local demo "
+            "with --insecure-dev")
+    if config is not None and insecure_dev:
+        raise ServiceConfigError("give a configuration or insecure_dev, not both")
+    if config is not None and allowed_fhir_servers is not None:
+        raise ServiceConfigError("with a configuration, FHIR servers are allowed per issuer "
+                                 "(issuers[].fhir_servers), not with allowed_fhir_servers")
+    try:
+        dev_servers = None if allowed_fhir_servers is None else \
+            [AllowedServer.parse(u) for u in allowed_fhir_servers]
+    except ValueError as exc:
+        raise ServiceConfigError(str(exc), field="allowed_fhir_servers") from None
+    services = _services(rulesets, paths)
     if not services:
         raise InvalidArgument("the service needs at least one ruleset")
+    limit = limits or (config.limits if config is not None else Limits())
     document = discovery(services)
-    auth = ClientAuth(trusted_clients, public_base_url=public_base_url) \
-        if trusted_clients else None
-    allowed = tuple(s.rstrip("/") for s in allowed_fhir_servers) \
-        if allowed_fhir_servers is not None else None
-    runtime = _Runtime(fetch_timeout)
+    runtime = _Runtime(limit.fhir_timeout_seconds)
+    authenticator = ClientAuthenticator(config, runtime.http) if config is not None else None
+    servers = {i.issuer: i.allowed_servers for i in config.issuers} if config else {}
     feedback_log: deque[dict[str, Any]] = deque(maxlen=1000)
+    _quiet_http_loggers()
 
-    def authenticate(request: Request) -> None:
-        if auth is not None:
-            auth.check(request)
+    async def caller_of(request: Request, path: str) -> _Caller:
+        if authenticator is None:
+            return _Caller(None, dev_servers)
+        issuer = await authenticator.authenticate(request.headers.get("authorization"), path)
+        return _Caller(issuer.issuer, servers[issuer.issuer])
 
-    async def body_of(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            raise HookRequestError(f"the request body is larger than {max_body_bytes} bytes",
-                                   status=413)
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            raise HookRequestError(f"the request body is larger than {max_body_bytes} bytes",
-                                   status=413)
-        return body
-
-    def ruleset_of(request: Request) -> tuple[str, Ruleset]:
+    def ruleset_of(request: Request, record: dict[str, Any]) -> tuple[str, Ruleset]:
         sid = request.path_params["service_id"]
         rs = services.get(sid)
         if rs is None:
             raise HookRequestError(f"no CDS service {sid!r}; see GET /cds-services", status=404)
+        record["service"], record["ruleset"] = sid, rs.spec
         return sid, rs
 
-    async def fetch_missing(req: HookRequest, rs: Ruleset) -> dict[str, Any]:
+    async def parsed(request: Request, what: str, validate: Callable[[bytes], Any]) -> Any:
+        """The body read within the size limit, its depth checked before parsing,
+        then validated; large bodies are handled in a worker thread."""
+        body = await _read_body(request, limit.max_body_bytes)
+
+        def check_and_validate() -> Any:
+            _check_depth(body, limit.max_json_depth, what)
+            return validate(body)
+
+        if len(body) > _LARGE_BODY:
+            return await run_in_threadpool(check_and_validate)
+        return check_and_validate()
+
+    async def read(client: httpx.AsyncClient, url: str, hdrs: Mapping[str, str]) -> Any:
+        cap = limit.fhir_max_response_bytes
+        too_large = HookRequestError(f"the FHIR server's answer is larger than {cap} bytes",
+                                     status=412)
+        try:
+            async with client.stream("GET", url, headers=dict(hdrs)) as response:
+                status = response.status_code
+                if not 200 <= status < 300:
+                    return read_fhir_json(status, b"", url)  # raises 412 naming the status
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise too_large
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) > cap:
+                        raise too_large
+        except httpx.HTTPError as exc:
+            raise HookRequestError(f"the FHIR server could not be read: {type(exc).__name__}",
+                                   status=412) from None
+        def check_and_parse() -> Any:
+            _check_depth(bytes(content), limit.max_json_depth, "FHIR server's answer",
+                         status=412)
+            return read_fhir_json(status, bytes(content), url)
+
+        if len(content) > _LARGE_BODY:
+            return await run_in_threadpool(check_and_parse)
+        return check_and_parse()
+
+    async def fetch_missing(req: HookRequest, rs: Ruleset, caller: _Caller) -> dict[str, Any]:
         missing = missing_prefetch(req, rs)
         if not missing:
             return {}
         assert req.fhirServer is not None  # missing_prefetch raised otherwise
         base = req.fhirServer
-        if allowed is not None and not any(base == a or base.startswith(a + "/")
-                                           for a in allowed):
+        if not caller.may_read(base):
             raise HookRequestError(f"fhirServer {base} is not one this service may call",
                                    status=412)
         headers = fetch_headers(req)
-        if fetch is not None:
-            async def get(url: str, hdrs: Mapping[str, str]) -> Any:
-                assert fetch is not None
-                return await run_in_threadpool(fetch, url, hdrs)
-        else:
-            client = runtime.http()
 
-            async def get(url: str, hdrs: Mapping[str, str]) -> Any:
-                try:
-                    response = await client.get(url, headers=dict(hdrs))
-                except httpx.HTTPError as exc:
-                    raise HookRequestError(
-                        f"the FHIR server could not be read: {type(exc).__name__}",
-                        status=412) from None
-                return read_fhir_json(response.status_code, response.content, url)
+        async def get(url: str, hdrs: Mapping[str, str]) -> Any:
+            if not caller.may_read(url):  # a next page elsewhere, a dot segment, ...
+                raise HookRequestError("a FHIR URL outside the allowed server was not followed",
+                                       status=412)
+            if fetch is not None:
+                return await run_in_threadpool(fetch, url, hdrs)
+            return await read(runtime.http(), url, hdrs)
 
         keys = list(missing)
-        pages = await asyncio.gather(*(collect_pages_async(missing[k], headers, get, base)
-                                       for k in keys))
+        try:
+            pages = await asyncio.wait_for(
+                asyncio.gather(*(collect_pages_async(missing[k], headers, get, base)
+                                 for k in keys)),
+                timeout=limit.fhir_total_timeout_seconds)
+        except asyncio.TimeoutError:
+            raise HookRequestError("the FHIR server did not answer in time", status=412) from None
         return dict(zip(keys, pages, strict=True))
 
-    async def list_services(request: Request) -> Response:
-        authenticate(request)
-        return _json(document)
-
-    async def call_service(request: Request) -> Response:
-        authenticate(request)
-        sid, rs = ruleset_of(request)
-        req = validate_request(await body_of(request))
-        fetched = await fetch_missing(req, rs)
+    async def evaluate(req: HookRequest, rs: Ruleset, fetched: dict[str, Any]) -> Any:
         as_of = clock() if clock is not None else None
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
+        work = loop.run_in_executor(
             runtime.evaluator(),
             functools.partial(evaluate_request, req, rs, fetched=fetched, as_of=as_of))
-        log.info("service %s hookInstance %s: %d card(s)", sid, req.hookInstance,
-                 len(result["cards"]))
+        try:
+            return await asyncio.wait_for(work, timeout=limit.evaluation_timeout_seconds)
+        except asyncio.TimeoutError:
+            raise HookRequestError("the evaluation did not finish in time; try again later",
+                                   status=503) from None
+
+    # -- endpoints: each returns its response and fills its log record -------- #
+    async def list_services(request: Request, record: dict[str, Any]) -> Response:
+        record["issuer"] = (await caller_of(request, "/cds-services")).issuer
+        return _json(document)
+
+    async def call_service(request: Request, record: dict[str, Any]) -> Response:
+        sid = request.path_params["service_id"]
+        caller = await caller_of(request, f"/cds-services/{sid}")
+        record["issuer"] = caller.issuer
+        _, rs = ruleset_of(request, record)
+        req: HookRequest = await parsed(request, "request body", validate_request)
+        record["hookInstance"] = str(req.hookInstance)
+        fetched = await fetch_missing(req, rs, caller)
+        result = await evaluate(req, rs, fetched)
+        record["cards"] = len(result["cards"])
         return _json(result)
 
-    async def feedback(request: Request) -> Response:
-        authenticate(request)
-        sid, _ = ruleset_of(request)
-        body = validate_feedback(await body_of(request))
+    async def feedback(request: Request, record: dict[str, Any]) -> Response:
+        sid = request.path_params["service_id"]
+        caller = await caller_of(request, f"/cds-services/{sid}/feedback")
+        record["issuer"] = caller.issuer
+        ruleset_of(request, record)
+        body: FeedbackRequest = await parsed(request, "feedback body", validate_feedback)
+        outcomes = [entry.outcome for entry in body.feedback]
+        record["accepted"] = outcomes.count("accepted")
+        record["overridden"] = outcomes.count("overridden")
         for entry in body.feedback:
-            record = entry.model_dump(mode="json", exclude_none=True)
-            accepted = [s.id for s in entry.acceptedSuggestions or []]
-            reason = entry.overrideReason.reason.code \
-                if entry.overrideReason and entry.overrideReason.reason else None
-            log.info("feedback service %s card %s: %s%s%s", sid, entry.card, entry.outcome,
-                     f" suggestions {accepted}" if accepted else "",
-                     f" reason {reason}" if reason else "")
-            feedback_log.append({"service": sid, **record})
+            kept = entry.model_dump(mode="json", exclude_none=True)
+            feedback_log.append({"service": sid, **kept})
             if on_feedback is not None:
                 try:
-                    on_feedback(sid, record)
-                except Exception:
-                    log.exception("feedback callback failed for card %s", entry.card)
+                    on_feedback(sid, kept)
+                except Exception as exc:
+                    _log_failure(exc, "feedback callback")
                     raise HookRequestError("feedback could not be stored", status=500) from None
         return _json({"received": len(body.feedback)})
 
-    async def on_hook_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HookRequestError)
-        if exc.status >= 500:
-            return _error(exc.status, exc.reason)
-        log.info("%s %s: %d %s", request.method, request.url.path, exc.status, exc.reason)
-        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} \
-            if exc.status == 401 else None
-        return _error(exc.status, exc.reason, headers)
+    def endpoint(event: str, handler: Callable[[Request, dict[str, Any]], Awaitable[Response]]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            record: dict[str, Any] = {"event": event, "service": None, "hookInstance": None,
+                                      "issuer": None}
+            start = time.perf_counter()
+            try:
+                response = await handler(request, record)
+            except AuthenticationFailed as exc:
+                record["issuer"] = exc.issuer
+                record["error"] = f"authentication: {exc.reason}"
+                response = _error(401, AUTH_FAILED, {"WWW-Authenticate": "Bearer"})
+            except ReplayCacheFull:
+                record["error"] = "replay cache full"
+                response = _error(503, "the service is busy; try again later",
+                                  {"Retry-After": "30"})
+            except HookRequestError as exc:
+                record["error"] = _CATEGORY.get(exc.status, "refused")
+                headers = {"Retry-After": "5"} if exc.status == 503 else None
+                response = _error(exc.status, exc.reason, headers)
+            except Exception as exc:
+                _log_failure(exc, event)
+                record["error"] = _CATEGORY[500]
+                response = _error(500, "internal error; see the service log")
+            record["status"] = response.status_code
+            record["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
+            if authenticator is None:
+                record["warning"] = _INSECURE
+                level = logging.WARNING
+            else:
+                level = logging.ERROR if response.status_code >= 500 else logging.INFO
+            _emit(level, record)
+            return response
+
+        return run
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
-            return _error(404, f"no such endpoint: {request.url.path}")
+            return _error(404, "no such endpoint")
         return _error(exc.status_code, str(exc.detail), exc.headers)
 
-    async def on_cdss_error(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return _error(500, "the service could not evaluate this request; see its log")
-
     async def on_any_error(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        _log_failure(exc, "request")
         return _error(500, "internal error; see the service log")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime.evaluator()
+        if authenticator is None:
+            _emit(logging.WARNING, {"event": "start", "warning": _INSECURE})
         try:
             yield
         finally:
@@ -390,39 +565,62 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/cds-services", list_services, methods=["GET"]),
-            Route("/cds-services/{service_id}", call_service, methods=["POST"]),
-            Route("/cds-services/{service_id}/feedback", feedback, methods=["POST"]),
+            Route("/cds-services", endpoint("discovery", list_services), methods=["GET"]),
+            Route("/cds-services/{service_id}", endpoint("patient-view", call_service),
+                  methods=["POST"]),
+            Route("/cds-services/{service_id}/feedback", endpoint("feedback", feedback),
+                  methods=["POST"]),
         ],
         middleware=[Middleware(
             CORSMiddleware, allow_origins=list(cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=_CORS_EXPOSE, allow_credentials=False, max_age=600)],
-        exception_handlers={
-            HookRequestError: on_hook_error,
-            HTTPException: on_http_error,
-            CDSSError: on_cdss_error,
-            Exception: on_any_error,
-        },
+        exception_handlers={HTTPException: on_http_error, Exception: on_any_error},
         lifespan=lifespan,
     )
     app.state.services = services
     app.state.feedback = feedback_log
+    app.state.config = config
+    app.state.authenticator = authenticator
+    app.state.insecure_dev = authenticator is None
     return app
 
 
 # --------------------------------------------------------------------------- #
 # Running the app in a background thread (tests, benchmarks, embedding)
 # --------------------------------------------------------------------------- #
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (``0``: a free port), for
+    :func:`serve_in_background`; bind first to know the URL (the JWT audience)
+    before creating the app."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets, and
+    # without it a response written in two parts waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    """``http://host:port`` of a socket from :func:`bind`."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
 @contextlib.contextmanager
 def serve_in_background(app: Any, *, host: str = "127.0.0.1", port: int = 0,
+                        sock: socket.socket | None = None,
                         log_level: str = "warning") -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yield its base URL.
 
-    The listening socket is bound (``port`` 0: a free port) before the thread
-    starts and the call returns once the server has started, so the URL can
-    be used at once. The server stops when the ``with`` block ends.
+    The listening socket (``sock``, or one bound to ``host``:``port``; port 0
+    is a free port) exists before the thread starts and the call returns once
+    the server has started, so the URL can be used at once. uvicorn's access
+    log is off (:func:`disable_access_log`). The server stops when the ``with`` block ends.
     """
     import uvicorn
 
@@ -435,24 +633,19 @@ def serve_in_background(app: Any, *, host: str = "127.0.0.1", port: int = 0,
             finally:
                 ready.set()
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets, and
-    # without it a response written in two parts waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    bound = sock.getsockname()[1]
+    if sock is None:
+        sock = bind(host, port)
+    url = base_url(sock)
+    disable_access_log()
     server = _Server(uvicorn.Config(app, log_level=log_level, access_log=False,
                                     lifespan="on", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name=f"cdss-serve-{bound}", daemon=True)
+                              name=f"cdss-serve-{url.rsplit(':', 1)[-1]}", daemon=True)
     thread.start()
     try:
         if not ready.wait(timeout=60) or not server.started:
             raise CDSSError("the CDS Hooks service did not start")
-        shown = f"[{host}]" if ":" in host else host
-        yield f"http://{shown}:{bound}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import queue
 import re
 import subprocess
@@ -11,11 +13,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
 from builders import bundle, finding, lab, patient
 from cryptography.hazmat.primitives import serialization
@@ -25,16 +29,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from test_cds_hooks import SPEC_EXAMPLE_REQUEST, FakeServer, assert_spec_cards, full_prefetch
+from typer.testing import CliRunner
 
 import cdss
+from cdss import cli
 from cdss.outputs.cds_hooks import discovery, handle_patient_view, prefetch_templates
 from cdss.service import create_app, serve_in_background
+from cdss.service_config import ServiceConfigError
 
 SPEC = "plantar-cramps@1.0.0"
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 TOKEN = "fhir-token-42"
-ISSUER = "https://ehr.example"
-ISSUER_JWKS = "https://other-ehr.example"
+#: Identifying data put on test patients; the service's logs must never hold any of it.
+NAMED_VALUES = ("Okonkwo-Villanueva", "Theodora", "MRN-99817342", "1958-07-14",
+                "+1-555-0142-7731")
+NAMED: dict[str, Any] = {
+    "name": [{"family": NAMED_VALUES[0], "given": [NAMED_VALUES[1]]}],
+    "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.1", "value": NAMED_VALUES[2]}],
+    "birthDate": NAMED_VALUES[3],
+    "telecom": [{"system": "phone", "value": NAMED_VALUES[4]}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +58,7 @@ def rs() -> cdss.Ruleset:
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[tuple[Starlette, str]]:
-    app = create_app(rulesets=(SPEC,), clock=lambda: NOW)
+    app = create_app(rulesets=(SPEC,), clock=lambda: NOW, insecure_dev=True)
     with serve_in_background(app) as base:
         yield app, base
 
@@ -192,7 +206,7 @@ def test_spec_example_request_over_http(rs: cdss.Ruleset) -> None:
     # The specification's example request, sent as published. Its fhirServer is not
     # on loopback, so the app's FHIR reads go to an injected in-process stand-in.
     stand_in = FakeServer(red_flags("1288992"), "1288992", "some-opaque-fhir-access-token")
-    app = create_app(rulesets=(SPEC,), clock=lambda: NOW, fetch=stand_in)
+    app = create_app(rulesets=(SPEC,), clock=lambda: NOW, fetch=stand_in, insecure_dev=True)
     with serve_in_background(app) as url:
         r = httpx.post(f"{url}/cds-services/plantar-cramps", json=SPEC_EXAMPLE_REQUEST)
     assert r.status_code == 200, r.text
@@ -339,74 +353,44 @@ def test_feedback_is_accepted_and_kept(service: tuple[Starlette, str]) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# Authenticating CDS clients with JWTs; restricting FHIR servers
+# --insecure-dev: no authentication, a warning on every call
 # --------------------------------------------------------------------------- #
-@pytest.fixture(scope="module")
-def keys() -> dict[str, Any]:
-    first = ec.generate_private_key(ec.SECP384R1())
-    second = ec.generate_private_key(ec.SECP384R1())
-    jwk = jwt.algorithms.ECAlgorithm.to_jwk(second.public_key(), as_dict=True)
-    jwk.update(kid="k2", alg="ES384", use="sig")
-    pem = first.public_key().public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"first": first, "second": second, "pem": pem, "jwks": {"keys": [jwk]}}
+def test_insecure_dev_warns_on_every_call(base: str, rs: cdss.Ruleset,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cdss.service")
+    bodies = [call(rs, "w1", low_potassium("w1")), call(rs, "w2", [])]
+    for body in bodies:
+        assert httpx.post(f"{base}/cds-services/plantar-cramps", json=body).status_code == 200
+    assert httpx.get(f"{base}/cds-services").status_code == 200
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records
+             if r.name == "cdss.service" and r.levelno == logging.WARNING]
+    calls = [line for line in lines if line.get("event") != "start"]
+    assert [line["event"] for line in calls] == ["patient-view", "patient-view", "discovery"]
+    assert all("--insecure-dev" in line["warning"] and line["issuer"] is None
+               for line in calls)
+    assert [line["hookInstance"] for line in calls[:2]] == [b["hookInstance"] for b in bodies]
 
 
-@pytest.fixture(scope="module")
-def secured(keys: dict[str, Any]) -> Iterator[str]:
-    app = create_app(rulesets=(SPEC,), clock=lambda: NOW,
-                     trusted_clients={ISSUER: keys["pem"], ISSUER_JWKS: keys["jwks"]},
-                     allowed_fhir_servers=["https://fhir.only-this.example"])
-    with serve_in_background(app) as url:
-        yield url
-
-
-def token(key: Any, aud: str, *, iss: str = ISSUER, alg: str = "ES384", kid: str = "k1",
-          exp: float | None = None, jti: str | None = None) -> str:
-    now = time.time()
-    claims = {"iss": iss, "aud": aud, "iat": int(now), "exp": int(exp or now + 300),
-              "jti": jti or str(uuid.uuid4())}
-    return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "JWT"})
-
-
-def test_jwt_required_and_checked(secured: str, keys: dict[str, Any]) -> None:
-    url = f"{secured}/cds-services"
-    r = httpx.get(url)
-    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
-    assert r.json()["error"]["status"] == 401
-
-    good = token(keys["first"], url)
-    assert httpx.get(url, headers={"Authorization": f"Bearer {good}"}).status_code == 200
-    replay = httpx.get(url, headers={"Authorization": f"Bearer {good}"})
-    assert replay.status_code == 401 and "replay" in replay.json()["error"]["message"]
-
-    via_jwks = token(keys["second"], url, iss=ISSUER_JWKS, kid="k2")
-    assert httpx.get(url, headers={"Authorization": f"Bearer {via_jwks}"}).status_code == 200
-
-    bad = {
-        "audience of another endpoint": token(keys["first"], f"{url}/plantar-cramps"),
-        "untrusted issuer": token(keys["first"], url, iss="https://stranger.example"),
-        "key of another issuer": token(keys["second"], url),
-        "expired": token(keys["first"], url, exp=time.time() - 3600),
-        "symmetric algorithm": jwt.encode({"iss": ISSUER, "aud": url, "iat": int(time.time()),
-                                           "exp": int(time.time()) + 60, "jti": "j"},
-                                          "shared-secret-of-32-bytes-at-least!",
-                                          algorithm="HS256"),
-        "not a JWT": "abc.def",
-    }
-    for why, value in bad.items():
-        r = httpx.get(url, headers={"Authorization": f"Bearer {value}"})
-        assert r.status_code == 401, why
-
-
-def test_fhir_server_not_allowed_is_412(secured: str, keys: dict[str, Any],
-                                        rs: cdss.Ruleset) -> None:
-    url = f"{secured}/cds-services/plantar-cramps"
-    body = call(rs, "r1", [], fhirServer="http://127.0.0.1:9/fhir",
-                fhirAuthorization=authorization())
+def test_insecure_dev_limits_fhir_servers_when_asked(rs: cdss.Ruleset,
+                                                     fhir: tuple[FhirServer, str]) -> None:
+    server, url = fhir
+    server.data["d1"] = low_potassium("d1")
+    app = create_app(rulesets=(SPEC,), clock=lambda: NOW, insecure_dev=True,
+                     allowed_fhir_servers=["https://fhir.only-this.example/r4"])
+    body = call(rs, "d1", [], fhirServer=url, fhirAuthorization=authorization())
     del body["prefetch"]
-    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token(keys['first'], url)}"})
+    server.seen.clear()
+    with serve_in_background(app) as service_url:
+        r = httpx.post(f"{service_url}/cds-services/plantar-cramps", json=body)
     assert r.status_code == 412 and "not one this service may call" in r.json()["error"]["message"]
+    assert server.seen == []
+
+
+def test_create_app_refuses_to_run_without_configuration() -> None:
+    with pytest.raises(ServiceConfigError, match="insecure-dev"):
+        create_app(rulesets=(SPEC,))
+    with pytest.raises(ServiceConfigError, match="allowed_fhir_servers"):
+        create_app(rulesets=(SPEC,), insecure_dev=True, allowed_fhir_servers=["ftp://x"])
 
 
 # --------------------------------------------------------------------------- #
@@ -420,40 +404,133 @@ def test_import_cdss_does_not_import_the_service_packages() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_cdss_serve_command(rs: cdss.Ruleset) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdss.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--ruleset", SPEC, "--log-level", "info"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
+def test_cdss_serve_refuses_to_start_without_configuration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
 
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put("")
+    def must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("cdss serve started a server")
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
+    monkeypatch.setattr(uvicorn, "run", must_not_run)
+    runner = CliRunner()
+    no_env = {"CDSS_SERVICE_CONFIG": None, "CDSS_PUBLIC_URL": None}
+    result = runner.invoke(cli.app, ["serve", "--port", "0"], env=no_env)
+    assert result.exit_code == 2
+    assert "--config" in result.output and "--insecure-dev" in result.output
+
+    bad = tmp_path / "service.yaml"
+    bad.write_text("public_url: https://cds.example.org\nissuers:\n"
+                   "  - issuer: https://ehr.example\n    jwks_url: http://ehr.example/jwks\n")
+    result = runner.invoke(cli.app, ["serve", "--port", "0", "--config", str(bad)], env=no_env)
+    assert result.exit_code == 2
+    assert "issuers.0.jwks_url" in result.output and "https" in result.output
+    result = runner.invoke(cli.app, ["serve", "--port", "0"],
+                           env={**no_env, "CDSS_SERVICE_CONFIG": str(tmp_path / "none.yaml")})
+    assert result.exit_code == 2 and "cannot read" in result.output
+    result = runner.invoke(cli.app, ["serve", "--insecure-dev", "--config", str(bad)],
+                           env=no_env)
+    assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+class Served:
+    """`cdss serve` in a child process: its address, and all it wrote to stderr."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        environ = {k: v for k, v in os.environ.items()
+                   if k not in ("CDSS_SERVICE_CONFIG", "CDSS_PUBLIC_URL")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdss.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**environ, **(env or {})})
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         address = None
-        seen = []
         while address is None:
-            line = lines.get(timeout=120)
-            seen.append(line)
+            line = self.lines.get(timeout=120)
+            self.seen.append(line)
             if not line:
-                pytest.fail("cdss serve exited: " + "".join(seen))
+                pytest.fail("cdss serve exited: " + "".join(self.seen))
             found = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
             address = found.group(1) if found else None
-        assert any("plantar-cramps (plantar-cramps@1.0.0)" in s for s in seen)
-        r = httpx.get(f"{address}/cds-services")
+        self.address = address
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def stop(self) -> str:
+        """Stop the server; everything it wrote to stderr."""
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.reader.join(timeout=60)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        while True:
+            try:
+                self.seen.append(self.lines.get_nowait())
+            except queue.Empty:
+                return "".join(self.seen)
+
+
+def test_cdss_serve_insecure_dev_logs_no_patient_data(rs: cdss.Ruleset) -> None:
+    served = Served(["--ruleset", SPEC, "--insecure-dev", "--log-level", "debug"])
+    pid = "zq81x-patient"
+    when = (datetime.now(timezone.utc) - timedelta(days=3)).date().isoformat()  # `serve` uses now
+    record = [lab("k-zq81x", "2823-3", 3.137, "mmol/L", when=when, pid=pid),
+              lab("m-zq81x", "19123-9", 2.113, "mg/dL", when=when, pid=pid)]
+    try:
+        r = httpx.get(f"{served.address}/cds-services")
         assert r.status_code == 200 and r.json() == discovery([rs])
+        body = call(rs, pid, record)
+        body["prefetch"]["patient"].update(NAMED)
+        r = httpx.post(f"{served.address}/cds-services/plantar-cramps", json=body)
+        assert r.status_code == 200, r.text
+        assert "3.137" in r.text  # the cards do quote the value, to the client only
+        mismatch = call(rs, pid, record)
+        mismatch["context"]["patientId"] = "other-zq81x"
+        r = httpx.post(f"{served.address}/cds-services/plantar-cramps", json=mismatch)
+        assert r.status_code == 400 and pid in r.text
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        reader.join(timeout=60)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        err = served.stop()
+    assert any("plantar-cramps (plantar-cramps@1.0.0)" in s for s in served.seen)
+    assert "--insecure-dev" in err and "NOT authenticated" in err
+    calls = [orjson.loads(line) for line in err.splitlines()
+             if line.startswith("{") and '"event":"start"' not in line]
+    assert [c["event"] for c in calls] == ["discovery", "patient-view", "patient-view"]
+    assert [c["status"] for c in calls] == [200, 200, 400]
+    assert all("--insecure-dev" in c["warning"] for c in calls)
+    assert calls[1]["cards"] >= 1 and calls[1]["ruleset"] == SPEC
+    for secret in ("zq81x", "3.137", "2.113", *NAMED_VALUES):
+        assert secret not in err, secret
+
+
+def test_cdss_serve_with_configuration_requires_tokens(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "ehr.pem").write_bytes(pem)
+    (tmp_path / "service.json").write_text(orjson.dumps({"issuers": [
+        {"issuer": "https://ehr.example", "public_key_file": "ehr.pem"}]}).decode())
+    public = "https://cds.example.org/cdss"  # as the EHR calls it, through a TLS proxy
+    served = Served(["--ruleset", SPEC], env={
+        "CDSS_SERVICE_CONFIG": str(tmp_path / "service.json"), "CDSS_PUBLIC_URL": public})
+    try:
+        url = f"{served.address}/cds-services"
+        assert httpx.get(url).status_code == 401
+        now = int(time.time())
+        token = jwt.encode({"iss": "https://ehr.example", "aud": f"{public}/cds-services",
+                            "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())},
+                           key, algorithm="ES384", headers={"kid": "k", "typ": "JWT"})
+        r = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()["services"][0]["id"] == "plantar-cramps"
+    finally:
+        err = served.stop()
+    assert "trusted issuers: https://ehr.example" in err
+    assert token not in err and token.split(".")[2] not in err
 
 
 def test_prefetch_keys_cover_the_templates(rs: cdss.Ruleset) -> None:
