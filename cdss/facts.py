@@ -125,6 +125,14 @@ def _time_of(resource: Mapping[str, Any], *fields: str) -> datetime | None:
     return None
 
 
+def _boolean(value: Any) -> bool | None:
+    """A FHIR boolean; the JSON strings "true"/"false" (which the strict models
+    accept) read as what they say, anything else as unreadable."""
+    if isinstance(value, bool):
+        return value
+    return {"true": True, "false": False}.get(value) if isinstance(value, str) else None
+
+
 def _code(cc: Any) -> str | None:
     if isinstance(cc, Mapping):
         for coding in cc.get("coding") or []:
@@ -295,7 +303,11 @@ class _Builder:
             return
         status = "present"
         if "valueBoolean" in res:
-            status = "present" if res["valueBoolean"] else "absent"
+            flag = _boolean(res["valueBoolean"])
+            if flag is None:
+                self.note("unreadable-finding", res, "valueBoolean is not a boolean")
+                return
+            status = "present" if flag else "absent"
         elif "valueCodeableConcept" in res:
             code = _code(res["valueCodeableConcept"])
             if code in _PRESENT:
@@ -316,8 +328,9 @@ class _Builder:
             if not isinstance(component, Mapping):
                 continue
             names = self.term.concepts_of(component.get("code"))
-            if "nocturnal" in names and isinstance(component.get("valueBoolean"), bool):
-                values["nocturnal"] = component["valueBoolean"]
+            nocturnal = _boolean(component.get("valueBoolean"))
+            if "nocturnal" in names and nocturnal is not None:
+                values["nocturnal"] = nocturnal
         fact = Fact(id=f"finding:{concept}", name=concept, kind="finding", values=values,
                     sources=(_ref(res),))
         prev = self.findings.get(concept)

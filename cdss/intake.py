@@ -5,6 +5,9 @@ single resource, a list of resources, or JSON text/bytes of any of those. In
 ``strict`` mode every resource of a type the facts use is validated with
 fhir.resources (R4B models, which read R4 JSON for these resource types);
 resource types the facts do not use are counted and skipped, never fatal.
+In ``lean`` mode (:mod:`cdss.lean`) only the fields the facts read are
+validated, straight from JSON bytes; both modes give the same facts on valid
+input.
 
 Everything that can go wrong with the input becomes an :class:`InputError`
 naming the resource type, id and field.
@@ -36,8 +39,9 @@ USED_TYPES = frozenset(
         "Patient",
     }
 )
-#: Intake modes. ``strict`` validates with fhir.resources.
-MODES = ("strict",)
+#: Intake modes. ``strict`` validates with fhir.resources; ``lean`` validates
+#: only the fields the facts read, with the schemas of :mod:`cdss.lean`.
+MODES = ("strict", "lean")
 _BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "document"})
 _SUBJECT_FIELD = {
     "Observation": "subject",
@@ -87,7 +91,7 @@ def _entries(record: Any) -> Iterable[tuple[int, Any, str | None]]:
     if isinstance(record, Mapping):
         if record.get("resourceType") == "Bundle":
             btype = record.get("type")
-            if btype not in _BUNDLE_TYPES:
+            if not isinstance(btype, str) or btype not in _BUNDLE_TYPES:
                 raise InputError(
                     f"Bundle type {btype!r} is not one of {sorted(_BUNDLE_TYPES)}",
                     resource_type="Bundle",
@@ -154,10 +158,17 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
     """Read one patient's record; raise :class:`InputError` on bad input."""
     if mode not in MODES:
         raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
+    lean = mode == "lean"
+    if lean:
+        from cdss import lean as lean_intake
+
+        source: Iterable[tuple[int, Any, str | None]] = lean_intake.entries(record)
+    else:
+        source = _entries(record)
     patients: list[tuple[Mapping[str, Any], str | None]] = []
     used: list[Mapping[str, Any]] = []
     skipped: Counter[str] = Counter()
-    for pos, resource, full_url in _entries(record):
+    for pos, resource, full_url in source:
         if not isinstance(resource, Mapping):
             raise InputError(
                 f"item {pos} is not a JSON object but {type(resource).__name__}",
@@ -171,7 +182,9 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
                 field="resourceType",
             )
         if rtype not in USED_TYPES:
-            if rtype == "Bundle" or _model_class(rtype) is None:
+            known = lean_intake.is_resource_type(rtype) if lean else (
+                _model_class(rtype) is not None)
+            if rtype == "Bundle" or not known:
                 raise InputError(
                     f"{rtype!r} is not a FHIR R4 resource type cdss can read here",
                     resource_type=rtype,
@@ -180,7 +193,8 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
                 )
             skipped[rtype] += 1
             continue
-        _validate(resource, rtype)
+        if not lean:  # lean entries arrive validated
+            _validate(resource, rtype)
         if rtype == "Patient":
             patients.append((resource, full_url))
         else:

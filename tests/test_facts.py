@@ -196,3 +196,12 @@ def test_the_latest_version_of_one_observation_wins_in_any_order() -> None:
     v2 = lab("k", "2823-3", 3.9, "mmol/L", status="amended", meta={"versionId": "10"})
     for order in ([v1, v2], [v2, v1]):
         assert values(facts(patient(), *order), "potassium")["value"] == 3.9
+
+
+def test_regression_a_string_false_is_absent_not_present() -> None:
+    # "false" (a string the strict models accept as a boolean) was read as present
+    obs = finding("c", "leg-cramps")
+    obs["valueBoolean"] = "false"
+    assert values(facts(patient(), obs), "leg_cramps")["status"] == "absent"
+    obs["valueBoolean"] = "true"
+    assert values(facts(patient(), obs), "leg_cramps")["status"] == "present"

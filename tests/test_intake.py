@@ -123,3 +123,9 @@ def test_not_a_record_is_an_invalid_argument() -> None:
         read_record(42)
     with pytest.raises(InvalidArgument):
         read_record([], mode="fast")
+
+
+def test_regression_a_bundle_type_that_is_not_text_is_an_input_error() -> None:
+    # a list as Bundle.type raised a plain TypeError (unhashable) before
+    assert _raises({"resourceType": "Bundle", "type": []}).field == "type"
+    assert _raises({"resourceType": "Bundle", "type": {"x": 1}}).field == "type"
