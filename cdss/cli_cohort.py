@@ -1,9 +1,198 @@
-"""Commands of cohort screens (`cdss screen`, `cdss diff`, `cdss generate`)."""
+"""Commands of cohort screens (`cdss screen`, `cdss diff`, `cdss generate`).
+
+The commands import the cohort machinery (and through it dask and pyarrow)
+only when they run, so that ``cdss --help`` and the other commands stay fast.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
 import typer
+
+if TYPE_CHECKING:
+    from cdss.cohort import DiffReport, ScreenSummary
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+def _show_summary(summary: ScreenSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Screen with {summary.ruleset['id']}@{summary.ruleset['version']} "
+                        f"as of {summary.as_of}", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, value in (("patients seen", summary.patients),
+                         ("assessments", summary.assessed),
+                         ("patient error rows", summary.patient_errors),
+                         ("resource error rows", summary.resource_errors),
+                         ("file error rows", summary.file_errors)):
+        table.add_row(label, f"{value:,}")
+    table.add_row("count in = count out", "yes" if summary.balanced else "NO")
+    console.print(table)
+    if summary.flags:
+        flags = Table(title="Flag prevalence")
+        flags.add_column("flag")
+        flags.add_column("patients", justify="right")
+        flags.add_column("prevalence", justify="right")
+        for code, n in summary.flags.items():
+            flags.add_row(code, f"{n:,}", f"{summary.prevalence(code):.1%}")
+        console.print(flags)
+    seconds = summary.timings.get("total_seconds", 0.0)
+    console.print(f"results in {summary.out} ({seconds:.1f} s, "
+                  f"{summary.timings.get('patients_per_second', 0):,.0f} patients/s)")
+
+
+def _describe(change: dict[str, Any], group: str) -> str:
+    parts = []
+    data = change.get(group, {})
+    parts += [f"+{code}" for code in data.get("added", ())]
+    parts += [f"-{code}" for code in data.get("removed", ())]
+    parts += [f"~{code}" for code in data.get("modified", ())]
+    parts += [f"{s['code']} {s['from']}->{s['to']}" for s in data.get("severity", ())]
+    parts += [f"{s['code']} {s['from']}->{s['to']}" for s in data.get("urgency", ())]
+    return ", ".join(parts)
+
+
+def _show_diff(report: DiffReport, limit: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    before = f"{report.from_ruleset['id']}@{report.from_ruleset['version']}"
+    after = f"{report.to_ruleset['id']}@{report.to_ruleset['version']}"
+    console.print(f"{before} -> {after} as of {report.as_of}: {report.patients:,} patients, "
+                  f"{report.changed:,} changed, {report.unchanged:,} unchanged, "
+                  f"{report.errors:,} with errors")
+    if not report.changes:
+        return
+    table = Table(title="Patients whose results change")
+    table.add_column("patient", no_wrap=True)
+    for column in ("flags", "referrals", "plan", "data requests"):
+        table.add_column(column, overflow="fold")
+    for change in report.changes[:limit]:
+        if "error" in change:
+            errors = change["error"]
+            table.add_row(change["patient"], f"error: {errors.get('from') or errors.get('to')}",
+                          "", "", "")
+            continue
+        table.add_row(change["patient"], _describe(change, "flags"),
+                      _describe(change, "referrals"), _describe(change, "plan"),
+                      _describe(change, "data_requests"))
+    console.print(table)
+    if len(report.changes) > limit:
+        console.print(f"... and {len(report.changes) - limit:,} more (all of them with --out)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+
+    @app.command("screen")
+    def screen_command(
+        inputs: Annotated[list[Path], typer.Argument(
+            help="bulk NDJSON files (.ndjson, .ndjson.gz), a bulk-export folder or its "
+                 "manifest, or a folder of Bundles (*.json)")],
+        ruleset: Annotated[str, typer.Option(help="ruleset id or id@version")],
+        as_of: Annotated[str, typer.Option("--as-of", help="evaluation time (ISO date or "
+                                                           "date-time)")],
+        out: Annotated[Path, typer.Option(help="folder for the results")],
+        workers: Annotated[int | None, typer.Option(
+            help="worker processes (default: one per core; 0: in this process)")] = None,
+        engine: Annotated[str, typer.Option(help="local or dask")] = "local",
+        scheduler: Annotated[str | None, typer.Option(
+            help="Dask scheduler address (with --engine dask)")] = None,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="continue an interrupted screen in --out")] = False,
+        mode: Annotated[str, typer.Option(help="intake: lean or strict")] = "lean",
+        paths: Annotated[list[Path] | None, typer.Option(
+            "--rulesets", help="extra ruleset folder")] = None,
+        partitions: Annotated[int | None, typer.Option(
+            help="number of partitions (default: by input size)")] = None,
+        progress: Annotated[bool | None, typer.Option(
+            "--progress/--no-progress", help="progress bar (default: on a terminal)")] = None,
+    ) -> None:
+        """Screen a cohort: every patient of a bulk export through a ruleset."""
+        from cdss.cohort import screen
+        from cdss.errors import CDSSError
+
+        try:
+            summary = screen(inputs, ruleset=ruleset, as_of=as_of, out=out, workers=workers,
+                             mode=mode, engine=engine, scheduler=scheduler, resume=resume,
+                             progress=sys.stderr.isatty() if progress is None else progress,
+                             paths=paths, partitions=partitions)
+        except CDSSError as exc:
+            _fail(exc)
+        _show_summary(summary)
+
+    @app.command("diff")
+    def diff_command(
+        inputs: Annotated[list[Path], typer.Argument(
+            help="bulk NDJSON files, a bulk-export folder or a folder of Bundles")],
+        from_spec: Annotated[str, typer.Option("--from", help="ruleset id@version before")],
+        to_spec: Annotated[str, typer.Option("--to", help="ruleset id@version after")],
+        as_of: Annotated[str | None, typer.Option(
+            "--as-of", help="evaluation time (ISO); default: today, UTC")] = None,
+        out: Annotated[Path | None, typer.Option(
+            help="write the full report as JSON")] = None,
+        workers: Annotated[int | None, typer.Option(
+            help="worker processes (default: one per core; 0: in this process)")] = None,
+        engine: Annotated[str, typer.Option(help="local or dask")] = "local",
+        scheduler: Annotated[str | None, typer.Option(
+            help="Dask scheduler address (with --engine dask)")] = None,
+        mode: Annotated[str, typer.Option(help="intake: lean or strict")] = "lean",
+        paths: Annotated[list[Path] | None, typer.Option(
+            "--rulesets", help="extra ruleset folder")] = None,
+        limit: Annotated[int, typer.Option(help="patients shown in the table")] = 50,
+        output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    ) -> None:
+        """Which patients' flags and plans change between two ruleset versions."""
+        from datetime import datetime, timezone
+
+        from cdss.cohort import diff
+        from cdss.errors import CDSSError
+
+        if output not in ("table", "json"):
+            raise typer.BadParameter("--format must be table or json")
+        when = as_of or datetime.now(timezone.utc).date().isoformat()
+        try:
+            report = diff(inputs, from_ruleset=from_spec, to_ruleset=to_spec, as_of=when,
+                          workers=workers, mode=mode, engine=engine, scheduler=scheduler,
+                          paths=paths, out=out, progress=sys.stderr.isatty())
+        except CDSSError as exc:
+            _fail(exc)
+        if output == "json":
+            sys.stdout.write(report.to_json().decode() + "\n")
+        else:
+            _show_diff(report, limit)
+
+    @app.command("generate")
+    def generate_command(
+        patients: Annotated[int, typer.Option(help="number of patients")],
+        out: Annotated[Path, typer.Option(help="folder for the bulk export")],
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        as_of: Annotated[str, typer.Option(
+            "--as-of", help="the date the data is relative to")] = "2026-03-01",
+        observation_files: Annotated[int, typer.Option(
+            help="Observation files (2 or more)")] = 2,
+        gzip_files: Annotated[bool, typer.Option("--gzip", help="write .ndjson.gz")] = False,
+    ) -> None:
+        """Write a synthetic cohort as a FHIR bulk export (NDJSON and manifest)."""
+        from cdss.errors import CDSSError
+        from cdss.generate import generate_cohort
+
+        try:
+            cohort = generate_cohort(patients, seed=seed, out=out, as_of=as_of,
+                                     observation_files=observation_files,
+                                     gzip_files=gzip_files)
+        except CDSSError as exc:
+            _fail(exc)
+        counts = ", ".join(f"{n:,} {t}" for t, n in cohort.counts.items())
+        typer.echo(f"wrote {counts} to {cohort.out} (manifest {cohort.manifest.name})")

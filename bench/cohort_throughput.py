@@ -1,0 +1,311 @@
+"""Cohort screen throughput and memory, measured in one run.
+
+Generates a synthetic bulk export (``cdss.generate``) and measures, on this
+machine:
+
+* the floor: only reading the NDJSON files and parsing every line with orjson;
+* intake alone: lean vs strict ``read_record``, resources per second;
+* the end-to-end screen (files in, all result files out), patients per
+  second, of the full cohort with 1 and 2 workers;
+* comparisons on a cohort of a fifth of the size (strict being slow), run
+  alternately ``--repeat`` times, best kept: 1 vs 2 workers, glibc malloc
+  tuning on vs off, strict vs lean intake;
+* peak memory (the parent, the largest worker, and parent + workers sampled)
+  of a screen of the full cohort vs one ten times smaller.
+
+Each screen runs in a fresh Python process, so that its peak memory and
+timings are its own. Usage (see bench/README.md)::
+
+    python bench/cohort_throughput.py --patients 100000 --out results.json
+
+``--quick`` runs everything on small cohorts in about a minute, to check the
+script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+AS_OF = "2026-03-01"
+RULESET = "plantar-cramps@1.0.0"
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+def cohort(folder: Path, patients: int, seed: int) -> Path:
+    """A generated cohort in ``folder``, reused when it is already there."""
+    from cdss.generate import generate_cohort
+
+    manifest = folder / "manifest.json"
+    request = f"cdss generate --patients {patients} --seed {seed}"
+    if manifest.exists() and json.loads(manifest.read_text()).get("request") == request:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    generate_cohort(patients, seed=seed, out=folder)
+    print(f"generated {patients:,} patients in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    return folder
+
+
+def ndjson_files(folder: Path) -> list[Path]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [folder / item["url"] for item in manifest["output"]]
+
+
+# --------------------------------------------------------------------------- #
+# Floor: read and parse only
+# --------------------------------------------------------------------------- #
+def floor(folder: Path, patients: int) -> dict[str, Any]:
+    """Read every file and orjson-parse every line: what no screen can beat."""
+    import orjson
+
+    started = time.perf_counter()
+    lines = 0
+    size = 0
+    for path in ndjson_files(folder):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            for line in handle:
+                orjson.loads(line)
+                lines += 1
+                size += len(line)
+    seconds = time.perf_counter() - started
+    return {"resources": lines, "bytes": size, "seconds": round(seconds, 3),
+            "resources_per_second": round(lines / seconds),
+            "patients_per_second": round(patients / seconds)}
+
+
+# --------------------------------------------------------------------------- #
+# Intake alone: lean vs strict
+# --------------------------------------------------------------------------- #
+def intake(folder: Path, sample: int) -> dict[str, Any]:
+    """``read_record`` over the first ``sample`` patients' Bundles, both modes."""
+    import orjson
+
+    from cdss.intake import read_record
+
+    groups: dict[str, list[bytes]] = {}
+    for path in ndjson_files(folder):
+        for line in path.read_bytes().splitlines():
+            res = orjson.loads(line)
+            ref = (f"Patient/{res['id']}" if res["resourceType"] == "Patient"
+                   else (res.get("subject") or res.get("patient"))["reference"])
+            groups.setdefault(ref, []).append(line)
+    chosen = sorted(groups)[:sample]
+    bundles = [b'{"resourceType":"Bundle","type":"collection","entry":['
+               + b",".join(b'{"resource":' + line + b"}" for line in groups[ref]) + b"]}"
+               for ref in chosen]
+    resources = sum(len(groups[ref]) for ref in chosen)
+    out: dict[str, Any] = {"patients": len(chosen), "resources": resources}
+    for mode in ("strict", "lean"):
+        read_record(bundles[0], mode=mode)  # warm up (imports, schemas)
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for data in bundles:
+                read_record(data, mode=mode)
+            best = min(best, time.perf_counter() - started)
+        out[mode] = {"seconds": round(best, 4), "resources_per_second": round(resources / best)}
+    out["lean_vs_strict"] = round(out["lean"]["resources_per_second"]
+                                  / out["strict"]["resources_per_second"], 2)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# One screen in a fresh process
+# --------------------------------------------------------------------------- #
+def run_one(config: dict[str, Any]) -> dict[str, Any]:
+    """Screen once (in this process and its workers) and measure it."""
+    from cdss.cohort import screen
+
+    peak = {"total": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        me = psutil.Process()
+        while not stop.is_set():
+            try:
+                total = me.memory_info().rss
+                for child in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        total += child.memory_info().rss
+            except psutil.Error:
+                total = 0
+            peak["total"] = max(peak["total"], total)
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = Path(tempfile.mkdtemp(prefix="cdss-bench-"))
+    load_before = os.getloadavg()[0]
+    try:
+        started = time.perf_counter()
+        summary = screen([config["inputs"]], ruleset=RULESET, as_of=AS_OF, out=out,
+                         workers=config["workers"], mode=config["mode"],
+                         tune_malloc=config["tune_malloc"])
+        seconds = time.perf_counter() - started
+    finally:
+        stop.set()
+        sampler.join()
+        shutil.rmtree(out, ignore_errors=True)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    return {
+        **config, "patients": summary.patients, "balanced": summary.balanced,
+        "seconds": round(seconds, 2), "patients_per_second": round(summary.patients / seconds),
+        "cpu_seconds": round(cpu, 2),
+        "patients_per_cpu_second": round(summary.patients / cpu),
+        "timings": summary.timings, "partitions": summary.partitions,
+        # VmHWM of the screening process and of its largest worker (getrusage's
+        # maxrss would carry over the launching process's peak across exec)
+        "peak_parent_mb": summary.memory.get("parent_peak_mb"),
+        "peak_worker_mb": summary.memory.get("worker_peak_mb"),
+        "peak_total_mb": round(peak["total"] / 2**20) or None,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def screen_in_subprocess(**config: Any) -> dict[str, Any]:
+    config["inputs"] = str(config["inputs"])
+    result = subprocess.run([sys.executable, __file__, "--run-one", json.dumps(config)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"screen failed: {result.stderr}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"  {config['label']}: {measured['patients']:,} patients in {measured['seconds']} s "
+          f"= {measured['patients_per_second']:,}/s ({measured['patients_per_cpu_second']:,} per "
+          f"CPU-s), load {measured['load_average']}, peak parent {measured['peak_parent_mb']} "
+          f"MB, worker {measured['peak_worker_mb']} MB, total {measured['peak_total_mb']} MB",
+          file=sys.stderr)
+    return measured
+
+
+# --------------------------------------------------------------------------- #
+# The whole benchmark
+# --------------------------------------------------------------------------- #
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--strict-patients", type=int, default=None,
+                        help="cohort size for the strict screen (default: patients / 5)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder for the generated cohorts (kept for reuse)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="alternated repetitions of the comparisons (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="small cohorts, to check it runs")
+    parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run_one:
+        print(json.dumps(run_one(json.loads(args.run_one))))
+        return 0
+    patients = 3000 if args.quick else args.patients
+    if args.quick:
+        args.repeat = 1
+    small_n = max(1, patients // 10)
+    strict_n = args.strict_patients or max(1, patients // 5)
+    data = args.data or Path(tempfile.gettempdir()) / "cdss-bench-data"
+    data.mkdir(parents=True, exist_ok=True)
+    big = cohort(data / f"n{patients}-s{args.seed}", patients, args.seed)
+    small = cohort(data / f"n{small_n}-s{args.seed}", small_n, args.seed)
+    strict_cohort = cohort(data / f"n{strict_n}-s{args.seed}", strict_n, args.seed)
+
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+        "patients": patients,
+    }
+    print("floor: read + orjson.loads", file=sys.stderr)
+    results["floor"] = floor(big, patients)
+    print(f"  {results['floor']['resources_per_second']:,} resources/s", file=sys.stderr)
+    print("intake: read_record, lean vs strict", file=sys.stderr)
+    results["intake"] = intake(small, sample=min(2000, small_n))
+    print(f"  lean {results['intake']['lean']['resources_per_second']:,}/s, strict "
+          f"{results['intake']['strict']['resources_per_second']:,}/s", file=sys.stderr)
+    print("screens of the full cohort", file=sys.stderr)
+    runs = {
+        "lean_w1": screen_in_subprocess(label="lean, 1 worker", inputs=big, workers=1,
+                                        mode="lean", tune_malloc=False),
+        "lean_w2": screen_in_subprocess(label="lean, 2 workers", inputs=big, workers=2,
+                                        mode="lean", tune_malloc=False),
+        "lean_w2_small": screen_in_subprocess(label=f"lean, 2 workers, {small_n:,} patients",
+                                              inputs=small, workers=2, mode="lean",
+                                              tune_malloc=False),
+    }
+    results["screens"] = runs
+    # Comparisons on a mid-size cohort, alternated and repeated: on a shared machine the
+    # load changes over minutes, and the best of each of several alternated runs compares
+    # like with like.
+    variants = {
+        "lean_w1": {"workers": 1, "mode": "lean", "tune_malloc": False},
+        "lean_w2": {"workers": 2, "mode": "lean", "tune_malloc": False},
+        "lean_w2_tuned": {"workers": 2, "mode": "lean", "tune_malloc": True},
+        "strict_w2": {"workers": 2, "mode": "strict", "tune_malloc": False},
+    }
+    print(f"comparisons on {strict_n:,} patients, best of {args.repeat}", file=sys.stderr)
+    pairs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for _ in range(args.repeat):
+        for name, variant in variants.items():
+            pairs[name].append(screen_in_subprocess(label=f"{name}, {strict_n:,} patients",
+                                                    inputs=strict_cohort, **variant))
+    best = {name: max(r["patients_per_second"] for r in rs) for name, rs in pairs.items()}
+    best_cpu = {name: max(r["patients_per_cpu_second"] for r in rs)
+                for name, rs in pairs.items()}
+    results["comparisons"] = {"patients": strict_n, "repeat": args.repeat,
+                              "best_patients_per_second": best,
+                              "best_patients_per_cpu_second": best_cpu, "runs": pairs}
+    floor_pps = results["floor"]["patients_per_second"]
+    mem_big, mem_small = runs["lean_w2"], runs["lean_w2_small"]
+    results["ratios"] = {
+        "intake_lean_vs_strict_resources_per_second": results["intake"]["lean_vs_strict"],
+        "end_to_end_lean_w2_vs_floor": round(runs["lean_w2"]["patients_per_second"]
+                                             / floor_pps, 4),
+        "end_to_end_lean_w1_vs_floor": round(runs["lean_w1"]["patients_per_second"]
+                                             / floor_pps, 4),
+        "workers_2_vs_1_full_cohort": round(runs["lean_w2"]["patients_per_second"]
+                                            / runs["lean_w1"]["patients_per_second"], 2),
+        "workers_2_vs_1_best": round(best["lean_w2"] / best["lean_w1"], 2),
+        "malloc_tuned_vs_untuned_best": round(best["lean_w2_tuned"] / best["lean_w2"], 2),
+        "malloc_tuned_vs_untuned_per_cpu_second": round(best_cpu["lean_w2_tuned"]
+                                                        / best_cpu["lean_w2"], 2),
+        "end_to_end_lean_vs_strict_best": round(best["lean_w2"] / best["strict_w2"], 2),
+        "end_to_end_lean_vs_strict_per_cpu_second": round(best_cpu["lean_w2"]
+                                                          / best_cpu["strict_w2"], 2),
+        "patients_10x": round(mem_big["patients"] / mem_small["patients"], 1),
+        "peak_parent_10x": round(mem_big["peak_parent_mb"] / mem_small["peak_parent_mb"], 2),
+        "peak_worker_10x": round(mem_big["peak_worker_mb"] / mem_small["peak_worker_mb"], 2),
+    }
+    if mem_big.get("peak_total_mb") and mem_small.get("peak_total_mb"):
+        results["ratios"]["peak_total_10x"] = round(mem_big["peak_total_mb"]
+                                                    / mem_small["peak_total_mb"], 2)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,835 @@
+"""Cohort screens: a ruleset over every patient of a FHIR bulk export.
+
+:func:`screen` runs in three steps, each bounded in memory:
+
+1. **Spill** (:mod:`cdss.cohort_io`): stream every resource of the inputs
+   once and append it to one of ``N`` partition files by a stable hash of its
+   patient reference, so that a partition holds whole patients. Resources that
+   belong to no patient become error rows.
+2. **Evaluate** (:mod:`cdss.cohort_worker`): one task per partition, run in
+   worker processes (one per core, ``spawn`` context: durable-rules is not
+   thread-safe) or on a Dask cluster; each writes its results atomically and
+   then a done marker.
+3. **Merge**: the partitions' sorted results are merged into
+   ``assessments.ndjson`` (one Assessment per line), ``assessments.parquet``
+   (one flat row per patient), ``errors.ndjson``, ``summary.json`` and
+   ``report.html``, all sorted by patient reference.
+
+Every patient seen gets exactly one row, an Assessment or an error, and the
+counts are checked (patients seen = assessments + patient errors) before the
+results are published. ``resume=True`` continues an interrupted screen: the
+spill is reused when it finished, and partitions with a done marker are not
+evaluated again, so no patient is lost or counted twice.
+
+:func:`diff` runs two versions of a ruleset over a cohort and reports the
+patients whose flags, referrals, plan or data requests change, and how.
+
+Dask and pyarrow are imported only when used (the ``cohort`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from cdss.cohort_io import CohortError, Source, SpillStats, discover, input_bytes, spill
+from cdss.cohort_worker import PartitionTask, peak_rss_mb, run_partition, write_atomic
+from cdss.errors import InvalidArgument
+
+__all__ = ["ENGINES", "CohortError", "DiffReport", "ScreenSummary", "diff", "screen"]
+
+#: Where partitions are evaluated.
+ENGINES = ("local", "dask")
+#: Target size of one partition's input (uncompressed): bounds worker memory.
+PARTITION_BYTES = 16 * 1024 * 1024
+MAX_PARTITIONS = 512
+_WORK = ".cdss-screen"
+_STATE_VERSION = 1
+_OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "summary.json",
+            "report.html")
+_SORT = orjson.OPT_SORT_KEYS
+
+
+# --------------------------------------------------------------------------- #
+# Results
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class ScreenSummary:
+    """What a screen did: counts, prevalence, errors, identity and timings.
+
+    The same content is in ``summary.json``. ``balanced`` is the check that
+    every patient seen has exactly one row (an Assessment or an error).
+    """
+
+    out: Path
+    ruleset: dict[str, str]
+    as_of: str
+    mode: str
+    engine: str
+    workers: int
+    partitions: int
+    patients: int
+    assessed: int
+    patient_errors: int
+    resource_errors: int
+    file_errors: int
+    resources: dict[str, Any]
+    flags: dict[str, int]
+    severity: dict[str, int]
+    referrals: dict[str, int]
+    plan: dict[str, int]
+    data_requests: dict[str, int]
+    errors_by_kind: dict[str, int]
+    timings: dict[str, float]
+    resumed: bool = False
+    inputs: tuple[str, ...] = ()
+    memory: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        """Patients seen = assessments + patient error rows."""
+        return self.patients == self.assessed + self.patient_errors
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """The result files by name."""
+        return {name: self.out / name for name in _OUTPUTS}
+
+    def prevalence(self, code: str) -> float:
+        """The share of assessed patients with flag ``code``."""
+        return self.flags.get(code, 0) / self.assessed if self.assessed else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (the content of ``summary.json``)."""
+        return {
+            "ruleset": self.ruleset, "as_of": self.as_of, "mode": self.mode,
+            "engine": self.engine, "workers": self.workers, "partitions": self.partitions,
+            "inputs": list(self.inputs),
+            "counts": {"patients": self.patients, "assessments": self.assessed,
+                       "patient_errors": self.patient_errors,
+                       "resource_errors": self.resource_errors,
+                       "file_errors": self.file_errors, "balanced": self.balanced},
+            "resources": self.resources,
+            "flags": {code: {"patients": n, "prevalence": round(self.prevalence(code), 6)}
+                      for code, n in self.flags.items()},
+            "highest_severity": self.severity, "referrals": self.referrals,
+            "plan": self.plan, "data_requests": self.data_requests,
+            "errors_by_kind": self.errors_by_kind, "timings": self.timings,
+            "memory": self.memory, "resumed": self.resumed,
+        }
+
+    @classmethod
+    def from_dict(cls, out: Path, data: Mapping[str, Any]) -> ScreenSummary:
+        counts = data["counts"]
+        return cls(
+            out=out, ruleset=dict(data["ruleset"]), as_of=data["as_of"], mode=data["mode"],
+            engine=data["engine"], workers=data["workers"], partitions=data["partitions"],
+            patients=counts["patients"], assessed=counts["assessments"],
+            patient_errors=counts["patient_errors"], resource_errors=counts["resource_errors"],
+            file_errors=counts["file_errors"], resources=dict(data["resources"]),
+            flags={code: v["patients"] for code, v in data["flags"].items()},
+            severity=dict(data["highest_severity"]), referrals=dict(data["referrals"]),
+            plan=dict(data["plan"]), data_requests=dict(data["data_requests"]),
+            errors_by_kind=dict(data["errors_by_kind"]), timings=dict(data["timings"]),
+            resumed=bool(data.get("resumed")), inputs=tuple(data.get("inputs", ())),
+            memory=dict(data.get("memory", {})),
+        )
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """Which patients' results change between two ruleset versions, and how.
+
+    ``changes`` holds one entry per patient whose flags, referrals, plan,
+    suppressions or data requests differ (or who failed in either version),
+    sorted by patient reference; ``tallies`` counts each change by code.
+    """
+
+    from_ruleset: dict[str, str]
+    to_ruleset: dict[str, str]
+    as_of: str
+    mode: str
+    patients: int
+    changed: int
+    unchanged: int
+    errors: int
+    resource_errors: int
+    tallies: dict[str, dict[str, int]]
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": self.from_ruleset, "to": self.to_ruleset, "as_of": self.as_of,
+                "mode": self.mode,
+                "counts": {"patients": self.patients, "changed": self.changed,
+                           "unchanged": self.unchanged, "errors": self.errors,
+                           "resource_errors": self.resource_errors},
+                "tallies": self.tallies, "changes": self.changes, "timings": self.timings}
+
+    def to_json(self, *, indent: bool = True) -> bytes:
+        """Deterministic JSON apart from ``timings``: sorted keys."""
+        option = _SORT | (orjson.OPT_INDENT_2 if indent else 0)
+        return orjson.dumps(self.to_dict(), option=option)
+
+
+# --------------------------------------------------------------------------- #
+# Arguments
+# --------------------------------------------------------------------------- #
+def _identity(ruleset: Any) -> dict[str, str]:
+    return {"id": ruleset.id, "version": ruleset.version, "sha256": ruleset.sha256,
+            "title": ruleset.source.title}
+
+
+def _check_common(mode: str, engine: str, workers: int | None, partitions: int | None) -> int:
+    from cdss.intake import MODES
+
+    if mode not in MODES:
+        raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
+    if engine not in ENGINES:
+        raise InvalidArgument(f"engine must be one of {ENGINES}, got {engine!r}")
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InvalidArgument(f"workers must be a whole number >= 0, got {workers!r}")
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(
+            partitions, int) or not 1 <= partitions <= 100_000):
+        raise InvalidArgument(f"partitions must be a whole number >= 1, got {partitions!r}")
+    return workers
+
+
+def _partition_count(sources: Sequence[Source], workers: int) -> int:
+    """Enough partitions to keep each near PARTITION_BYTES, and at least four
+    per worker so that the work balances."""
+    by_size = math.ceil(input_bytes(sources) / PARTITION_BYTES)
+    return max(1, min(MAX_PARTITIONS, max(by_size, 4 * max(1, workers))))
+
+
+def _as_of_text(as_of: datetime | date | str) -> str:
+    from cdss.evaluation import resolve_as_of
+
+    if as_of is None:
+        raise InvalidArgument("as_of is required: a screen is reproducible only at a fixed "
+                              "time (e.g. '2026-03-01')")
+    return resolve_as_of(as_of).isoformat()
+
+
+# --------------------------------------------------------------------------- #
+# Progress
+# --------------------------------------------------------------------------- #
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+        self.tasks: dict[str, Any] = {}
+        self.formats: dict[str, str] = {}
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def add(self, name: str, description: str, total: float, completed: float = 0,
+            note: str = "{completed:,.0f}/{total:,.0f}") -> None:
+        """A bar; ``note`` formats ``completed``, ``total`` and ``extra``."""
+        if self.bar is not None:
+            self.formats[name] = note
+            self.tasks[name] = self.bar.add_task(description, total=total, completed=completed,
+                                                 note=note.format(completed=completed,
+                                                                  total=total, extra=""))
+
+    def advance(self, name: str, amount: float = 1, extra: str = "") -> None:
+        if self.bar is not None and name in self.tasks:
+            task_id = self.tasks[name]
+            self.bar.advance(task_id, amount)
+            task = self.bar.tasks[task_id]
+            self.bar.update(task_id, note=self.formats[name].format(
+                completed=task.completed, total=task.total, extra=extra))
+
+
+# --------------------------------------------------------------------------- #
+# Running partitions
+# --------------------------------------------------------------------------- #
+def _run_tasks(tasks: Sequence[PartitionTask], *, engine: str, workers: int, client: Any,
+               scheduler: str | None, work: Path, on_done: Any) -> None:
+    """Run ``tasks`` inline (``workers=0``), in a pool of ``spawn`` worker
+    processes, or on a Dask cluster; call ``on_done(counts)`` as each ends."""
+    if not tasks:
+        return
+    if engine == "dask":
+        _run_dask(tasks, client=client, scheduler=scheduler, work=work, on_done=on_done)
+        return
+    if workers == 0:
+        for task in tasks:
+            on_done(run_partition(task))
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    try:
+        pending = {pool.submit(run_partition, task): task for task in tasks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                task = pending.pop(future)
+                try:
+                    counts = future.result()
+                except BrokenProcessPool as exc:
+                    raise CohortError(f"a worker process died while screening partition "
+                                      f"{task.partition} ({exc}); finished partitions are "
+                                      "kept: run again with --resume") from exc
+                except Exception as exc:
+                    raise CohortError(f"partition {task.partition} failed: "
+                                      f"{type(exc).__name__}: {exc}; finished partitions "
+                                      "are kept: run again with --resume") from exc
+                on_done(counts)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_dask(tasks: Sequence[PartitionTask], *, client: Any, scheduler: str | None,
+              work: Path, on_done: Any) -> None:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError as exc:
+        raise CohortError("engine='dask' needs dask[distributed]: pip install "
+                          "'cdss[cohort]'") from exc
+    own = client is None
+    if own:
+        if not scheduler:
+            raise CohortError("engine='dask' needs a scheduler address (--scheduler) or a "
+                              "dask.distributed Client (client=)")
+        try:
+            client = Client(scheduler, timeout="30s")  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            raise CohortError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    try:
+        seen = client.run(os.path.isdir, str(work))
+        missing = sorted(w for w, ok in seen.items() if not ok)
+        if not seen or missing:
+            raise CohortError(f"Dask workers {missing or '(none)'} cannot see {work}: the "
+                              "output folder must be on storage shared with the workers")
+        futures = client.map(run_partition, list(tasks), pure=False)
+        by_future = dict(zip(futures, tasks, strict=True))
+        try:
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+                try:
+                    counts = future.result()
+                except Exception as exc:
+                    task = by_future[future]
+                    raise CohortError(f"partition {task.partition} failed on the cluster: "
+                                      f"{type(exc).__name__}: {exc}; finished partitions are "
+                                      "kept: run again with --resume") from exc
+                on_done(counts)
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+    finally:
+        if own:
+            client.close()
+
+
+# --------------------------------------------------------------------------- #
+# Work folder and resume
+# --------------------------------------------------------------------------- #
+class _Work:
+    """The screen's working folder inside the output folder."""
+
+    def __init__(self, out: Path) -> None:
+        self.root = out / _WORK
+        self.spill = self.root / "spill"
+        self.parts = self.root / "parts"
+        self.state = self.root / "state.json"
+        self.spill_done = self.root / "spill.json"
+        self.spill_errors = self.root / "spill-errors.ndjson"
+        self.sources = self.root / "sources.json"
+
+    def reset(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            return dict(orjson.loads(self.state.read_bytes()))
+        except (OSError, orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+
+    def done_counts(self, partitions: int, kind: str) -> dict[int, dict[str, Any]]:
+        """Counts of the partitions that finished (done marker and results)."""
+        done: dict[int, dict[str, Any]] = {}
+        suffixes = ("assessments", "rows", "errors") if kind == "screen" else ("diff",)
+        for p in range(partitions):
+            marker = self.parts / f"p{p:05d}.done"
+            if not marker.exists():
+                continue
+            if not all((self.parts / f"p{p:05d}.{s}").exists() for s in suffixes):
+                continue
+            try:
+                done[p] = dict(orjson.loads(marker.read_bytes()))
+            except (OSError, orjson.JSONDecodeError):
+                continue
+        return done
+
+
+def _fingerprint(kind: str, sources: Sequence[Source], rulesets: Sequence[Any], as_of: str,
+                 mode: str) -> dict[str, Any]:
+    return {"kind": kind, "inputs": [s.fingerprint() for s in sources],
+            "rulesets": [r.key for r in rulesets], "as_of": as_of, "mode": mode}
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return [name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+
+
+# --------------------------------------------------------------------------- #
+# The pipeline shared by screen and diff
+# --------------------------------------------------------------------------- #
+def _prepare(work: _Work, *, kind: str, sources: Sequence[Source], rulesets: Sequence[Any],
+             as_of: str, mode: str, workers: int, partitions: int | None, resume: bool
+             ) -> tuple[int, bool]:
+    """Set up or reuse the work folder; return (partitions, resumed)."""
+    fingerprint = _fingerprint(kind, sources, rulesets, as_of, mode)
+    state = work.read_state() if resume else None
+    if state is not None and state.get("version") == _STATE_VERSION:
+        changed = _differences(state.get("fingerprint", {}), fingerprint)
+        if changed:
+            raise CohortError(
+                f"{work.root.parent} holds a screen with other {', '.join(changed)}; "
+                "run without --resume to start again, or choose another output folder")
+        stored = int(state["partitions"])
+        if partitions is not None and partitions != stored:
+            raise CohortError(f"the interrupted screen used {stored} partitions, not "
+                              f"{partitions}")
+        return stored, True
+    count = partitions or _partition_count(sources, workers)
+    work.reset()
+    write_atomic(work.state, orjson.dumps({"version": _STATE_VERSION, "partitions": count,
+                                           "fingerprint": fingerprint}, option=_SORT))
+    return count, False
+
+
+def _spill(work: _Work, sources: Sequence[Source], partitions: int,
+           progress: _Progress) -> tuple[SpillStats | dict[str, Any], float]:
+    """Run the spill pass unless a finished one is there; return its counts."""
+    if work.spill_done.exists():
+        try:
+            return dict(orjson.loads(work.spill_done.read_bytes())), 0.0
+        except orjson.JSONDecodeError:
+            pass
+    started = time.perf_counter()
+    shutil.rmtree(work.spill, ignore_errors=True)
+    shutil.rmtree(work.parts, ignore_errors=True)
+    write_atomic(work.sources, orjson.dumps([s.label for s in sources]))
+    progress.add("read", "reading", total=max(1e-6, input_bytes(sources, on_disk=True) / 1e6),
+                 note="{completed:,.1f}/{total:,.1f} MB")
+    stats = spill(sources, work.spill, partitions, work.spill_errors,
+                  on_bytes=lambda n: progress.advance("read", n / 1e6))
+    for name in os.listdir(work.spill):  # the partition files on disk before the marker
+        with (work.spill / name).open("rb") as handle:
+            os.fsync(handle.fileno())
+    seconds = time.perf_counter() - started
+    write_atomic(work.spill_done, orjson.dumps({**stats.to_dict(), "seconds": seconds},
+                                               option=_SORT))
+    return stats, seconds
+
+
+def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
+                         rulesets: Sequence[Any], as_of: str, mode: str, engine: str,
+                         workers: int, client: Any, scheduler: str | None,
+                         tune_malloc: bool, progress: _Progress
+                         ) -> tuple[dict[int, dict[str, Any]], int, float]:
+    """Evaluate every partition without a done marker; return all counts, the
+    number reused from an earlier run, and the seconds spent."""
+    work.parts.mkdir(parents=True, exist_ok=True)
+    done = work.done_counts(partitions, kind)
+    reused = len(done)
+    pickled = tuple((r.key, pickle.dumps(r)) for r in rulesets)
+    # malloc is tuned in worker processes only, never in the caller's process
+    tune = tune_malloc and (engine == "dask" or workers > 0)
+    tasks = [PartitionTask(kind=kind, partition=p, spill=str(work.spill / f"p{p:05d}.tsv"),
+                           out_dir=str(work.parts), rulesets=pickled, as_of=as_of, mode=mode,
+                           sources=str(work.sources), tune_malloc=tune)
+             for p in range(partitions) if p not in done]
+    progress.add("eval", "screening", total=partitions, completed=reused,
+                 note="{completed:,.0f}/{total:,.0f} partitions {extra}")
+    patients = sum(int(c.get("patients", 0)) for c in done.values())
+
+    def on_done(counts: dict[str, Any]) -> None:
+        nonlocal patients
+        done[int(counts["partition"])] = counts
+        patients += int(counts.get("patients", 0))
+        progress.advance("eval", 1, extra=f"{patients:,} patients")
+
+    started = time.perf_counter()
+    _run_tasks(tasks, engine=engine, workers=workers, client=client, scheduler=scheduler,
+               work=work.root, on_done=on_done)
+    return done, reused, time.perf_counter() - started
+
+
+def _merged_lines(paths: Sequence[Path]) -> Iterator[tuple[str, bytes]]:
+    """``(key, payload)`` of sorted ``key\\tpayload`` files, merged in key order
+    (a tab sorts before every character a key may hold)."""
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(p.open("rb")) for p in paths if p.exists()]
+        for line in heapq.merge(*handles):
+            key, _, payload = line.rstrip(b"\n").partition(b"\t")
+            yield key.decode(), payload
+
+
+@contextlib.contextmanager
+def _publish(path: Path) -> Iterator[IO[bytes]]:
+    """Write ``path`` under a temporary name; rename it only when complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb", buffering=1 << 20) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _sum_counters(counts: Mapping[int, Mapping[str, Any]], name: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts.values():
+        total.update(c.get(name, {}))
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _codes(ruleset: Any) -> dict[str, list[str]]:
+    """Every flag, referral, plan item and requested analyte the ruleset can
+    produce: the fixed columns of the Parquet table."""
+    flags, referrals, requests = set(), set(), set()
+    for rule in ruleset.source.rules:
+        for action in rule.then:
+            if action.flag:
+                flags.add(action.flag.code)
+            if action.referral:
+                referrals.add(action.referral.code)
+            if action.request:
+                requests.add(action.request.analyte)
+    return {"flag": sorted(flags), "referral": sorted(referrals),
+            "plan": [item.code for item in ruleset.source.plan_items],
+            "request": sorted(requests)}
+
+
+def _write_parquet(path: Path, rows: Iterator[tuple[str, bytes]], ruleset: Any,
+                   as_of: str, mode: str) -> int:
+    """Write the flat table (one row per patient) in batches; return the rows."""
+    try:
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise CohortError("assessments.parquet needs pyarrow: pip install 'cdss[cohort]'"
+                          ) from exc
+    codes = _codes(ruleset)
+    sources = {"flag": "flags", "referral": "referrals", "plan": "plan",
+               "request": "data_requests"}
+    columns = [("patient", pa.string()), ("status", pa.string()),
+               ("highest_severity", pa.string()), ("data_quality_notes", pa.int32())]
+    columns += [(f"{group}:{code}", pa.bool_()) for group in codes for code in codes[group]]
+    columns += [("error_kind", pa.string()), ("error", pa.string())]
+    metadata = {b"cdss.ruleset": orjson.dumps(_identity(ruleset), option=_SORT),
+                b"cdss.as_of": as_of.encode(), b"cdss.mode": mode.encode()}
+    schema = pa.schema([pa.field(n, t) for n, t in columns], metadata=metadata)
+    written = 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            data: dict[str, list[Any]] = {name: [] for name, _ in columns}
+            for row in batch:
+                assessed = row.get("status") == "assessed"
+                data["patient"].append(row["patient"])
+                data["status"].append(row["status"])
+                data["highest_severity"].append(row.get("highest_severity"))
+                data["data_quality_notes"].append(row.get("data_quality_notes"))
+                for group, names in codes.items():
+                    present = set(row.get(sources[group], ()))
+                    for code in names:
+                        data[f"{group}:{code}"].append(code in present if assessed else None)
+                data["error_kind"].append(row.get("error_kind"))
+                data["error"].append(row.get("error"))
+            writer.write_table(pa.table(data, schema=schema))
+            batch.clear()
+
+        for _, payload in rows:
+            batch.append(orjson.loads(payload))
+            written += 1
+            if len(batch) >= 20_000:
+                flush()
+        if batch or not written:
+            flush()
+    os.replace(tmp, path)
+    return written
+
+
+def _part_paths(work: _Work, partitions: int, suffix: str) -> list[Path]:
+    return [work.parts / f"p{p:05d}.{suffix}" for p in range(partitions)]
+
+
+# --------------------------------------------------------------------------- #
+# screen
+# --------------------------------------------------------------------------- #
+def screen(
+    inputs: Sequence[str | Path] | str | Path,
+    *,
+    ruleset: Any,
+    as_of: datetime | date | str,
+    out: str | Path,
+    workers: int | None = None,
+    mode: str = "lean",
+    engine: str = "local",
+    client: Any = None,
+    resume: bool = False,
+    progress: bool = False,
+    scheduler: str | None = None,
+    partitions: int | None = None,
+    paths: Sequence[str | Path] | None = None,
+    tune_malloc: bool = False,
+) -> ScreenSummary:
+    """Screen every patient of ``inputs`` with ``ruleset`` at ``as_of``.
+
+    ``inputs``: FHIR bulk NDJSON files (``.ndjson``, ``.ndjson.gz``), a
+    bulk-export folder (its ``manifest.json`` names the files), a manifest, or
+    a folder of Bundles (``*.json``). ``ruleset``: a loaded
+    :class:`~cdss.rulesets.Ruleset` or ``"id[@version]"`` (``paths`` adds a
+    site's ruleset folders). Results go to the folder ``out`` (see the module
+    docstring). ``workers``: processes (default one per core; ``0`` evaluates
+    in this process). ``engine="dask"`` runs the partitions on a cluster given
+    as ``client`` (a ``dask.distributed.Client``) or ``scheduler`` (its
+    address); ``out`` must then be on storage the workers share. ``mode``:
+    ``lean`` or ``strict`` intake. ``resume``: continue an interrupted screen
+    in ``out``. ``progress``: a progress bar on stderr. ``partitions``:
+    override the number of partitions (default: by input size).
+    ``tune_malloc``: set glibc malloc's mmap and trim thresholds in the worker
+    processes (off by default: it made no measurable difference here, see
+    bench/README.md).
+
+    Returns the :class:`ScreenSummary`; raises :class:`CohortError` when the
+    screen cannot run, never for a bad patient or resource (those are rows in
+    ``errors.ndjson``).
+    """
+    from cdss.evaluation import resolve_ruleset
+
+    started = time.perf_counter()
+    workers = _check_common(mode, engine, workers, partitions)
+    rs = resolve_ruleset(ruleset, paths)
+    when = _as_of_text(as_of)
+    sources = discover(inputs if not isinstance(inputs, (str, Path)) else [inputs])
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CohortError(f"{out_dir} is a file, not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = _Work(out_dir)
+    state = work.read_state() if resume else None
+    if state is not None and state.get("complete") and (out_dir / "summary.json").exists():
+        _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when, mode=mode,
+                 workers=workers, partitions=partitions, resume=True)
+        return ScreenSummary.from_dict(out_dir, orjson.loads(
+            (out_dir / "summary.json").read_bytes()))
+    n, resumed = _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when,
+                          mode=mode, workers=workers, partitions=partitions, resume=resume)
+    if not resumed:
+        for name in _OUTPUTS:
+            (out_dir / name).unlink(missing_ok=True)
+    with _Progress(progress) as bar:
+        stats, spill_seconds = _spill(work, sources, n, bar)
+        spilled = stats if isinstance(stats, dict) else stats.to_dict()
+        counts, reused, eval_seconds = _evaluate_partitions(
+            work, kind="screen", partitions=n, rulesets=[rs], as_of=when, mode=mode,
+            engine=engine, workers=workers, client=client, scheduler=scheduler,
+            tune_malloc=tune_malloc, progress=bar)
+    merge_started = time.perf_counter()
+    summary = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, engine,
+                            workers, resumed, sources)
+    timings = {"spill_seconds": round(spill_seconds, 3),
+               "evaluate_seconds": round(eval_seconds, 3),
+               "merge_seconds": round(time.perf_counter() - merge_started, 3),
+               "total_seconds": round(time.perf_counter() - started, 3),
+               "worker_seconds": round(sum(float(c.get("seconds", 0))
+                                           for c in counts.values()), 3),
+               "partitions_reused": reused}
+    total = timings["total_seconds"] or 1e-9
+    timings["patients_per_second"] = round(summary["counts"]["patients"] / total, 1)
+    summary["timings"] = timings
+    worker_peaks = [c["peak_rss_mb"] for c in counts.values() if c.get("peak_rss_mb")]
+    summary["memory"] = {"parent_peak_mb": peak_rss_mb(),
+                         "worker_peak_mb": max(worker_peaks) if worker_peaks else None}
+    write_atomic(out_dir / "summary.json", orjson.dumps(summary, option=_SORT
+                                                        | orjson.OPT_INDENT_2) + b"\n")
+    from cdss.report_html import render_report
+
+    write_atomic(out_dir / "report.html", render_report(summary).encode("utf-8"))
+    write_atomic(work.state, orjson.dumps({**(work.read_state() or {}), "complete": True},
+                                          option=_SORT))
+    shutil.rmtree(work.spill, ignore_errors=True)
+    shutil.rmtree(work.parts, ignore_errors=True)
+    return ScreenSummary.from_dict(out_dir, summary)
+
+
+def _merge_screen(work: _Work, out_dir: Path, partitions: int,
+                  counts: Mapping[int, Mapping[str, Any]], spilled: Mapping[str, Any],
+                  ruleset: Any, as_of: str, mode: str, engine: str, workers: int,
+                  resumed: bool, sources: Sequence[Source]) -> dict[str, Any]:
+    """Merge the partitions into the result files and check the counts."""
+    patients = sum(int(c["patients"]) for c in counts.values())
+    assessed = sum(int(c["assessed"]) for c in counts.values())
+    failed = sum(int(c["errors"]) for c in counts.values())
+    resources = sum(int(c["resources"]) for c in counts.values())
+    if len(counts) != partitions:
+        missing = sorted(set(range(partitions)) - set(counts))
+        raise CohortError(f"partitions {missing[:10]} have no results; run again with --resume")
+    written = 0
+    with _publish(out_dir / "assessments.ndjson") as handle:
+        for _, payload in _merged_lines(_part_paths(work, partitions, "assessments")):
+            handle.write(payload + b"\n")
+            written += 1
+    rows = _write_parquet(out_dir / "assessments.parquet",
+                          _merged_lines(_part_paths(work, partitions, "rows")), ruleset,
+                          as_of, mode)
+    error_rows = 0
+    with _publish(out_dir / "errors.ndjson") as handle:
+        for _, payload in _merged_lines(_part_paths(work, partitions, "errors")):
+            handle.write(payload + b"\n")
+            error_rows += 1
+        if work.spill_errors.exists():
+            with work.spill_errors.open("rb") as spill_errors:
+                shutil.copyfileobj(spill_errors, handle)
+    problems = []
+    if patients != assessed + failed:
+        problems.append(f"patients seen {patients} != assessments {assessed} + errors {failed}")
+    if written != assessed:
+        problems.append(f"{written} assessments written, {assessed} made")
+    if error_rows != failed:
+        problems.append(f"{error_rows} patient error rows written, {failed} made")
+    if rows != patients:
+        problems.append(f"{rows} table rows written for {patients} patients")
+    if resources != int(spilled.get("attributed", resources)):
+        problems.append(f"{spilled.get('attributed')} resources spilled, {resources} read back")
+    if problems:
+        raise CohortError("the screen does not balance: " + "; ".join(problems))
+    errors_by_kind = Counter(spilled.get("errors_by_kind", {}))
+    errors_by_kind.update(_sum_counters(counts, "errors_by_kind"))
+    summary = ScreenSummary(
+        out=out_dir, ruleset=_identity(ruleset), as_of=as_of, mode=mode, engine=engine,
+        workers=workers, partitions=partitions, patients=patients, assessed=assessed,
+        patient_errors=failed, resource_errors=int(spilled.get("resource_errors", 0)),
+        file_errors=int(spilled.get("file_errors", 0)),
+        resources={k: v for k, v in spilled.items() if k != "seconds"},
+        flags=_sum_counters(counts, "flags"), severity=_sum_counters(counts, "severity"),
+        referrals=_sum_counters(counts, "referrals"), plan=_sum_counters(counts, "plan"),
+        data_requests=_sum_counters(counts, "data_requests"),
+        errors_by_kind=dict(sorted(errors_by_kind.items())), timings={}, resumed=resumed,
+        inputs=tuple(s.label for s in sources),
+    )
+    return summary.to_dict()
+
+
+# --------------------------------------------------------------------------- #
+# diff
+# --------------------------------------------------------------------------- #
+def diff(
+    inputs: Sequence[str | Path] | str | Path,
+    *,
+    from_ruleset: Any,
+    to_ruleset: Any,
+    as_of: datetime | date | str,
+    workers: int | None = None,
+    mode: str = "lean",
+    engine: str = "local",
+    client: Any = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+    paths: Sequence[str | Path] | None = None,
+    work_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    tune_malloc: bool = False,
+) -> DiffReport:
+    """Evaluate ``inputs`` with two ruleset versions (``from_ruleset`` and
+    ``to_ruleset``: loaded rulesets or ``"id@version"``) and report the
+    patients whose results change, and how.
+
+    Inputs, ``workers``, ``mode``, ``engine``, ``client`` and ``scheduler``
+    are as for :func:`screen`. Intermediate files go to a temporary folder
+    (inside ``work_dir`` when given; on storage shared with the workers for
+    Dask). ``out`` writes the report as JSON.
+    """
+    from cdss.evaluation import resolve_ruleset
+
+    started = time.perf_counter()
+    workers = _check_common(mode, engine, workers, None)
+    rs_before = resolve_ruleset(from_ruleset, paths)
+    rs_after = resolve_ruleset(to_ruleset, paths)
+    when = _as_of_text(as_of)
+    sources = discover(inputs if not isinstance(inputs, (str, Path)) else [inputs])
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cdss-diff-", dir=work_dir) as tmp:
+        work = _Work(Path(tmp))
+        n, _ = _prepare(work, kind="diff", sources=sources, rulesets=[rs_before, rs_after],
+                        as_of=when, mode=mode, workers=workers, partitions=None, resume=False)
+        with _Progress(progress) as bar:
+            stats, _ = _spill(work, sources, n, bar)
+            spilled = stats if isinstance(stats, dict) else stats.to_dict()
+            counts, _, _ = _evaluate_partitions(
+                work, kind="diff", partitions=n, rulesets=[rs_before, rs_after], as_of=when,
+                mode=mode, engine=engine, workers=workers, client=client,
+                scheduler=scheduler, tune_malloc=tune_malloc, progress=bar)
+        changes = [orjson.loads(payload)
+                   for _, payload in _merged_lines(_part_paths(work, n, "diff"))]
+    tally_names = ("flags_added", "flags_removed", "severity_changed", "plan_added",
+                   "plan_removed", "plan_modified", "referrals_added", "referrals_removed",
+                   "data_requests_added", "data_requests_removed")
+    report = DiffReport(
+        from_ruleset=_identity(rs_before), to_ruleset=_identity(rs_after), as_of=when, mode=mode,
+        patients=sum(int(c["patients"]) for c in counts.values()),
+        changed=sum(int(c["changed"]) for c in counts.values()),
+        unchanged=sum(int(c["unchanged"]) for c in counts.values()),
+        errors=sum(int(c["errors"]) for c in counts.values()),
+        resource_errors=int(spilled.get("resource_errors", 0))
+        + int(spilled.get("file_errors", 0)),
+        tallies={name: _sum_counters(counts, name) for name in tally_names},
+        changes=changes,
+        timings={"total_seconds": round(time.perf_counter() - started, 3)},
+    )
+    if out is not None:
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, report.to_json() + b"\n")
+    return report

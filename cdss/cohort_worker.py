@@ -1,0 +1,450 @@
+"""The per-partition function of a cohort screen, run in worker processes.
+
+:func:`run_partition` reads one spilled partition (see :mod:`cdss.cohort_io`),
+groups its lines by patient, evaluates every patient and writes the
+partition's results next to it; the same function runs in local worker
+processes and on Dask workers, so both give identical results.
+
+Each patient's resources become one Bundle (bytes, built by concatenating the
+spilled JSON, so lean intake validates the whole record in one call) and go
+through :func:`cdss.evaluate` exactly as a caller's Bundle would. A patient
+whose record fails becomes an error row with the reason, never a missing row.
+
+Results are written atomically: each file goes to a temporary name, is
+flushed to disk and renamed, and the partition's *done marker* is written
+last. A partition with a done marker is complete; one without is redone on
+``--resume``. Within a partition, patients are in key order, so that a merge
+of the partitions is sorted by patient reference.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from cdss.errors import CDSSError, EngineError, InputError
+
+__all__ = ["PartitionTask", "compare", "peak_rss_mb", "run_partition", "tune_malloc"]
+
+_SORT = orjson.OPT_SORT_KEYS
+_PREFIX = b'{"resourceType":"Bundle","type":"collection","entry":['
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """One partition to evaluate.
+
+    ``kind`` is ``screen`` (one ruleset) or ``diff`` (two: from, to);
+    ``rulesets`` are ``(key, pickled Ruleset)`` pairs, so that workers run
+    exactly the ruleset the caller loaded (site folders and concept maps
+    included) and check its identity; ``sources`` is the file listing the
+    input files by index, read only to name the file of a failing resource.
+    """
+
+    kind: str
+    partition: int
+    spill: str
+    out_dir: str
+    rulesets: tuple[tuple[str, bytes], ...]
+    as_of: str
+    mode: str
+    sources: str
+    tune_malloc: bool = False
+
+    @property
+    def done_path(self) -> Path:
+        return Path(self.out_dir) / f"p{self.partition:05d}.done"
+
+
+# --------------------------------------------------------------------------- #
+# Process set-up
+# --------------------------------------------------------------------------- #
+_TUNED = False
+_RULESETS: dict[str, Any] = {}
+_SOURCES: dict[str, list[str]] = {}
+
+
+def tune_malloc() -> bool:
+    """Set glibc malloc's mmap and trim thresholds in this process (as the
+    ``MALLOC_MMAP_THRESHOLD_=16777216`` and ``MALLOC_TRIM_THRESHOLD_=268435456``
+    environment variables would at start-up): durable-rules allocates and
+    frees many small blocks per patient, and fixed thresholds stop glibc from
+    returning memory to the system after every session. Returns whether it
+    applied (glibc only); idempotent."""
+    global _TUNED
+    if _TUNED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = bool(libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024) == 1)
+        ok = bool(libc.mallopt(m_trim_threshold, 256 * 1024 * 1024) == 1) and ok
+    except (OSError, AttributeError):
+        return False
+    _TUNED = ok
+    return ok
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (Linux: ``VmHWM``, which,
+    unlike ``getrusage``, does not carry over the parent's peak across exec);
+    None where it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _ruleset(key: str, data: bytes) -> Any:
+    ruleset = _RULESETS.get(key)
+    if ruleset is None:
+        ruleset = pickle.loads(data)  # pickled by the calling process
+        if ruleset.key != key:
+            raise CDSSError(f"the ruleset sent to the worker is {ruleset.key}, not {key}")
+        _RULESETS[key] = ruleset
+    return ruleset
+
+
+def _source_label(sources: str, index: int) -> str | None:
+    labels = _SOURCES.get(sources)
+    if labels is None:
+        try:
+            labels = [str(s) for s in orjson.loads(Path(sources).read_bytes())]
+        except (OSError, orjson.JSONDecodeError):
+            labels = []
+        _SOURCES[sources] = labels
+    return labels[index] if 0 <= index < len(labels) else None
+
+
+# --------------------------------------------------------------------------- #
+# Reading a partition
+# --------------------------------------------------------------------------- #
+Entry = tuple[str, int, int, str, bytes]  # type, source, line, alias, JSON
+
+
+def _read_groups(path: Path) -> dict[str, list[Entry]]:
+    groups: dict[str, list[Entry]] = {}
+    if not path.exists():
+        return groups
+    with path.open("rb") as handle:
+        for line in handle:
+            key, rtype, source, number, alias, payload = line.rstrip(b"\n").split(b"\t", 5)
+            groups.setdefault(key.decode(), []).append(
+                (rtype.decode(), int(source), int(number), alias.decode(), payload))
+    return groups
+
+
+def record_bytes(entries: Sequence[Entry]) -> bytes:
+    """One patient's spilled resources as a collection Bundle (JSON bytes).
+
+    The Patient gets one entry per other spelling of its reference that its
+    resources used (as ``fullUrl``), so that intake matches them to it.
+    """
+    aliases = sorted({alias for _, _, _, alias, _ in entries if alias})
+    parts: list[bytes] = []
+    for rtype, _, _, _, payload in entries:
+        if rtype == "Patient" and aliases:
+            parts += [b'{"fullUrl":' + orjson.dumps(alias) + b',"resource":' + payload + b"}"
+                      for alias in aliases]
+        else:
+            parts.append(b'{"resource":' + payload + b"}")
+    return _PREFIX + b",".join(parts) + b"]}"
+
+
+# --------------------------------------------------------------------------- #
+# Evaluating
+# --------------------------------------------------------------------------- #
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, InputError):
+        return "input"
+    if isinstance(exc, EngineError):
+        return "engine"
+    if isinstance(exc, CDSSError):
+        return "cdss"
+    return "internal"
+
+
+def _error_row(task: PartitionTask, key: str, entries: Sequence[Entry],
+               exc: BaseException) -> dict[str, Any]:
+    row: dict[str, Any] = {"kind": "patient", "patient": key, "error": _error_kind(exc),
+                           "exception": type(exc).__name__, "reason": str(exc),
+                           "resources": len(entries)}
+    if isinstance(exc, InputError):
+        row.update(resource_type=exc.resource_type, resource_id=exc.resource_id,
+                   field=exc.field)
+        where = _locate(entries, exc.resource_type, exc.resource_id)
+        if where is not None:
+            row["file"] = _source_label(task.sources, where[0])
+            row["line"] = where[1]
+    return row
+
+
+def _locate(entries: Sequence[Entry], rtype: str | None, rid: str | None
+            ) -> tuple[int, int] | None:
+    """The (source, line) of the resource an error names, when it can be found."""
+    if rtype is None:
+        return None
+    for etype, source, number, _, payload in entries:
+        if etype != rtype:
+            continue
+        if rid is None:
+            return source, number
+        try:
+            found = orjson.loads(payload).get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if found == rid:
+            return source, number
+    return None
+
+
+def _evaluate(data: bytes, ruleset: Any, as_of: Any, mode: str, key: str) -> Any:
+    from cdss.evaluation import evaluate
+
+    assessment = evaluate(data, ruleset=ruleset, as_of=as_of, mode=mode)
+    if assessment.patient is None:  # only resources the facts do not use
+        assessment = assessment.model_copy(update={"patient": key})
+    return assessment
+
+
+def flat_row(key: str, assessment: Any) -> dict[str, Any]:
+    """The Parquet row of an Assessment: codes of what it concluded."""
+    return {
+        "patient": key, "status": "assessed",
+        "highest_severity": assessment.highest_severity,
+        "flags": [f.code for f in assessment.flags],
+        "referrals": [r.code for r in assessment.referrals],
+        "plan": [p.code for p in assessment.plan],
+        "data_requests": [d.analyte for d in assessment.data_requests],
+        "data_quality_notes": len(assessment.data_quality),
+    }
+
+
+class _Out:
+    """A partition result file, written under a temporary name, then renamed."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.final = folder / name
+        self.tmp = folder / f"{name}.tmp"
+        self.handle: IO[bytes] = self.tmp.open("wb", buffering=1 << 16)
+
+    def write(self, key: str, payload: bytes) -> None:
+        self.handle.write(key.encode() + b"\t" + payload + b"\n")
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees all of it or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def run_partition(task: PartitionTask) -> dict[str, Any]:
+    """Evaluate one partition and write its results; return its counts (also
+    written as the partition's done marker)."""
+    started = time.perf_counter()
+    if task.tune_malloc:
+        tune_malloc()
+    from cdss.evaluation import resolve_as_of
+
+    rulesets = [_ruleset(key, data) for key, data in task.rulesets]
+    as_of = resolve_as_of(task.as_of)
+    out_dir = Path(task.out_dir)
+    groups = _read_groups(Path(task.spill))
+    if task.kind == "screen":
+        counts = _screen(task, groups, rulesets[0], as_of, out_dir)
+    elif task.kind == "diff":
+        counts = _diff(task, groups, rulesets[0], rulesets[1], as_of, out_dir)
+    else:
+        raise CDSSError(f"unknown partition task kind {task.kind!r}")
+    counts.update(partition=task.partition, kind=task.kind,
+                  resources=sum(len(v) for v in groups.values()),
+                  seconds=round(time.perf_counter() - started, 6), pid=os.getpid(),
+                  peak_rss_mb=peak_rss_mb())
+    write_atomic(task.done_path, orjson.dumps(counts, option=_SORT))
+    return counts
+
+
+def _counter(values: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))
+
+
+def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any, as_of: Any,
+            out_dir: Path) -> dict[str, Any]:
+    name = f"p{task.partition:05d}"
+    outs = [_Out(out_dir, f"{name}.{suffix}") for suffix in ("assessments", "rows", "errors")]
+    assessments, rows, errors = outs
+    flags: Counter[str] = Counter()
+    severity: Counter[str] = Counter()
+    referrals: Counter[str] = Counter()
+    plan: Counter[str] = Counter()
+    requests: Counter[str] = Counter()
+    error_kinds: Counter[str] = Counter()
+    assessed = failed = 0
+    try:
+        for key in sorted(groups):
+            entries = groups[key]
+            try:
+                assessment = _evaluate(record_bytes(entries), ruleset, as_of, task.mode, key)
+            except Exception as exc:  # a patient that fails is an error row, never lost
+                row = _error_row(task, key, entries, exc)
+                errors.write(key, orjson.dumps(row, option=_SORT))
+                rows.write(key, orjson.dumps({"patient": key, "status": "error",
+                                              "error_kind": row["error"],
+                                              "error": row["reason"]}))
+                error_kinds[row["error"]] += 1
+                failed += 1
+                continue
+            assessments.write(key, assessment.to_json())
+            flat = flat_row(key, assessment)
+            rows.write(key, orjson.dumps(flat))
+            flags.update(flat["flags"])
+            referrals.update(flat["referrals"])
+            plan.update(flat["plan"])
+            requests.update(flat["data_requests"])
+            severity[flat["highest_severity"] or "none"] += 1
+            assessed += 1
+        for out in outs:
+            out.commit()
+    except BaseException:
+        for out in outs:
+            out.abort()
+        raise
+    return {"patients": len(groups), "assessed": assessed, "errors": failed,
+            "flags": dict(sorted(flags.items())), "severity": dict(sorted(severity.items())),
+            "referrals": dict(sorted(referrals.items())), "plan": dict(sorted(plan.items())),
+            "data_requests": dict(sorted(requests.items())),
+            "errors_by_kind": dict(sorted(error_kinds.items()))}
+
+
+# --------------------------------------------------------------------------- #
+# Version diff
+# --------------------------------------------------------------------------- #
+def _added_removed(before: Iterable[str], after: Iterable[str]) -> dict[str, Any]:
+    a, b = set(before), set(after)
+    out: dict[str, Any] = {}
+    if b - a:
+        out["added"] = sorted(b - a)
+    if a - b:
+        out["removed"] = sorted(a - b)
+    return out
+
+
+def compare(before: Any, after: Any) -> dict[str, Any]:
+    """How ``after`` differs from ``before`` (two Assessments of one patient):
+    flags added, removed or changed in severity; referrals added, removed or
+    changed in urgency; plan items added, removed, or changed in text or
+    emphasis; suppressions and data requests added or removed. Empty when
+    nothing a clinician sees changed."""
+    change: dict[str, Any] = {}
+    flags = _added_removed((f.code for f in before.flags), (f.code for f in after.flags))
+    old = {f.code: f.severity for f in before.flags}
+    severity = [{"code": f.code, "from": old[f.code], "to": f.severity}
+                for f in after.flags if f.code in old and old[f.code] != f.severity]
+    if severity:
+        flags["severity"] = sorted(severity, key=lambda s: s["code"])
+    if flags:
+        change["flags"] = flags
+    referrals = _added_removed((r.code for r in before.referrals),
+                               (r.code for r in after.referrals))
+    urgency = {r.code: r.urgency for r in before.referrals}
+    changed_urgency = [{"code": r.code, "from": urgency[r.code], "to": r.urgency}
+                       for r in after.referrals
+                       if r.code in urgency and urgency[r.code] != r.urgency]
+    if changed_urgency:
+        referrals["urgency"] = sorted(changed_urgency, key=lambda s: s["code"])
+    if referrals:
+        change["referrals"] = referrals
+    plan = _added_removed((p.code for p in before.plan), (p.code for p in after.plan))
+    texts = {p.code: (p.text, tuple(p.emphasis), tuple(p.tailoring)) for p in before.plan}
+    modified = sorted(p.code for p in after.plan
+                      if p.code in texts and texts[p.code] != (p.text, tuple(p.emphasis),
+                                                               tuple(p.tailoring)))
+    if modified:
+        plan["modified"] = modified
+    if plan:
+        change["plan"] = plan
+    for name, attr in (("suppressed", "code"), ("data_requests", "analyte")):
+        moved = _added_removed((getattr(x, attr) for x in getattr(before, name)),
+                               (getattr(x, attr) for x in getattr(after, name)))
+        if moved:
+            change[name] = moved
+    if before.highest_severity != after.highest_severity:
+        change["highest_severity"] = {"from": before.highest_severity,
+                                      "to": after.highest_severity}
+    return change
+
+
+def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any,
+          after_rs: Any, as_of: Any, out_dir: Path) -> dict[str, Any]:
+    out = _Out(out_dir, f"p{task.partition:05d}.diff")
+    changed = failed = 0
+    tallies: dict[str, Counter[str]] = {name: Counter() for name in (
+        "flags_added", "flags_removed", "severity_changed", "plan_added", "plan_removed",
+        "plan_modified", "referrals_added", "referrals_removed", "data_requests_added",
+        "data_requests_removed")}
+    try:
+        for key in sorted(groups):
+            entries = groups[key]
+            data = record_bytes(entries)
+            results: list[Any] = []
+            for ruleset in (before_rs, after_rs):
+                try:
+                    results.append(_evaluate(data, ruleset, as_of, task.mode, key))
+                except Exception as exc:  # reported, never lost
+                    results.append(_error_row(task, key, entries, exc))
+            if any(isinstance(r, dict) for r in results):
+                row = {"patient": key, "error": {
+                    side: (r["reason"] if isinstance(r, dict) else None)
+                    for side, r in zip(("from", "to"), results, strict=True)}}
+                out.write(key, orjson.dumps(row, option=_SORT))
+                failed += 1
+                continue
+            change = compare(*results)
+            if not change:
+                continue
+            changed += 1
+            out.write(key, orjson.dumps({"patient": key, **change}, option=_SORT))
+            for group in ("flags", "plan", "referrals", "data_requests"):
+                for how in ("added", "removed"):
+                    tallies[f"{group}_{how}"].update(change.get(group, {}).get(how, ()))
+            tallies["plan_modified"].update(change.get("plan", {}).get("modified", ()))
+            tallies["severity_changed"].update(
+                f"{s['code']}: {s['from']} -> {s['to']}"
+                for s in change.get("flags", {}).get("severity", ()))
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    return {"patients": len(groups), "changed": changed, "errors": failed,
+            "unchanged": len(groups) - changed - failed,
+            **{name: dict(sorted(c.items())) for name, c in tallies.items()}}
