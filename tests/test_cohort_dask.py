@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask.distributed as distributed
 import orjson
 import pytest
 from test_cohort_support import (
@@ -24,8 +25,6 @@ from test_cohort_support import (
 
 from cdss.cohort import CohortError, screen
 from cdss.generate import GeneratedCohort
-
-distributed = pytest.importorskip("dask.distributed")
 
 
 @pytest.fixture(scope="module")
