@@ -38,15 +38,10 @@ from typing import IO, Any
 import orjson
 
 from cdss.errors import InvalidArgument
+from cdss.terminology import ICD10CM, LOCAL, LOINC, RXNORM, SNOMED, UCUM
 
 __all__ = ["GeneratedCohort", "generate_cohort"]
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-LOCAL = "https://cdss.dev/fhir/CodeSystem/findings"
-UCUM = "http://unitsofmeasure.org"
 _CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _COND_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 _COND_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"

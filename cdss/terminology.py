@@ -14,11 +14,15 @@ from typing import Any
 
 from cdss.schema import ConceptMapEntry, ValueSetFile
 
-__all__ = ["ICD10CM", "LOINC", "SNOMED", "Terminology"]
+__all__ = ["ICD10CM", "LOCAL", "LOINC", "RXNORM", "SNOMED", "UCUM", "Terminology"]
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UCUM = "http://unitsofmeasure.org"
+#: cdss's own code system for findings that have no confirmed standard code.
+LOCAL = "https://cdss.dev/fhir/CodeSystem/findings"
 _DOTLESS = frozenset({ICD10CM, "http://www.whocc.no/atc"})
 
 

@@ -32,7 +32,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -182,6 +182,20 @@ def _loads(body: Any, what: str) -> Any:
     return body
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _validated(body: Any, model: type[_Body], what: str) -> _Body:
+    """Parse a JSON object body and validate it as ``model``; 400 when malformed."""
+    data = _loads(body, f"{what} body")
+    if not isinstance(data, Mapping):
+        raise HookRequestError(f"the {what} body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HookRequestError(_message(exc, what)) from None
+
+
 def _message(exc: ValidationError, what: str) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -199,13 +213,7 @@ def validate_request(body: Any) -> HookRequest:
     ``context.patientId`` that is not a FHIR id, a ``fhirAuthorization``
     without ``fhirServer``, a prefetch value that is not a resource or null.
     """
-    data = _loads(body, "request body")
-    if not isinstance(data, Mapping):
-        raise HookRequestError("the request body must be a JSON object")
-    try:
-        return HookRequest.model_validate(data)
-    except ValidationError as exc:
-        raise HookRequestError(_message(exc, "request")) from None
+    return _validated(body, HookRequest, "request")
 
 
 class Coding(_Model):
@@ -245,13 +253,7 @@ class FeedbackRequest(_Model):
 
 def validate_feedback(body: Any) -> FeedbackRequest:
     """Validate a feedback body (``{"feedback": [...]}``); 400 when malformed."""
-    data = _loads(body, "feedback body")
-    if not isinstance(data, Mapping):
-        raise HookRequestError("the feedback body must be a JSON object")
-    try:
-        return FeedbackRequest.model_validate(data)
-    except ValidationError as exc:
-        raise HookRequestError(_message(exc, "feedback")) from None
+    return _validated(body, FeedbackRequest, "feedback")
 
 
 # --------------------------------------------------------------------------- #

@@ -48,6 +48,7 @@ from typing import Any
 from cdss.assessment import Assessment, DataRequest, Evidence, Flag, PlanItem, Referral
 from cdss.errors import CDSSError, InvalidArgument, RulesetError
 from cdss.rulesets import Ruleset
+from cdss.terminology import LOINC, SNOMED, UCUM
 
 __all__ = [
     "CODE_SYSTEM_BASE",
@@ -75,9 +76,6 @@ RULESET_IDENTIFIER_SYSTEM = "https://cdss.dev/fhir/NamingSystem/ruleset"
 #: Identifier system of a ruleset's content hash (sha256, hex).
 RULESET_SHA256_SYSTEM = "https://cdss.dev/fhir/NamingSystem/ruleset-sha256"
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
 _PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 #: SNOMED CT 108252007 |Laboratory procedure|, the usual ServiceRequest category of a lab order.
