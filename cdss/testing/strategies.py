@@ -39,6 +39,7 @@ from cdss.errors import InvalidArgument
 from cdss.evaluation import resolve_as_of, resolve_ruleset
 from cdss.rulesets import CompiledRule, Pattern, Ruleset, Test
 from cdss.schema import Analyte
+from cdss.terminology import LOINC, SNOMED, UCUM
 from cdss.units import convert
 
 __all__ = [
@@ -63,9 +64,6 @@ DEFAULT_AS_OF = datetime(2026, 1, 1, tzinfo=timezone.utc)
 #: The id of the generated Patient unless a caller gives one.
 PATIENT_ID = "p1"
 
-UCUM = "http://unitsofmeasure.org"
-_SNOMED = "http://snomed.info/sct"
-_LOINC = "http://loinc.org"
 _OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 _CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
@@ -298,9 +296,9 @@ class _Kit:
         self.concepts = [n for n in (*used, *rest) if self.codings.get(n)]
         self.unconvertible = {name: self._unconvertible(a) for name, a in vs.analytes.items()}
         self.unrelated_labs = [lab for lab in _UNRELATED_LABS
-                               if not self.terminology.concepts_of_coding(_LOINC, lab[0])]
+                               if not self.terminology.concepts_of_coding(LOINC, lab[0])]
         self.unrelated_conditions = [c for c in _UNRELATED_CONDITIONS
-                                     if not self.terminology.concepts_of_coding(_SNOMED, c[0])]
+                                     if not self.terminology.concepts_of_coding(SNOMED, c[0])]
 
     @staticmethod
     def _unconvertible(analyte: Analyte) -> str | None:
@@ -476,14 +474,14 @@ def _finding(draw: st.DrawFn, kit: _Kit, concept: str, *, status: str | None = "
         return res
     value: dict[str, Any]
     if status is None:
-        value = {"valueCodeableConcept": _cc(_SNOMED, "261665006", "Unknown")}
+        value = {"valueCodeableConcept": _cc(SNOMED, "261665006", "Unknown")}
     else:
         how, what = _pick(draw, _PRESENT_VALUES if status == "present"
                                          else _ABSENT_VALUES)
         if how == "valueBoolean":
             value = {"valueBoolean": what}
         elif how == "snomed":
-            value = {"valueCodeableConcept": _cc(_SNOMED, str(what))}
+            value = {"valueCodeableConcept": _cc(SNOMED, str(what))}
         else:
             value = {}
     res = _observation(kit, coding, status=obs_status, effective=when, category="exam",
@@ -570,7 +568,7 @@ def _allergy(draw: st.DrawFn, kit: _Kit, concept: str, *, state: str | None = "a
     res["patient"] = dict(kit.subject)
     if not by_code:
         res["reaction"] = [{"substance": coding,
-                            "manifestation": [_cc(_SNOMED, "271807003", "Eruption of skin")]}]
+                            "manifestation": [_cc(SNOMED, "271807003", "Eruption of skin")]}]
     return res
 
 
@@ -605,13 +603,13 @@ def _irrelevant(draw: st.DrawFn, kit: _Kit) -> Resource:
         return {"resourceType": "Organization", "name": "Community clinic"}
     if kind == "Observation":
         code, display, value, unit = _pick(draw, kit.unrelated_labs)
-        return _observation(kit, (_LOINC, code, display), status="final", effective=when,
+        return _observation(kit, (LOINC, code, display), status="final", effective=when,
                             category="vital-signs" if unit != "g/dL" else "laboratory",
                             value={"valueQuantity": {"value": value, "unit": unit,
                                                      "system": UCUM, "code": unit}})
     code, display = _pick(draw, kit.unrelated_conditions)
     return {"resourceType": "Condition", "clinicalStatus": _cc(_CONDITION_CLINICAL, "active"),
-            "code": _cc(_SNOMED, code, display), "subject": dict(kit.subject)}
+            "code": _cc(SNOMED, code, display), "subject": dict(kit.subject)}
 
 
 @st.composite
