@@ -551,8 +551,8 @@ def _write_parquet(path: Path, rows: Iterator[tuple[str, bytes]], ruleset: Any,
                    as_of: str, mode: str) -> int:
     """Write the flat table (one row per patient) in batches; return the rows."""
     try:
-        import pyarrow as pa  # type: ignore[import-untyped]
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError as exc:
         raise CohortError("assessments.parquet needs pyarrow: pip install 'cdss[cohort]'"
                           ) from exc

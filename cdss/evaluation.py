@@ -164,7 +164,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessmen
             removed[code] = Suppressed(code=code, category=item.category, text=item.text,
                                        reason=sup.reason, rule_id=firing.rule.id,
                                        citation=cite(firing.rule.rule))
-    plan = []
+    plan: list[PlanItem] = []
     for code in sorted(planned, key=lambda c: catalogue[c][0]):
         if code in removed:
             continue

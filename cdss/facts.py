@@ -293,8 +293,8 @@ class _Builder:
                     sources=(_ref(obs),))
         if reason is not None:
             fact = fact.model_copy(update={"values": {**values, "reason": reason}})
-        prev = self.labs.get(concept)
-        if prev is None or key > prev[0]:
+        latest = self.labs.get(concept)
+        if latest is None or key > latest[0]:
             self.labs[concept] = (key, fact)
 
     def finding(self, concept: str, res: Mapping[str, Any], age: float,

@@ -224,6 +224,7 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
         refs.add(ref)
     if not patient_refs and len(refs) > 1:
         raise InputError(f"the record refers to {len(refs)} patients: {sorted(refs)}; one expected")
+    patient_ref: str | None
     if patient is not None:
         patient_ref = f"Patient/{_str_id(patient)}"
     else:

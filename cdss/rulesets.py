@@ -162,7 +162,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 
 _UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping  # type: ignore[arg-type]
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
 
 
@@ -302,7 +302,7 @@ def _canonical_hash(source: RulesetFile, valuesets: ValueSetFile,
 
 
 def _merge_valuesets(parts: Sequence[tuple[Path, ValueSetFile]], path: Path) -> ValueSetFile:
-    systems: dict[str, str] = {}
+    systems: dict[str, Any] = {}
     concepts: dict[str, Any] = {}
     analytes: dict[str, Any] = {}
     for part_path, part in parts:

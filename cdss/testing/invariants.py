@@ -45,13 +45,13 @@ from cdss.evaluation import evaluate, extract_facts
 from cdss.facts import Facts
 from cdss.rulesets import CompiledRule, Ruleset
 from cdss.schema import Invariant
+from cdss.terminology import UCUM
 from cdss.testing.report import Failure, PropertyResult, Report
 from cdss.testing.strategies import (
     _BOOLEANS,
     _SPELLINGS,
     DEFAULT_AS_OF,
     PATIENT_ID,
-    UCUM,
     RecordList,
     Resource,
     _aimed_record,

@@ -1,0 +1,18 @@
+"""The library type-checks under mypy --strict (configured in pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mypy_strict_passes_on_the_library() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--config-file",
+         str(ROOT / "pyproject.toml"), str(ROOT / "cdss")],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
