@@ -513,3 +513,20 @@ def test_the_site_example_runs(tmp_path: Path) -> None:
     assert "every invariant held" in out.stdout
     assert "custom property held" in out.stdout
 
+
+
+def test_time_zone_invariance_catches_an_offset_read_as_utc(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+
+    import cdss.facts
+
+    original = cdss.facts.parse_time
+
+    def ignores_offset(text: str) -> dt.datetime:
+        return original(text).replace(tzinfo=dt.timezone.utc)
+
+    monkeypatch.setattr(cdss.facts, "parse_time", ignores_offset)
+    report = check_ruleset(LATEST, max_examples=60, properties=["time-zone-invariance"])
+    assert not report.ok
+    assert [f.property for f in report.failures] == ["time-zone-invariance"]

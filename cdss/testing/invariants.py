@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from cdss.assessment import Assessment
 from cdss.errors import CDSSError, InvalidArgument
 from cdss.evaluation import evaluate, extract_facts
-from cdss.facts import Facts
+from cdss.facts import Facts, parse_time
 from cdss.rulesets import CompiledRule, Ruleset
 from cdss.schema import Invariant
 from cdss.terminology import UCUM
@@ -84,6 +84,8 @@ PROPERTIES: dict[str, str] = {
     "duplicate-invariance": "Resources sent twice give the same conclusions.",
     "irrelevant-resource-invariance": "Adding resources no rule reads (Encounter, Claim, "
                                       "unmapped codes...) gives the same conclusions.",
+    "time-zone-invariance": "The same instants written in another UTC offset give the same "
+                            "conclusions.",
     "red-flag-dominance": "With a critical flag, no plan item of category 'exercise' is left.",
     "monotonicity": "Moving an analyte's latest value further in the direction the ruleset "
                     "declares never removes the flag it declares (one check per declaration).",
@@ -123,6 +125,7 @@ class _Example:
     other_units: RecordList | None
     duplicated: RecordList
     irrelevant: RecordList
+    other_offsets: RecordList
 
 
 def _unit_name(quantity: dict[str, Any]) -> str | None:
@@ -175,6 +178,25 @@ def _in_other_units(draw: st.DrawFn, kit: _Kit, record: RecordList) -> RecordLis
             system, code, display = fitting[0]
             out[i]["code"] = {"coding": [{"system": system, "code": code,
                                           **({"display": display} if display else {})}]}
+    return out
+
+
+_TIMES = ("effectiveDateTime", "effectiveInstant", "issued", "onsetDateTime", "recordedDate",
+          "authoredOn")
+
+
+@st.composite
+def _in_other_offsets(draw: st.DrawFn, record: RecordList) -> RecordList:
+    """``record`` with every date-time that has a time of day written as the
+    same instant in another UTC offset (dates without a time stay as they are)."""
+    minutes = draw(st.sampled_from([-600, -300, 0, 90, 330, 840]))
+    zone = timezone(timedelta(minutes=minutes))
+    out = copy.deepcopy(record)
+    for res in out:
+        for name in _TIMES:
+            value = res.get(name)
+            if isinstance(value, str) and "T" in value:
+                res[name] = parse_time(value).astimezone(zone).isoformat()
     return out
 
 
@@ -242,6 +264,7 @@ def _examples(draw: st.DrawFn, kit: _Kit, rule: int) -> _Example:
         other_units=draw(_in_other_units(kit, record)),
         duplicated=draw(_with_duplicates(record)),
         irrelevant=draw(_with_irrelevant(kit, record)),
+        other_offsets=draw(_in_other_offsets(record)),
     )
 
 
@@ -554,6 +577,9 @@ def _selected(ruleset: Ruleset, properties: Sequence[str] | None
         ("irrelevant-resource-invariance", PROPERTIES["irrelevant-resource-invariance"],
          lambda c: _compare(c, "irrelevant", c.example.irrelevant,
                             "adding resources no rule reads", full=False)),
+        ("time-zone-invariance", PROPERTIES["time-zone-invariance"],
+         lambda c: _compare(c, "other-offsets", c.example.other_offsets,
+                            "writing the times in another UTC offset", full=False)),
         ("red-flag-dominance", PROPERTIES["red-flag-dominance"], _red_flags),
     ]
     for i, invariant in enumerate(ruleset.source.invariants):
