@@ -31,14 +31,9 @@ def _pattern(p: Pattern) -> str:
 
 
 def _when(rule: CompiledRule) -> str:
-    parts = []
-    if rule.all:
-        parts.append("all of " + ", ".join(_pattern(p) for p in rule.all))
-    if rule.any:
-        parts.append("any of " + ", ".join(_pattern(p) for p in rule.any))
-    if rule.none:
-        parts.append("none of " + ", ".join(_pattern(p) for p in rule.none))
-    return "; ".join(parts)
+    groups = (("all", rule.all), ("any", rule.any), ("none", rule.none))
+    return "; ".join(f"{name} of " + ", ".join(_pattern(p) for p in patterns)
+                     for name, patterns in groups if patterns)
 
 
 def _then(rule: CompiledRule) -> str:

@@ -219,8 +219,6 @@ def _inner_types(annotation: Any) -> list[Any]:
     out = [annotation]
     for arg in getattr(annotation, "__args__", ()) or ():
         out.extend(_inner_types(arg))
-    for meta in getattr(annotation, "__metadata__", ()) or ():
-        del meta
     origin = getattr(annotation, "__origin__", None)
     if origin is not None:
         out.append(origin)
