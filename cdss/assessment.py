@@ -132,6 +132,8 @@ class Assessment(_Out):
 
     ruleset: RulesetIdentity
     as_of: datetime
+    #: The engine that ran: ``rete`` (durable-rules) or ``reference``.
+    engine: Literal["rete", "reference"]
     patient: str | None
     flags: list[Flag]
     referrals: list[Referral]
@@ -142,10 +144,15 @@ class Assessment(_Out):
     data_quality: list[DataQualityNote]
     skipped_resources: dict[str, int]
 
-    def to_json(self, *, indent: bool = False) -> bytes:
-        """Deterministic JSON: sorted keys, the same bytes for the same input."""
+    def to_json(self, *, indent: bool = False, engine: bool = True) -> bytes:
+        """Deterministic JSON: sorted keys, the same bytes for the same input.
+
+        ``engine=False`` leaves out which engine ran, to compare the
+        conclusions of two engines byte for byte.
+        """
         option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
-        return orjson.dumps(self.model_dump(mode="json"), option=option)
+        exclude = None if engine else {"engine"}
+        return orjson.dumps(self.model_dump(mode="json", exclude=exclude), option=option)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

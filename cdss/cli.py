@@ -30,7 +30,8 @@ def evaluate(
     ruleset: Annotated[str, typer.Option(help="id or id@version")] = "plantar-cramps",
     as_of: Annotated[str | None, typer.Option(help="evaluation time (ISO); default now")] = None,
     output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
-    engine: Annotated[str, typer.Option(help="rete or reference")] = "rete",
+    engine: Annotated[str, typer.Option(
+        help="auto (rete where durable-rules is installed), rete or reference")] = "auto",
     paths: RulesetFolders = None,
 ) -> None:
     """Evaluate one patient record per file and print each Assessment."""

@@ -15,6 +15,13 @@ run the same compiled strata and must agree on every patient:
     session per patient, always deleted; a catch-all rule keeps every action
     synchronous; an error inside an action becomes :class:`EngineError`.
     durable-rules is not thread-safe, so one host per process behind a lock.
+    durable-rules is an optional dependency where it cannot be built (Python
+    3.13+ without a build flag): asking for ``rete`` then raises
+    :class:`~cdss.errors.DependencyError` saying how to install it.
+
+``auto``
+    ``rete`` where durable-rules is installed, else ``reference``; every
+    result records which engine ran.
 
 ``reference``
     a plain-Python naive evaluation of the same strata: the test oracle, and
@@ -22,25 +29,54 @@ run the same compiled strata and must agree on every patient:
 
 Both return the rules that fired with the facts they matched; the derived
 facts of a stratum are made here, once per name, whichever rules derive them.
+
+How durable-rules 2.0.28 is wrapped, and why (each measured here):
+
+* **No background threads.** Its ``Host`` starts two timer threads that call
+  into the C engine without a lock (segfaults seen with a short thread switch
+  interval; upstream reports the same paths). cdss asserts facts
+  synchronously and never uses timers, so :class:`_SyncHost` starts none.
+* **Numbers it can parse.** Its C JSON parser crashes the process (SIGSEGV) on
+  a number in exponent form whose mantissa has no decimal point (``1e-05``,
+  ``5e-324``, ``1e+16``: what Python writes for many small or large floats),
+  and refuses a ruleset holding one. Every JSON text durable-rules reads is
+  written by :func:`_dumps`, which writes such numbers as ``1.0e-05``; those
+  are read correctly (checked against Python's comparisons on random values
+  over 1e-320..1e308 by a property test).
+* **No deprecated calls.** From Python 3.12 it calls
+  ``datetime.utcfromtimestamp()`` on every firing; its clock is replaced by an
+  equivalent without the deprecated call, so warnings stay errors in tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import itertools
 import os
+import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from cdss.errors import EngineError, InvalidArgument
+import orjson
+
+from cdss.errors import DependencyError, EngineError, InvalidArgument
 from cdss.facts import Fact
 from cdss.rulesets import CompiledRule, Pattern, Ruleset, Test
 
-__all__ = ["ENGINES", "Firing", "run"]
+__all__ = ["ENGINES", "Firing", "resolve_engine", "rete_available", "run"]
 
-ENGINES = ("rete", "reference")
+ENGINES = ("auto", "rete", "reference")
+
+#: How to get durable-rules where pip cannot build it as it is (Python 3.13+).
+INSTALL_HINT = (
+    "install it with: CPPFLAGS=\"-DPyEval_CallObject=PyObject_CallObject\" "
+    "pip install durable-rules==2.0.28 (a C compiler and the Python headers are needed)"
+)
 
 
 @dataclass(frozen=True)
@@ -52,17 +88,38 @@ class Firing:
     matched: tuple[str, ...]
 
 
-def run(ruleset: Ruleset, facts: Sequence[Fact], *, engine: str = "rete") -> tuple[
+def rete_available() -> bool:
+    """True when durable-rules is installed and loads."""
+    try:
+        _durable()
+    except DependencyError:
+        return False
+    return True
+
+
+def resolve_engine(engine: str) -> str:
+    """The engine that ``engine`` runs: ``auto`` is ``rete`` where durable-rules
+    is installed, else ``reference``; ``rete`` without durable-rules raises
+    :class:`~cdss.errors.DependencyError`."""
+    if engine == "auto":
+        return "rete" if rete_available() else "reference"
+    if engine == "rete":
+        _durable()
+        return engine
+    if engine == "reference":
+        return engine
+    raise InvalidArgument(f"engine must be one of {ENGINES}, got {engine!r}")
+
+
+def run(ruleset: Ruleset, facts: Sequence[Fact], *, engine: str = "auto") -> tuple[
     list[Firing], dict[str, Fact]
 ]:
     """Run ``ruleset`` over ``facts``; return the firings (stratum, then rule
     order) and every fact by id, derived facts included."""
-    if engine == "rete":
+    if resolve_engine(engine) == "rete":
         backend: _Backend = _Rete(ruleset)
-    elif engine == "reference":
-        backend = _Reference()
     else:
-        raise InvalidArgument(f"engine must be one of {ENGINES}, got {engine!r}")
+        backend = _Reference()
     by_id = {f.id: f for f in facts}
     firings: list[Firing] = []
     with backend.session(list(by_id.values())) as sess:
@@ -145,6 +202,75 @@ class _ReferenceSession(_Session):
 # durable-rules
 # --------------------------------------------------------------------------- #
 _GO = "$go"
+# A number in exponent form whose mantissa has no decimal point, outside strings.
+_BARE_EXPONENT = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![\w.+-])(-?\d+)([eE][+-]?\d+)')
+
+
+def _fix_number(match: re.Match[bytes]) -> bytes:
+    if match.group(1) is None:  # a string: unchanged
+        return match.group(0)
+    return match.group(1) + b".0" + match.group(2)
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    """JSON text durable-rules parses correctly (see the module docstring)."""
+    text = orjson.dumps(obj)
+    if b"e" in text or b"E" in text:
+        text = _BARE_EXPONENT.sub(_fix_number, text)
+    return text.decode()
+
+
+def _loads(text: str | bytes) -> Any:
+    return orjson.loads(text)
+
+
+class _DurableJSON:
+    """The ``json`` that durable-rules' engine module uses: :func:`_dumps`."""
+
+    dumps = staticmethod(_dumps)
+    loads = staticmethod(_loads)
+
+
+def _unix_now() -> float:
+    """durable-rules' clock (local wall time as seconds since the epoch, as it
+    computes it), without the deprecated ``datetime.utcfromtimestamp``."""
+    return (datetime.now() - datetime(1970, 1, 1)).total_seconds()
+
+
+_host_class: Any = None
+
+
+def _durable() -> Any:
+    """The durable-rules host class, wrapped once; DependencyError when absent."""
+    global _host_class
+    if _host_class is not None:
+        return _host_class
+    try:
+        from durable import engine as durable_engine
+    except ImportError as exc:
+        try:
+            version = importlib.metadata.version("durable-rules")
+            state = f"durable-rules {version} is installed but cannot load ({exc})"
+        except importlib.metadata.PackageNotFoundError:
+            state = "durable-rules is not installed"
+        raise DependencyError(
+            f"the rete engine needs durable-rules: {state} on Python "
+            f"{sys.version.split()[0]}; {INSTALL_HINT}; or use engine='reference'",
+            package="durable-rules",
+        ) from exc
+    durable_engine.json = _DurableJSON
+    durable_engine._unix_now = _unix_now
+
+    class _SyncHost(durable_engine.Host):  # type: ignore[misc]
+        """A Host without the two timer threads (see the module docstring)."""
+
+        def _run(self) -> None:
+            return None
+
+    _host_class = _SyncHost
+    return _SyncHost
+
+
 _HOST_LOCK = threading.RLock()
 _host: Any = None
 _registered: set[str] = set()
@@ -208,14 +334,9 @@ def _definition(ruleset: Ruleset) -> dict[str, Any]:
 
 def _get_host(ruleset: Ruleset) -> Any:
     global _host
-    try:
-        from durable import engine as durable_engine
-    except ImportError as exc:  # pragma: no cover - depends on the platform
-        raise EngineError(
-            "durable-rules is not installed; use engine='reference'"
-        ) from exc
+    host_class = _durable()
     if _host is None:
-        _host = durable_engine.Host()
+        _host = host_class()
     if ruleset.key not in _registered:
         try:
             _host.register_rulesets({ruleset.key: _definition(ruleset)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "CDSSError",
+    "DependencyError",
     "EngineError",
     "InputError",
     "InvalidArgument",
@@ -97,3 +98,14 @@ class EngineError(CDSSError, RuntimeError):
     def __init__(self, message: str, *, rule_id: str | None = None) -> None:
         self.rule_id = rule_id
         super().__init__(f"rule {rule_id}: {message}" if rule_id else message)
+
+
+class DependencyError(CDSSError, ImportError):
+    """Raised at first use when a library cdss needs is missing or cannot load
+    (a broken installation, never a data problem): the message names the
+    package, the installed versions and how to fix it. ``package`` names it.
+    """
+
+    def __init__(self, message: str, *, package: str) -> None:
+        self.package = package
+        super().__init__(message)

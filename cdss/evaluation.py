@@ -20,7 +20,7 @@ from cdss.assessment import (
     Suppressed,
     TraceEntry,
 )
-from cdss.engine import Firing, run
+from cdss.engine import Firing, resolve_engine, run
 from cdss.errors import InvalidArgument
 from cdss.facts import Fact, Facts, build_facts, parse_time
 from cdss.intake import read_record
@@ -74,7 +74,7 @@ def evaluate(
     ruleset: Ruleset | str = "plantar-cramps",
     as_of: datetime | date | str | None = None,
     mode: str = "strict",
-    engine: str = "rete",
+    engine: str = "auto",
 ) -> Assessment:
     """Evaluate one patient's FHIR R4 record with a ruleset.
 
@@ -82,7 +82,9 @@ def evaluate(
     bytes of those. ``ruleset`` is ``"id"`` (latest active version),
     ``"id@version"`` or a loaded :class:`~cdss.rulesets.Ruleset`. ``as_of``
     is the evaluation time every window is relative to (default: now).
-    Raises only :class:`~cdss.errors.CDSSError`.
+    ``engine`` is ``"auto"`` (durable-rules where installed, else the
+    reference evaluator), ``"rete"`` or ``"reference"``; the Assessment
+    records which ran. Raises only :class:`~cdss.errors.CDSSError`.
     """
     rs = resolve_ruleset(ruleset)
     facts = extract_facts(record, ruleset=rs, as_of=as_of, mode=mode)
@@ -98,8 +100,9 @@ def _evidence(matched: Sequence[str], by_id: dict[str, Fact]) -> list[Evidence]:
     return out
 
 
-def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessment:
+def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessment:
     """Run ``ruleset`` over already extracted ``facts``."""
+    engine = resolve_engine(engine)
     firings, by_id = run(ruleset, facts.items, engine=engine)
     flags: dict[str, Flag] = {}
     referrals: dict[str, Referral] = {}
@@ -185,6 +188,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "rete") -> Assessmen
         ruleset=RulesetIdentity(id=rs.id, version=rs.version, sha256=ruleset.sha256,
                                 title=rs.title),
         as_of=facts.as_of,
+        engine=engine,
         patient=facts.patient,
         flags=sorted(flags.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.code)),
         referrals=sorted(referrals.values(),

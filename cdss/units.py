@@ -4,7 +4,10 @@ UCUM unit strings are parsed by ucumvert (a UCUM grammar on top of pint).
 Conversions between amount and mass use the analyte's molar mass, and
 equivalents use its valence; both are data in the ruleset's value-set file.
 A unit that cannot be parsed or converted makes the value *indeterminate*
-with a reason: a value is never guessed.
+with a reason: a value is never guessed. A unit library that cannot load is a
+broken installation: :class:`~cdss.errors.DependencyError` at first use, naming
+the package versions, never a note on each lab (Pint 0.26 refuses ucumvert
+0.3's definitions, so the project pins Pint below it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from cdss.errors import DependencyError
 from cdss.schema import Analyte
 
 __all__ = ["Conversion", "convert"]
@@ -48,11 +52,34 @@ class Conversion:
     note: str | None = None
 
 
+def _versions() -> str:
+    import importlib.metadata
+
+    found = []
+    for package in ("ucumvert", "pint"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return ", ".join(found)
+
+
 @lru_cache(maxsize=1)
 def _registry() -> Any:
-    from ucumvert import PintUcumRegistry
+    """The UCUM unit registry, loaded once; DependencyError when it cannot load."""
+    try:
+        from ucumvert import PintUcumRegistry
 
-    return PintUcumRegistry()
+        registry = PintUcumRegistry()
+        registry.from_ucum("mmol/L")
+    except Exception as exc:  # any failure here is the installation's, not the data's
+        raise DependencyError(
+            f"the UCUM unit registry cannot load ({type(exc).__name__}: {exc}) with "
+            f"{_versions()}; cdss needs pint>=0.24,<0.26 with ucumvert 0.3: "
+            "pip install 'pint>=0.24,<0.26'",
+            package="ucumvert",
+        ) from exc
+    return registry
 
 
 @lru_cache(maxsize=1024)
@@ -73,8 +100,9 @@ def _parse(unit: str) -> tuple[Any, int] | None:
         equivalents = 1
     # An annotation after a unit is semantically void in UCUM.
     text = re.sub(r"/\{[^{}]*\}", "", text)
+    registry = _registry()  # outside the try: a broken installation is not a bad unit
     try:
-        quantity = _registry().from_ucum(text)
+        quantity = registry.from_ucum(text)
         _ = quantity.dimensionality
     except Exception:  # the parser raises several unrelated types
         return None
