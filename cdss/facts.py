@@ -18,6 +18,7 @@ ignored and listed as data-quality notes.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from datetime import date, datetime, timezone
@@ -157,7 +158,15 @@ def _recency_key(resource: Mapping[str, Any], when: datetime) -> tuple[Any, ...]
         resource.get("meta"), Mapping) else None
     version_key = (0, int(version), "") if isinstance(version, str) and version.isdigit() \
         else (1, 0, str(version or ""))
-    content = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS, default=str)
+    try:
+        content = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # an integer beyond 64 bits, or nesting orjson will not write
+        try:
+            content = json.dumps(resource, sort_keys=True, default=str).encode()
+        except (RecursionError, ValueError):
+            raise InputError("the resource is nested too deeply to read",
+                             resource_type=str(resource.get("resourceType")),
+                             resource_id=str(resource.get("id"))) from None
     return (when, issued, version_key, _STATUS_RANK.get(str(resource.get("status")), 0),
             str(resource.get("id")), content)
 
@@ -256,15 +265,13 @@ class _Builder:
         if reason is None:
             assert isinstance(quantity, Mapping)
             raw = quantity["value"]
-            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise InputError("value is not a number", resource_type="Observation",
-                                 resource_id=str(obs.get("id")), field="valueQuantity.value")
-            try:
-                number = float(raw)
-            except ValueError:
-                raise InputError(f"value {raw!r} is not a number", resource_type="Observation",
-                                 resource_id=str(obs.get("id")),
-                                 field="valueQuantity.value") from None
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                # FHIR JSON writes a decimal as a JSON number; "3.2" is invalid
+                # (both intake modes refuse it alike)
+                raise InputError(f"value {raw!r} is not a JSON number",
+                                 resource_type="Observation", resource_id=str(obs.get("id")),
+                                 field="valueQuantity.value")
+            number = float(raw)
             if not math.isfinite(number):
                 raise InputError("value is not a finite number", resource_type="Observation",
                                  resource_id=str(obs.get("id")), field="valueQuantity.value")

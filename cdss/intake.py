@@ -148,10 +148,38 @@ def _validate(resource: Mapping[str, Any], resource_type: str) -> None:
         raise InputError(
             err["msg"], resource_type=resource_type, resource_id=_str_id(resource), field=loc
         ) from None
+    except RecursionError:
+        raise InputError(
+            "the resource is nested too deeply to validate (an extension or value chain)",
+            resource_type=resource_type, resource_id=_str_id(resource)
+        ) from None
     except (TypeError, ValueError) as exc:  # defensive: a model that raises plainly
         raise InputError(
             str(exc), resource_type=resource_type, resource_id=_str_id(resource)
         ) from None
+
+
+def _json_types(resource: Mapping[str, Any], resource_type: str) -> None:
+    """Refuse what FHIR JSON forbids but the strict models coerce, in the fields
+    the facts read: a decimal written as a string (``"3.2"``), a boolean as a
+    string (``"true"``). Lean intake refuses these in its models."""
+    places: list[tuple[str, Any]] = [("", resource)]
+    components = resource.get("component")
+    if isinstance(components, list):
+        places += [(f"component.{i}.", c) for i, c in enumerate(components)]
+    for prefix, place in places:
+        if not isinstance(place, Mapping):
+            continue
+        quantity = place.get("valueQuantity")
+        value = quantity.get("value") if isinstance(quantity, Mapping) else None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputError(f"value {value!r} is not a JSON number", resource_type=resource_type,
+                             resource_id=_str_id(resource), field=f"{prefix}valueQuantity.value")
+        flag = place.get("valueBoolean")
+        if flag is not None and not isinstance(flag, bool):
+            raise InputError(f"valueBoolean {flag!r} is not a JSON boolean",
+                             resource_type=resource_type, resource_id=_str_id(resource),
+                             field=f"{prefix}valueBoolean")
 
 
 def read_record(record: Any, *, mode: str = "strict") -> Record:
@@ -195,6 +223,7 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
             continue
         if not lean:  # lean entries arrive validated
             _validate(resource, rtype)
+            _json_types(resource, rtype)
         if rtype == "Patient":
             patients.append((resource, full_url))
         else:

@@ -105,17 +105,17 @@ _ID_RE = r"^[A-Za-z0-9\-.]{1,64}$"
 def _calendar_date(text: str) -> str:
     """Refuse a date the regular expression lets through but the calendar does
     not have (``1970-02-30``): the facts would otherwise fail on it later."""
-    if len(text) == 10:
-        date.fromisoformat(text)
+    if len(text) >= 10:
+        date.fromisoformat(text[:10])
     return text
 
 
 _Str = Annotated[str, Field(min_length=1)]
 _Id = Annotated[str, Field(pattern=_ID_RE)]
-_Date = Annotated[str, Field(pattern=_DATE_RE)]
-_BirthDate = Annotated[str, Field(pattern=_DATE_RE), AfterValidator(_calendar_date)]
-_DateTime = Annotated[str, Field(pattern=_DATETIME_RE)]
-_Instant = Annotated[str, Field(pattern=_INSTANT_RE)]
+_Date = Annotated[str, Field(pattern=_DATE_RE), AfterValidator(_calendar_date)]
+_BirthDate = _Date
+_DateTime = Annotated[str, Field(pattern=_DATETIME_RE), AfterValidator(_calendar_date)]
+_Instant = Annotated[str, Field(pattern=_INSTANT_RE), AfterValidator(_calendar_date)]
 _Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 

@@ -418,3 +418,48 @@ def test_any_input_gives_a_record_or_a_cdss_error(record: Any, as_text: bool,
     except CDSSError:
         return
     assert isinstance(result, cdss.Assessment)
+
+
+# --------------------------------------------------------------------------- #
+# Invalid input: both modes refuse the same records, naming the same resource
+# --------------------------------------------------------------------------- #
+INVALID_CHANGES = st.sampled_from([
+    {"valueQuantity": {"value": "3.2", "unit": "mmol/L"}},   # a decimal as a JSON string
+    {"valueQuantity": {"value": True, "unit": "mmol/L"}},
+    {"valueQuantity": {"value": 10**30, "unit": "mmol/L"}},  # beyond 64 bits
+    {"valueQuantity": {"value": 1e-05, "unit": "mmol/L"}},   # valid JSON, out of range
+    {"effectiveDateTime": "yesterday"},
+    {"effectiveDateTime": "2026-02-30"},
+    {"status": None},
+    {"code": {"coding": {"system": "http://loinc.org", "code": "2823-3"}}},
+    {"code": {"coding": [{"system": "http://loinc.org", "code": 2823}]}},
+    {"subject": {"reference": 7}},
+])
+
+
+def _refusal(data: Any, mode: str) -> tuple[Any, ...]:
+    try:
+        cdss.extract_facts(data, ruleset=RULESET, as_of=AS_OF, mode=mode)
+    except InputError as exc:
+        return ("refused", exc.resource_type, exc.resource_id)
+    return ("accepted",)
+
+
+@SETTINGS
+@given(record=records(), change=INVALID_CHANGES, as_bytes=st.booleans(), data=st.data())
+def test_lean_and_strict_refuse_the_same_invalid_records(
+        record: list[dict[str, Any]], change: dict[str, Any], as_bytes: bool,
+        data: st.DataObject) -> None:
+    observations = [i for i, r in enumerate(record) if r["resourceType"] == "Observation"]
+    if observations:
+        i = data.draw(st.sampled_from(observations))
+        record = [dict(r) for r in record]
+        # one value[x] only: two would be a different invalidity (lean keeps no
+        # value[x] it does not read, so cannot see a second one)
+        kept = {k: v for k, v in record[i].items()
+                if not (k.startswith("value") and any(c.startswith("value") for c in change))}
+        record[i] = {**kept, **change}
+    else:
+        record = [*record, {**lab("bad", "2823-3", 3.2, "mmol/L"), **change}]
+    payload: Any = json.dumps(bundle(*record)).encode() if as_bytes else record
+    assert _refusal(payload, "lean") == _refusal(payload, "strict")
