@@ -98,7 +98,7 @@ def assert_spec_cards(response: Mapping[str, Any]) -> list[dict[str, Any]]:
     for i, card in enumerate(found):
         _no_null_or_empty(card, f"cards[{i}]")
         assert set(card) <= {"uuid", "summary", "detail", "indicator", "source", "suggestions",
-                             "selectionBehavior", "overrideReasons", "links"}
+                             "selectionBehavior", "overrideReasons", "links", "extension"}
         assert isinstance(card["summary"], str) and 0 < len(card["summary"]) < 140
         assert card["indicator"] in ("info", "warning", "critical")
         assert isinstance(card.get("detail", ""), str)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from builders import condition, finding, lab, medication, patient
@@ -125,6 +126,70 @@ def hostile(draw: st.DrawFn) -> Any:
 def test_any_input_gives_an_assessment_or_a_cdss_error(record: Any) -> None:
     try:
         result = cdss.evaluate(record, ruleset=RULESET, as_of=AS_OF)
+    except cdss.CDSSError:
+        return
+    assert isinstance(result, cdss.Assessment)
+
+
+# --------------------------------------------------------------------------- #
+# Mutated real-shaped records: an Assessment or a CDSSError, never a crash
+# --------------------------------------------------------------------------- #
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "patients").glob("*.json"))
+
+
+def _deep(n: int) -> Any:
+    value: Any = 1
+    for _ in range(n):
+        value = [value]
+    return value
+
+
+def _extension_chain(n: int) -> Any:
+    value: Any = {"url": "http://example.org/x", "valueString": "a"}
+    for _ in range(n):
+        value = {"url": "http://example.org/x", "extension": [value]}
+    return [value]
+
+
+HOSTILE_VALUES = st.sampled_from([
+    lambda: 10**30, lambda: -(10**30), lambda: 2**63, lambda: 1e-05, lambda: 5e-324,
+    lambda: 1e16, lambda: 1e300, lambda: -0.0, lambda: 0, lambda: "3.2", lambda: "",
+    lambda: "1e-05", lambda: None, lambda: True, lambda: [], lambda: {},
+    lambda: "2026-02-01T10:00:00", lambda: "2026-13-40", lambda: "yesterday",
+    lambda: "\u0000", lambda: "\U0001d523\U0001d525", lambda: _deep(1000),
+    lambda: _extension_chain(190), lambda: {"coding": {"code": 1}},
+]).map(lambda make: make()) | st.floats(allow_nan=False, allow_infinity=False)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _paths(value, (*prefix, i))
+    return found
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(example=st.sampled_from(EXAMPLES), data=st.data(), mode=st.sampled_from(["strict", "lean"]),
+       engine=st.sampled_from(["rete", "reference"]))
+def test_a_mutated_record_gives_an_assessment_or_a_cdss_error(
+        example: Path, data: st.DataObject, mode: str, engine: str) -> None:
+    record = json.loads(example.read_text())
+    paths = _paths(record)
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        path, value = data.draw(st.sampled_from(paths)), data.draw(HOSTILE_VALUES)
+        node = record
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation replaced this path's parent
+    try:
+        result = cdss.evaluate(record, ruleset=RULESET, as_of=AS_OF, mode=mode, engine=engine)
     except cdss.CDSSError:
         return
     assert isinstance(result, cdss.Assessment)

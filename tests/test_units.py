@@ -64,3 +64,87 @@ def test_a_unit_without_the_annotation_is_read_with_a_note() -> None:
     result = convert(50, "mL/min", EGFR)
     assert result.value == 50
     assert result.note is not None and "annotation" in result.note
+
+
+# Units each analyte accepts (CLINICAL.md section 3, and the spellings EHR feeds use).
+ACCEPTED = {
+    "potassium": ["mmol/L", "mmol/l", "meq/L", "mEq/L"],
+    "magnesium": ["mmol/L", "mg/dL", "mg/dl", "meq/L", "mEq/L"],
+    "sodium": ["mmol/L", "meq/L", "mEq/L"],
+    "osmolality": ["mosm/kg", "mOsm/kg"],
+    "bun": ["mg/dL", "mmol/L"],
+    "creatinine": ["mg/dL", "umol/L", "µmol/L"],
+    "bun_creatinine_ratio": ["1", "{ratio}"],
+    "urine_specific_gravity": ["1", "{nominal}", "{SG}"],
+    "egfr": ["mL/min/{1.73_m2}", "mL/min/1.73m2", "mL/min/1.73 m2", "mL/min"],
+}
+
+
+def _shipped_analytes() -> list[tuple[str, str, Analyte]]:
+    from cdss.rulesets import available_rulesets, load_ruleset
+
+    out = []
+    for spec in available_rulesets():
+        rs = load_ruleset(spec)
+        out += [(spec, name, analyte) for name, analyte in sorted(rs.valuesets.analytes.items())]
+    return out
+
+
+@pytest.mark.parametrize(("spec", "name", "analyte"), _shipped_analytes())
+def test_the_registry_converts_every_unit_a_shipped_ruleset_accepts(
+        spec: str, name: str, analyte: Analyte) -> None:
+    assert name in ACCEPTED, f"{spec}: list the units {name} accepts"
+    for unit in [analyte.canonical_unit, *ACCEPTED[name]]:
+        result = convert(2.0, unit, analyte)
+        assert result.value is not None and result.value > 0, (spec, name, unit, result.reason)
+
+
+def test_a_unit_library_that_cannot_load_is_a_dependency_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ucumvert
+
+    from cdss import units
+    from cdss.errors import CDSSError, DependencyError
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("Cannot define 'international_unit' (the alias i.U. is not valid)")
+
+    for cache in (units._registry, units._parse, units._factor):
+        cache.cache_clear()
+    monkeypatch.setattr(ucumvert, "PintUcumRegistry", broken)
+    try:
+        with pytest.raises(DependencyError) as info:
+            convert(3.2, "mmol/L", K)
+        assert isinstance(info.value, CDSSError)
+        assert "pint" in str(info.value) and "ucumvert" in str(info.value)
+        assert "international_unit" in str(info.value)
+    finally:
+        monkeypatch.undo()
+        for cache in (units._registry, units._parse, units._factor):
+            cache.cache_clear()
+    assert convert(3.2, "mmol/L", K).value == pytest.approx(3.2)
+
+
+def test_a_broken_unit_library_fails_the_evaluation_not_each_lab(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ucumvert
+    from builders import lab, patient
+
+    import cdss
+    from cdss import units
+    from cdss.errors import DependencyError
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("definitions refused")
+
+    for cache in (units._registry, units._parse, units._factor):
+        cache.cache_clear()
+    monkeypatch.setattr(ucumvert, "PintUcumRegistry", broken)
+    try:
+        with pytest.raises(DependencyError):
+            cdss.evaluate([patient(), lab("k", "2823-3", 3.2, "mmol/L", when="2026-02-01")],
+                          ruleset="plantar-cramps", as_of="2026-03-01")
+    finally:
+        monkeypatch.undo()
+        for cache in (units._registry, units._parse, units._factor):
+            cache.cache_clear()

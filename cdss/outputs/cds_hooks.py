@@ -777,6 +777,10 @@ def _plan_card(assessment: Assessment, ruleset: Ruleset | None,
     return _finish(card, hook_instance)
 
 
+#: The key (reverse-domain, as CDS Hooks asks) of the card extension naming ruleset and engine.
+CARD_EXTENSION = "dev.cdss.provenance"
+
+
 def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
           hook_instance: uuid.UUID | str | None = None) -> list[dict[str, Any]]:
     """``assessment`` as CDS Hooks 2.0 cards, most urgent first.
@@ -787,7 +791,9 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     no flag carries; one for data requests (suggestions order the labs); one for
     the plan (a suggestion creates a draft CarePlan). ``source.label`` is the
     ruleset's ``id@version`` and ``source.url`` its canonical URL. Every card
-    and suggestion has a uuid5 of ``hook_instance`` and its content.
+    and suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
+    ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256
+    and the engine that ran.
     """
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
@@ -805,4 +811,8 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
         out.append(_data_card(assessment, ruleset, hook_instance))
     if assessment.plan or assessment.suppressed:
         out.append(_plan_card(assessment, ruleset, hook_instance))
+    provenance = {"ruleset": assessment.ruleset.spec, "sha256": assessment.ruleset.sha256,
+                  "engine": assessment.engine}
+    for card in out:  # after the uuids, which depend on the content only
+        card["extension"] = {CARD_EXTENSION: dict(provenance)}
     return out

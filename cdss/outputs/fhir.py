@@ -317,6 +317,7 @@ def _parameters(assessment: Assessment, rid: str, refs: Mapping[str, str],
     params: list[dict[str, Any]] = [
         {"name": "ruleset", "valueString": rs.spec},
         {"name": "rulesetSha256", "valueString": rs.sha256},
+        {"name": "engine", "valueString": assessment.engine},
         {"name": "asOf", "valueDateTime": fhir_instant(assessment.as_of)},
     ]
     for flag in assessment.flags:
@@ -464,7 +465,8 @@ def to_fhir_bundle(assessment: Assessment, *, ruleset: Ruleset | None = None) ->
             "type": {"coding": [_coding(_PARTICIPANT_TYPE, "assembler", "Assembler")]},
             "who": {"type": "Device",
                     "identifier": {"system": RULESET_IDENTIFIER_SYSTEM, "value": rs.spec},
-                    "display": f"cdss ruleset {rs.spec} (sha256 {rs.sha256})"},
+                    "display": f"cdss ruleset {rs.spec} (sha256 {rs.sha256}), "
+                               f"{assessment.engine} engine"},
         }],
         "entity": entities,
     }

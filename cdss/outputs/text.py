@@ -24,7 +24,8 @@ def render_text(assessment: Assessment) -> str:
     lines = [
         f"Assessment of {a.patient or 'an unidentified patient'} "
         f"as of {a.as_of.date().isoformat()}",
-        f"Ruleset {a.ruleset.spec} ({a.ruleset.title}), sha256 {a.ruleset.sha256[:12]}",
+        f"Ruleset {a.ruleset.spec} ({a.ruleset.title}), sha256 {a.ruleset.sha256[:12]}, "
+        f"{a.engine} engine",
         "",
         "Flags",
     ]
