@@ -11,9 +11,10 @@
     and passed to an optional callback.
 
 **Who may call.** With a :class:`~cdss.service_config.ServiceConfig` every
-call must carry the CDS client's signed JWT, checked as the specification's
-"Trusting CDS Clients" section says (see :mod:`cdss.service_auth`); any
-failure is a 401 with one generic message, the reason going to the log only.
+call must carry the CDS client's signed JWT, in exactly one ``Authorization``
+header, checked as the specification's "Trusting CDS Clients" section says
+(see :mod:`cdss.service_auth`); any failure is a 401 with one generic message,
+the reason going to the log only.
 Without a configuration the app is only created when ``insecure_dev=True``,
 and then it logs a warning on every call.
 
@@ -25,25 +26,32 @@ redirects, with a timeout per request and for all reads of a call, and a cap
 on the size of each answer (read as a stream and abandoned past the cap).
 
 **What a call may cost.** A body larger than ``max_body_bytes`` is a 413
-(read as a stream, never buffered beyond the limit); arrays and objects
+(read as a stream, never buffered beyond the limit), and one that has not
+all arrived ``body_timeout_seconds`` after its reading began is a 408 (the
+connection is then closed); arrays and objects
 nested deeper than ``max_json_depth`` are a 400 before the JSON is parsed
 (bodies over 256 KB are checked and validated in a worker thread, so that
 they do not hold up the event loop);
 an evaluation that does not finish within ``evaluation_timeout_seconds``
 is a 503. Errors are JSON (``{"error": {"status": ..., "message": ...}}``)
 and never carry a traceback; unexpected failures are a 500 whose details
-(exception type and stack, no message) go to the log only.
+(exception type and stack, no message) go to the log only. An evaluation
+that fails in any way, even with ``SystemExit``, fails its call only.
 
 **Logs.** One JSON line per call on the ``cdss.service`` logger: event,
 service id, hook instance, issuer, status, duration, ruleset ``id@version``,
 number of cards, and for refusals a category (for 401 the internal reason).
+A client that disconnects before its body has arrived is logged with status
+499 and ``"error": "client disconnected"`` at INFO: it is not a failure.
 No patient data, no tokens, no request or error messages. The ``httpx`` and
 ``httpcore`` loggers, which would log the URLs (patient ids) of FHIR reads,
 are set to WARNING when they are not configured.
 
 Data is fetched on the event loop (httpx), so slow servers do not hold up
 other calls; evaluation runs in one dedicated worker thread, because
-durable-rules is not thread-safe.
+durable-rules is not thread-safe. When an evaluation is still running after
+its call has timed out, the next call gets a new thread (a few at most are
+left behind), so that one wedged evaluation does not stop the service.
 
 This module is imported only when the service is used: ``import cdss`` never
 imports starlette, uvicorn, httpx or PyJWT.
@@ -56,6 +64,7 @@ import contextlib
 import functools
 import http.cookiejar
 import logging
+import queue
 import re
 import socket
 import threading
@@ -63,7 +72,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from itertools import accumulate
 from pathlib import Path
@@ -76,7 +85,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -125,9 +134,25 @@ log = logging.getLogger("cdss.service")
 AUTH_FAILED = "authentication failed"
 _CORS_EXPOSE = ["Origin", "Accept", "Content-Location", "Location", "X-Requested-With"]
 _INSECURE = "unauthenticated call: the service runs with --insecure-dev"
+_INTERNAL = "internal error; see the service log"
 _CATEGORY = {400: "bad request", 401: "authentication", 404: "unknown service",
-             405: "method not allowed", 412: "data unavailable", 413: "body too large",
-             500: "internal error", 503: "unavailable"}
+             405: "method not allowed", 408: "body too slow", 412: "data unavailable",
+             413: "body too large", 500: "internal error", 503: "unavailable"}
+#: Evaluation threads left running past their timeout at most; past that, no new one.
+_MAX_STUCK = 2
+
+
+class _HTTPError(Exception):
+    """An answer about the call rather than its content (408, 413, 500, 503),
+    which :class:`HookRequestError` (400, 404, 412) is not for: its ``status``,
+    the ``message`` the client gets, and extra ``headers``."""
+
+    def __init__(self, status: int, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -193,20 +218,32 @@ def _check_depth(body: bytes, limit: int, what: str, status: int = 400) -> None:
                                status=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = HookRequestError(f"the request body is larger than {limit} bytes", status=413)
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, read as a stream: 413 past ``limit`` bytes, 408 (and the
+    connection closed) when it has not all arrived within ``timeout`` seconds,
+    however steadily it trickles in. :class:`ClientDisconnect` when the
+    client leaves first."""
+    too_large = _HTTPError(413, f"the request body is larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
             raise HookRequestError("the Content-Length header is not a number")
         if int(declared) > limit:
             raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(read(), timeout=timeout)
+    except asyncio.TimeoutError:
+        raise _HTTPError(408, f"the request body did not arrive within {timeout:g} seconds",
+                         {"Connection": "close"}) from None
 
 
 # --------------------------------------------------------------------------- #
@@ -261,19 +298,96 @@ def _no_cookies() -> http.cookiejar.CookieJar:
         allowed_domains=[]))
 
 
-class _Runtime:
-    """What the app holds between calls: the evaluation thread and an HTTP client."""
+def _evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
+                        as_of: datetime | None) -> Any:
+    """:func:`evaluate_request`, in the evaluation thread. A failure of any kind
+    (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
+    would stop the event loop) is logged without its message and becomes a
+    500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
+    try:
+        return evaluate_request(req, rs, fetched=fetched, as_of=as_of)
+    except HookRequestError:
+        raise
+    except BaseException as exc:
+        _log_failure(exc, "evaluation")
+        raise _HTTPError(500, _INTERNAL) from None
 
-    def __init__(self, timeout: float) -> None:
+
+class _Worker:
+    """One evaluation thread and its queue of jobs, and since when
+    (``time.monotonic()``) it has been running its current job (``None``:
+    idle). A daemon thread, so that one left stuck does not hold up the
+    process's exit; it survives whatever a job raises."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self.since: float | None = None
+        self.reported: float | None = None  # the ``since`` of the job last logged as stuck
+        threading.Thread(target=self._serve, name="cdss-eval", daemon=True).start()
+
+    def submit(self, job: Callable[[], Any]) -> asyncio.Future[Any]:
+        future: Future[Any] = Future()
+        self.jobs.put((future, job))
+        return asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        """End the thread once it has run the jobs it holds."""
+        self.jobs.put(None)
+
+    def _serve(self) -> None:
+        while (item := self.jobs.get()) is not None:
+            future, job = item
+            if not future.set_running_or_notify_cancel():
+                continue  # its call stopped waiting (a 503)
+            self.since = time.monotonic()
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                self.since = None
+
+    def overran(self, timeout: float) -> float | None:
+        """When the job it runs began, if that was more than ``timeout`` seconds ago."""
+        since = self.since
+        return since if since is not None and time.monotonic() - since > timeout else None
+
+
+class _Runtime:
+    """What the app holds between calls: the evaluation thread (one:
+    durable-rules is not thread-safe, and cdss.engine also locks) and an HTTP client."""
+
+    def __init__(self, timeout: float, evaluation_timeout: float) -> None:
         self.timeout = timeout
-        self.executor: ThreadPoolExecutor | None = None
+        self.evaluation_timeout = evaluation_timeout
+        self.current: _Worker | None = None
+        self.stuck: list[_Worker] = []
         self.client: httpx.AsyncClient | None = None
 
-    def evaluator(self) -> ThreadPoolExecutor:
-        if self.executor is None:
-            # One thread: durable-rules is not thread-safe (cdss.engine also locks).
-            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdss-eval")
-        return self.executor
+    def worker(self) -> _Worker:
+        """The evaluation thread. One still running a job begun longer ago than
+        the evaluation timeout (whose call has had its 503) is wedged or about
+        to be wasted: it is left to finish, and a new thread takes the next
+        calls, unless ``_MAX_STUCK`` threads are left behind already."""
+        current = self.current
+        if current is None:
+            current = self.current = _Worker()
+            return current
+        since = current.overran(self.evaluation_timeout)
+        if since is None:
+            return current
+        self.stuck = [w for w in self.stuck if w.since is not None]
+        replace = len(self.stuck) < _MAX_STUCK
+        if replace or current.reported != since:
+            current.reported = since
+            _emit(logging.ERROR, {"event": "evaluation thread stuck", "replaced": replace,
+                                  "stuck_threads": len(self.stuck) + 1})
+        if replace:
+            current.stop()
+            self.stuck.append(current)
+            current = self.current = _Worker()
+        return current
 
     def http(self) -> httpx.AsyncClient:
         if self.client is None:
@@ -285,9 +399,11 @@ class _Runtime:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
+        for worker in (self.current, *self.stuck):
+            if worker is not None:
+                worker.stop()
+        self.current = None
+        self.stuck = []
 
 
 class _Caller:
@@ -367,7 +483,7 @@ def create_app(
         raise InvalidArgument("the service needs at least one ruleset")
     limit = limits or (config.limits if config is not None else Limits())
     document = discovery(services)
-    runtime = _Runtime(limit.fhir_timeout_seconds)
+    runtime = _Runtime(limit.fhir_timeout_seconds, limit.evaluation_timeout_seconds)
     authenticator = ClientAuthenticator(config, runtime.http) if config is not None else None
     servers = {i.issuer: i.allowed_servers for i in config.issuers} if config else {}
     feedback_log: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -376,7 +492,10 @@ def create_app(
     async def caller_of(request: Request, path: str) -> _Caller:
         if authenticator is None:
             return _Caller(None, dev_servers)
-        issuer = await authenticator.authenticate(request.headers.get("authorization"), path)
+        values = request.headers.getlist("authorization")
+        if len(values) > 1:  # which one a proxy or a client library would use is anyone's guess
+            raise AuthenticationFailed("more than one Authorization header")
+        issuer = await authenticator.authenticate(values[0] if values else None, path)
         return _Caller(issuer.issuer, servers[issuer.issuer])
 
     def ruleset_of(request: Request, record: dict[str, Any]) -> tuple[str, Ruleset]:
@@ -390,7 +509,7 @@ def create_app(
     async def parsed(request: Request, what: str, validate: Callable[[bytes], Any]) -> Any:
         """The body read within the size limit, its depth checked before parsing,
         then validated; large bodies are handled in a worker thread."""
-        body = await _read_body(request, limit.max_body_bytes)
+        body = await _read_body(request, limit.max_body_bytes, limit.body_timeout_seconds)
 
         def check_and_validate() -> Any:
             _check_depth(body, limit.max_json_depth, what)
@@ -460,15 +579,13 @@ def create_app(
 
     async def evaluate(req: HookRequest, rs: Ruleset, fetched: dict[str, Any]) -> Any:
         as_of = clock() if clock is not None else None
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(
-            runtime.evaluator(),
-            functools.partial(evaluate_request, req, rs, fetched=fetched, as_of=as_of))
+        work = runtime.worker().submit(
+            functools.partial(_evaluate_in_thread, req, rs, fetched, as_of))
         try:
             return await asyncio.wait_for(work, timeout=limit.evaluation_timeout_seconds)
         except asyncio.TimeoutError:
-            raise HookRequestError("the evaluation did not finish in time; try again later",
-                                   status=503) from None
+            raise _HTTPError(503, "the evaluation did not finish in time; try again later",
+                             {"Retry-After": "5"}) from None
 
     # -- endpoints: each returns its response and fills its log record -------- #
     async def list_services(request: Request, record: dict[str, Any]) -> Response:
@@ -504,7 +621,7 @@ def create_app(
                     on_feedback(sid, kept)
                 except Exception as exc:
                     _log_failure(exc, "feedback callback")
-                    raise HookRequestError("feedback could not be stored", status=500) from None
+                    raise _HTTPError(500, "feedback could not be stored") from None
         return _json({"received": len(body.feedback)})
 
     def endpoint(event: str, handler: Callable[[Request, dict[str, Any]], Awaitable[Response]]
@@ -525,12 +642,17 @@ def create_app(
                                   {"Retry-After": "30"})
             except HookRequestError as exc:
                 record["error"] = _CATEGORY.get(exc.status, "refused")
-                headers = {"Retry-After": "5"} if exc.status == 503 else None
-                response = _error(exc.status, exc.reason, headers)
+                response = _error(exc.status, exc.reason)
+            except _HTTPError as exc:
+                record["error"] = _CATEGORY.get(exc.status, "refused")
+                response = _error(exc.status, exc.message, exc.headers)
+            except ClientDisconnect:  # gone before its body arrived: nobody to answer
+                record["error"] = "client disconnected"
+                response = Response(status_code=499)
             except Exception as exc:
                 _log_failure(exc, event)
                 record["error"] = _CATEGORY[500]
-                response = _error(500, "internal error; see the service log")
+                response = _error(500, _INTERNAL)
             record["status"] = response.status_code
             record["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
             if authenticator is None:
@@ -551,11 +673,11 @@ def create_app(
 
     async def on_any_error(request: Request, exc: Exception) -> Response:
         _log_failure(exc, "request")
-        return _error(500, "internal error; see the service log")
+        return _error(500, _INTERNAL)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime.evaluator()
+        runtime.worker()
         if authenticator is None:
             _emit(logging.WARNING, {"event": "start", "warning": _INSECURE})
         try:

@@ -7,6 +7,10 @@ only when
 * ``alg`` is asymmetric and one the issuer may use (``none`` and HMAC are
   refused before any key is looked at), and the key found is of that kind
   (an RSA key for RS/PS, a P-384 key for ES384, ...);
+* the header has no ``crit``: RFC 7515 §4.1.11 makes a token invalid when
+  ``crit`` lists an extension the recipient does not understand, and the
+  service understands none (the header is read here, so this does not
+  depend on the PyJWT version);
 * ``iss`` is a configured issuer (exact match);
 * the key comes from that issuer's configuration: a key or JWK Set given in
   the configuration, its ``jwks_url``, or the token's ``jku`` header when
@@ -27,6 +31,8 @@ an unknown ``kid`` refetches a set at most once per ``min_refresh_seconds``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import heapq
 import re
 import time
@@ -332,6 +338,32 @@ _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header of ``token`` (a string :data:`_TOKEN` matches), not yet
+    verified, read here rather than by PyJWT, whose checks vary by version."""
+    segment = token.split(".", 1)[0]
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError):
+        raise AuthenticationFailed("malformed token") from None
+    if not isinstance(header, dict):
+        raise AuthenticationFailed("malformed token")
+    return header
+
+
+def _check_crit(header: Mapping[str, Any]) -> None:
+    """Refuse a ``crit`` header (RFC 7515 §4.1.11): a well-formed one lists
+    extensions the service would have to understand, and it understands none."""
+    if "crit" not in header:
+        return
+    names = header["crit"] if isinstance(header["crit"], list) else []
+    # a non-empty list of distinct names of parameters present in the header
+    if not names or not all(isinstance(n, str) and n in header for n in names) \
+            or len(set(names)) != len(names):
+        raise AuthenticationFailed("malformed crit header")
+    raise AuthenticationFailed("crit names an extension the service does not understand")
+
+
 def _reason(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return f"missing claim {exc.claim}"
@@ -403,8 +435,9 @@ class ClientAuthenticator:
         call to ``path``; :class:`AuthenticationFailed` otherwise,
         :class:`ReplayCacheFull` when no more tokens can be remembered."""
         token = self._token(authorization)
+        header = _unverified_header(token)
+        _check_crit(header)
         try:
-            header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise AuthenticationFailed("malformed token") from None

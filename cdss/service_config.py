@@ -265,6 +265,9 @@ class Limits(_Strict):
     """Limits on what a call may cost the service."""
 
     max_body_bytes: int = Field(default=10_000_000, ge=1024)
+    #: Seconds for a request body to arrive in full, from when its reading began
+    #: (however steadily it trickles); 408, and the connection closed, after that.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     #: Nesting of arrays and objects allowed in a request body.
     max_json_depth: int = Field(default=64, ge=8, le=512)
     #: Seconds a call may wait for (and spend in) evaluation; 503 after that.

@@ -15,6 +15,8 @@ import functools
 import hashlib
 import hmac
 import logging
+import select
+import socket
 import threading
 import time
 import uuid
@@ -42,6 +44,7 @@ from test_service import NAMED, NAMED_VALUES
 
 import cdss
 import cdss.service
+from cdss.errors import EngineError
 from cdss.service import (
     AUTH_FAILED,
     base_url,
@@ -272,6 +275,14 @@ def handmade(header: dict[str, Any], claims: dict[str, Any], secret: bytes | Non
     return f"{signing_input}.{_b64(mac)}"
 
 
+def signed_by_hand(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
+    """A JWT signed with EC ``key`` (ES384) whose header is exactly ``header``
+    (PyJWT's encoder would rewrite some parameters)."""
+    signing_input = f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(claims))}"
+    es384 = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA384)
+    return f"{signing_input}.{_b64(es384.sign(signing_input.encode(), key))}"
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -477,6 +488,66 @@ def test_a_replayed_jti_is_refused(service: str, keys: Keys, rs: cdss.Ruleset) -
     # the same jti in a new token of the same issuer is a replay too
     again = sign(keys.a, url, jti=jwt.decode(token, options={"verify_signature": False})["jti"])
     assert_refused(httpx.post(url, json=hook_body(rs, "r1"), headers=bearer(again)))
+
+
+def call_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The service's per-call log lines so far."""
+    return [orjson.loads(rec.getMessage()) for rec in caplog.records
+            if rec.name == "cdss.service" and '"status"' in rec.getMessage()]
+
+
+def test_two_authorization_headers_are_refused(service: str, keys: Keys, rs: cdss.Ruleset,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cdss.service")
+    url = f"{service}{SERVICE}"
+    seconds = ["Bearer junk", f"Bearer {sign(keys.a, url)}", "Basic dXNlcjpwdw==", ""]
+    for second in seconds:
+        headers = [("Authorization", f"Bearer {sign(keys.a, url)}"), ("Authorization", second)]
+        assert_refused(httpx.post(url, json=hook_body(rs, "h1"), headers=headers))
+    assert [line["error"] for line in call_lines(caplog)] == \
+        ["authentication: more than one Authorization header"] * len(seconds)
+    r = httpx.post(url, json=hook_body(rs, "h1"), headers=bearer(sign(keys.a, url)))
+    assert r.status_code == 200, r.text
+
+
+CRIT_HEADERS: dict[str, tuple[dict[str, Any], str]] = {
+    "b64, which PyJWT understands": ({"crit": ["b64"], "b64": True}, "not understand"),
+    "a private extension": ({"crit": ["x-policy"], "x-policy": "require-mfa"},
+                            "not understand"),
+    "a registered name": ({"crit": ["exp"], "exp": 1}, "not understand"),
+    "a name the header lacks": ({"crit": ["exp"]}, "malformed crit"),
+    "an empty list": ({"crit": []}, "malformed crit"),
+    "a string": ({"crit": "x-policy", "x-policy": 1}, "malformed crit"),
+    "a number in the list": ({"crit": [1]}, "malformed crit"),
+    "a name listed twice": ({"crit": ["x-policy", "x-policy"], "x-policy": 1},
+                            "malformed crit"),
+}
+
+
+@pytest.mark.parametrize("why", list(CRIT_HEADERS))
+def test_a_crit_header_is_refused_whatever_the_pyjwt_version(
+        service: str, keys: Keys, rs: cdss.Ruleset, why: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # PyJWT before 2.12 does not look at crit (and 2.12+ accepts b64): its check is
+    # taken away, and the service must still refuse every crit
+    monkeypatch.setattr(jwt.api_jws.PyJWS, "_validate_crit", lambda self, headers: None,
+                        raising=False)
+    caplog.set_level(logging.INFO, logger="cdss.service")
+    url = f"{service}{SERVICE}"
+    extra, says = CRIT_HEADERS[why]
+
+    def token(header: dict[str, Any]) -> dict[str, str]:
+        now = int(time.time())
+        claims = {"iss": ISS_A, "aud": url, "iat": now, "exp": now + 60,
+                  "jti": str(uuid.uuid4())}
+        return bearer(signed_by_hand({"alg": "ES384", "typ": "JWT", "kid": "a1", **header},
+                                     claims, keys.a))
+
+    assert_refused(httpx.post(url, json=hook_body(rs, "c1"), headers=token(extra)))
+    assert says in call_lines(caplog)[-1]["error"]
+    without_crit = {k: v for k, v in extra.items() if k != "crit"}
+    r = httpx.post(url, json=hook_body(rs, "c1"), headers=token(without_crit))
+    assert r.status_code == 200, r.text  # the same token without crit is accepted
 
 
 def test_replay_cache_is_bounded_and_expires() -> None:
@@ -705,6 +776,145 @@ def test_an_evaluation_over_its_time_is_503(config_file: Path, keys: Keys, rs: c
             release.set()
     finally:
         release.set()
+
+
+def raw_post(service_url: str, token: str, length: int) -> socket.socket:
+    """A socket on which the headers of a call with a ``length``-byte body were sent."""
+    host, port = service_url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    head = (f"POST {SERVICE} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n")
+    sock.sendall(head.encode())
+    return sock
+
+
+def test_a_body_trickling_in_is_cut_off_with_408(config_file: Path, keys: Keys,
+                                                 rs: cdss.Ruleset) -> None:
+    stack, service_url, _ = start(config_file, limits=Limits(body_timeout_seconds=0.5))
+    url = f"{service_url}{SERVICE}"
+    body = orjson.dumps(hook_body(rs, "s1", low_k("s1")))
+    answer, sent, closed = b"", 0, False
+    with stack:
+        sock = raw_post(service_url, sign(keys.a, url), len(body))
+        began = time.monotonic()
+        with contextlib.closing(sock):
+            while not closed and time.monotonic() - began < 5:
+                if select.select([sock], [], [], 0.05)[0]:  # the service answered
+                    try:
+                        chunk = sock.recv(65536)
+                    except ConnectionResetError:
+                        chunk = b""
+                    answer += chunk
+                    closed = not chunk
+                elif not answer:  # 5 bytes every 50 ms: never idle, never done in time
+                    with contextlib.suppress(OSError):
+                        sock.sendall(body[sent:sent + 5])
+                        sent += 5
+        elapsed = time.monotonic() - began
+        # a body sent at once is not affected
+        r = httpx.post(url, content=body, headers=bearer(sign(keys.a, url)))
+        assert r.status_code == 200, r.text
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"connection: close" in head.lower() and closed  # and the service hung up
+    assert orjson.loads(content) == {"error": {"status": 408, "message": (
+        "the request body did not arrive within 0.5 seconds")}}
+    assert 0.5 <= elapsed < 3 and sent < len(body) / 2
+
+
+def test_a_client_leaving_before_its_body_arrived_is_no_failure(
+        service: str, keys: Keys, rs: cdss.Ruleset, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cdss.service")
+    url = f"{service}{SERVICE}"
+    body = orjson.dumps(hook_body(rs, "g1", low_k("g1")))
+    with contextlib.closing(raw_post(service, sign(keys.a, url), len(body))) as sock:
+        sock.sendall(body[: len(body) // 2])
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while not call_lines(caplog) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [line] = call_lines(caplog)
+    assert line["status"] == 499 and line["error"] == "client disconnected"
+    assert line["issuer"] == ISS_A and line["service"] == "plantar-cramps"
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert '"failure"' not in caplog.text
+    r = httpx.post(url, content=body, headers=bearer(sign(keys.a, url)))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("kind", [ZeroDivisionError, EngineError, SystemExit, KeyboardInterrupt])
+def test_a_failing_evaluation_fails_only_its_call(config_file: Path, keys: Keys,
+                                                  rs: cdss.Ruleset, kind: type[BaseException],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = cdss.service.evaluate_request
+    failures = [kind]
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()(f"failed on {NAMED_VALUES[0]} {NAMED_VALUES[2]} 3.137")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cdss.service, "evaluate_request", fails_once)
+    stack, service_url, _ = start(config_file)
+    url = f"{service_url}{SERVICE}"
+    body = hook_body(rs, "pat-e1zq", low_k("pat-e1zq"))
+    body["prefetch"]["patient"].update(NAMED)
+    with stack, capture_all_logs() as logs:
+        r = httpx.post(url, json=body, headers=bearer(sign(keys.a, url)))
+        assert r.status_code == 500
+        assert r.json() == {"error": {"status": 500,
+                                      "message": "internal error; see the service log"}}
+        for pid in ("e1", "e2"):  # and the service goes on answering
+            r = httpx.post(url, json=hook_body(rs, pid, low_k(pid)),
+                           headers=bearer(sign(keys.a, url)))
+            assert r.status_code == 200, r.text
+            assert r.json()["cards"][0]["summary"] == "Low potassium (hypokalaemia)"
+    text = "\n".join(logs.lines)
+    for secret in ("e1zq", "3.137", *NAMED_VALUES):
+        assert secret not in text, secret
+    failures_logged = [orjson.loads(rec.getMessage()) for rec in logs.records
+                       if rec.name == "cdss.service" and '"failure"' in rec.getMessage()]
+    assert [f["exception"] for f in failures_logged] == [
+        f"{kind.__module__}.{kind.__qualname__}"]
+    assert any("fails_once" in frame for frame in failures_logged[0]["stack"])
+    statuses = [orjson.loads(rec.getMessage())["status"] for rec in logs.records
+                if rec.name == "cdss.service" and '"status"' in rec.getMessage()]
+    assert statuses == [500, 200, 200]
+
+
+def test_a_wedged_evaluation_does_not_hold_up_the_next_calls(
+        config_file: Path, keys: Keys, rs: cdss.Ruleset,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real = cdss.service.evaluate_request
+    wedged = [True]
+
+    def wedged_once(*args: Any, **kwargs: Any) -> Any:
+        if wedged:
+            wedged.pop()
+            release.wait(timeout=30)  # an evaluation that never ends, as far as calls can tell
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cdss.service, "evaluate_request", wedged_once)
+    stack, service_url, _ = start(config_file, limits=Limits(evaluation_timeout_seconds=0.3))
+    url = f"{service_url}{SERVICE}"
+    try:
+        with stack, capture_all_logs() as logs:
+            r = httpx.post(url, json=hook_body(rs, "w1"), headers=bearer(sign(keys.a, url)))
+            assert r.status_code == 503
+            time.sleep(0.1)
+            for pid in ("w2", "w3"):
+                r = httpx.post(url, json=hook_body(rs, pid, low_k(pid)),
+                               headers=bearer(sign(keys.a, url)))
+                assert r.status_code == 200, r.text
+                assert r.json()["cards"][0]["summary"] == "Low potassium (hypokalaemia)"
+            release.set()
+    finally:
+        release.set()
+    stuck = [orjson.loads(rec.getMessage()) for rec in logs.records
+             if rec.name == "cdss.service" and "evaluation thread stuck" in rec.getMessage()]
+    assert len(stuck) == 1 and stuck[0]["replaced"] is True
 
 
 # --------------------------------------------------------------------------- #
