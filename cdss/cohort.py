@@ -9,7 +9,9 @@
 2. **Evaluate** (:mod:`cdss.cohort_worker`): one task per partition, run in
    worker processes (one per core, ``spawn`` context: durable-rules is not
    thread-safe) or on a Dask cluster; each writes its results atomically and
-   then a done marker.
+   then a done marker. A worker process that dies while evaluating a patient
+   costs that patient a ``worker-died`` error row, not the screen
+   (:class:`_Containment`).
 3. **Merge**: the partitions' sorted results are merged into
    ``assessments.ndjson`` (one Assessment per line), ``assessments.parquet``
    (one flat row per patient), ``errors.ndjson``, ``summary.json`` and
@@ -37,9 +39,9 @@ import pickle
 import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -47,7 +49,14 @@ from typing import IO, Any
 import orjson
 
 from cdss.cohort_io import CohortError, Source, SpillStats, discover, input_bytes, spill
-from cdss.cohort_worker import PartitionTask, peak_rss_mb, run_partition, write_atomic
+from cdss.cohort_worker import (
+    PartitionTask,
+    describe_exit,
+    in_flight,
+    peak_rss_mb,
+    run_partition,
+    write_atomic,
+)
 from cdss.errors import InvalidArgument
 
 __all__ = ["ENGINES", "CohortError", "DiffReport", "ScreenSummary", "diff", "screen"]
@@ -194,7 +203,8 @@ def _identity(ruleset: Any) -> dict[str, str]:
             "title": ruleset.source.title}
 
 
-def _check_common(mode: str, engine: str, workers: int | None, partitions: int | None) -> int:
+def _check_common(mode: str, engine: str, workers: int | None, partitions: int | None,
+                  evaluator: Any = None) -> int:
     from cdss.intake import MODES
 
     if mode not in MODES:
@@ -208,6 +218,15 @@ def _check_common(mode: str, engine: str, workers: int | None, partitions: int |
             workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidArgument(f"workers must be a whole number >= 0, got {workers!r}")
+    if evaluator is not None and not callable(evaluator):
+        raise InvalidArgument(f"evaluator must be a function, got {evaluator!r}")
+    if evaluator is not None and engine == "local" and workers > 0:
+        try:  # sent to the worker processes by name
+            pickle.dumps(evaluator)
+        except Exception as exc:
+            raise InvalidArgument(f"evaluator {evaluator!r} cannot be sent to worker "
+                                  "processes: it must be a module-level function of an "
+                                  f"importable module ({exc})") from exc
     if partitions is not None and (isinstance(partitions, bool) or not isinstance(
             partitions, int) or not 1 <= partitions <= 100_000):
         raise InvalidArgument(f"partitions must be a whole number >= 1, got {partitions!r}")
@@ -284,10 +303,99 @@ class _Progress:
 # --------------------------------------------------------------------------- #
 # Running partitions
 # --------------------------------------------------------------------------- #
+#: Worker deaths in one partition not tied to a patient before the screen stops.
+MAX_UNEXPLAINED_DEATHS = 3
+
+
+class _Containment:
+    """What to run after a worker process died on a partition.
+
+    The partition's journal names the patient in flight. That patient is
+    evaluated alone in a fresh worker: if the worker dies again, the patient
+    is the cause, and the partition runs again with the patient as a
+    ``worker-died`` error row (:attr:`PartitionTask.died`). If it survives
+    alone, the partition runs again as it was; should it die again with the
+    same patient in flight, that patient is the cause after all (its
+    evaluation kills a worker only after others'). Deaths not tied to a
+    patient (none in flight, or another each time) stop the screen after
+    :data:`MAX_UNEXPLAINED_DEATHS`, as something other than the data is then
+    killing the workers.
+    """
+
+    def __init__(self, tasks: Sequence[PartitionTask], engine: str) -> None:
+        self.tasks = {t.partition: t for t in tasks}
+        self.engine = engine
+        self.blamed: dict[int, dict[str, tuple[int | None, str]]] = {}
+        self.suspects: dict[int, set[str]] = {}
+        self.unexplained: dict[int, list[tuple[str | None, str]]] = {}
+
+    def _retry(self, partition: int) -> PartitionTask:
+        died = self.blamed.get(partition, {})
+        return replace(self.tasks[partition],
+                       died=tuple((key, code, why) for key, (code, why) in sorted(died.items())))
+
+    def _isolate(self, partition: int, key: str) -> PartitionTask:
+        task = self.tasks[partition]
+        return replace(task, only=(key,), died=(),
+                       out_dir=str(Path(task.out_dir) / f"isolate-p{partition:05d}"))
+
+    def _what(self, exit_code: int | None) -> str:
+        if self.engine == "dask":
+            return "the Dask worker was lost (KilledWorker)"
+        return describe_exit(exit_code)[2]
+
+    def _unexplained(self, partition: int, key: str | None, what: str) -> None:
+        deaths = self.unexplained.setdefault(partition, [])
+        deaths.append((key, what))
+        if len(deaths) >= MAX_UNEXPLAINED_DEATHS:
+            raise CohortError(
+                f"worker processes died {len(deaths)} times while screening partition "
+                f"{partition}, not on any one patient ({'; '.join(w for _, w in deaths)}); "
+                "finished partitions are kept: run again with --resume")
+
+    def died(self, task: PartitionTask, exit_code: int | None) -> tuple[PartitionTask, bool]:
+        """The task to run after ``task``'s worker died, and whether it needs
+        a fresh worker process; raises CohortError after too many deaths no
+        patient explains."""
+        partition, what = task.partition, self._what(exit_code)
+        if task.only:  # the patient alone killed a fresh worker: the cause
+            shutil.rmtree(task.out_dir, ignore_errors=True)
+            alone = "alone in a fresh worker" if self.engine == "local" else "alone"
+            self.blamed.setdefault(partition, {})[task.only[0]] = (exit_code, (
+                f"{what} while evaluating this patient, and again when it was evaluated "
+                f"{alone}; the patient was not assessed"))
+            return self._retry(partition), False
+        key = in_flight(task)
+        if key is None:
+            self._unexplained(partition, None, f"{what} with no patient in flight")
+            return self._retry(partition), False
+        if key in self.suspects.get(partition, ()):  # its first death is explained now
+            self.unexplained[partition] = [
+                (k, w) for k, w in self.unexplained.get(partition, []) if k != key]
+            self.blamed.setdefault(partition, {})[key] = (exit_code, (
+                f"{what} while evaluating this patient, twice in its partition (evaluated "
+                "alone, it did not); the patient was not assessed"))
+            return self._retry(partition), False
+        return self._isolate(partition, key), True
+
+    def finished(self, task: PartitionTask) -> PartitionTask | None:
+        """The task to run after ``task`` finished, or None when its partition is done."""
+        if not task.only:
+            return None
+        shutil.rmtree(task.out_dir, ignore_errors=True)
+        key = task.only[0]
+        self.suspects.setdefault(task.partition, set()).add(key)
+        self._unexplained(task.partition, key, f"a worker died with {key} in flight, "
+                                               "which evaluated alone did not kill one")
+        return self._retry(task.partition)
+
+
 def _run_tasks(tasks: Sequence[PartitionTask], *, engine: str, workers: int, client: Any,
                scheduler: str | None, work: Path, on_done: Any) -> None:
-    """Run ``tasks`` inline (``workers=0``), in a pool of ``spawn`` worker
-    processes, or on a Dask cluster; call ``on_done(counts)`` as each ends."""
+    """Run ``tasks`` inline (``workers=0``), in ``spawn`` worker processes, or
+    on a Dask cluster; call ``on_done(counts)`` as each partition is done. A
+    worker that dies costs the patient in flight an error row (see
+    :class:`_Containment`); inline, nothing can survive the process dying."""
     if not tasks:
         return
     if engine == "dask":
@@ -297,37 +405,160 @@ def _run_tasks(tasks: Sequence[PartitionTask], *, engine: str, workers: int, cli
         for task in tasks:
             on_done(run_partition(task))
         return
+    _run_local(tasks, workers=workers, on_done=on_done)
+
+
+class _LocalWorker:
+    """One worker process running :func:`cdss.cohort_worker.worker_loop`."""
+
+    def __init__(self, context: Any) -> None:
+        from cdss.cohort_worker import worker_loop
+
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_loop, args=(child,), daemon=True,
+                                       name="cdss-screen-worker")
+        self.process.start()
+        child.close()
+        self.task: PartitionTask | None = None
+        self.fresh = True  # has run nothing yet
+
+    def run(self, task: PartitionTask) -> bool:
+        task.journal_path.unlink(missing_ok=True)  # never read an earlier run's journal
+        try:
+            self.conn.send(task)
+        except (OSError, ValueError):
+            return False
+        self.task, self.fresh = task, False
+        return True
+
+    def receive(self) -> tuple[str, Any, bytes | None] | None:
+        """The task's result, or None when the process died without one."""
+        try:
+            if self.conn.poll():
+                message: tuple[str, Any, bytes | None] = self.conn.recv()
+                return message
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def stop(self, *, kill: bool = False) -> int | None:
+        """End the process (asked, or terminated); return its exit code."""
+        if not kill and self.process.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+            self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+        if self.process.is_alive():  # pragma: no cover - a process that ignores SIGTERM
+            self.process.kill()
+            self.process.join()
+        code: int | None = self.process.exitcode
+        self.conn.close()
+        self.process.close()
+        return code
+
+
+def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: Any) -> None:
+    """Run ``tasks`` in at most ``workers`` processes of our own (not a
+    ProcessPoolExecutor, which breaks as a whole when one process dies and
+    cannot say which): a dead process is replaced, and its partition handled
+    by :class:`_Containment` while the others carry on."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing.connection import wait
 
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    contain = _Containment(tasks, "local")
+    queue: deque[tuple[PartitionTask, bool]] = deque((task, False) for task in tasks)
+    slots = max(1, min(workers, len(tasks)))
+    pool: list[_LocalWorker] = []
+    failure: CohortError | None = None
+    lost = 0  # processes gone before they could take a task
+
+    def dispatch() -> None:
+        nonlocal lost
+        while queue and failure is None:
+            task, fresh = queue[0]
+            idle = [w for w in pool if w.task is None]
+            worker = next((w for w in idle if w.fresh), None) if fresh else (
+                idle[0] if idle else None)
+            if worker is None and fresh and len(pool) >= slots and idle:
+                pool.remove(idle[0])  # make room for a fresh process
+                idle[0].stop()
+            if worker is None and len(pool) < slots:
+                worker = _LocalWorker(context)
+                pool.append(worker)
+            if worker is None:
+                return
+            if worker.run(task):
+                queue.popleft()
+                continue
+            pool.remove(worker)  # the process has gone: try another
+            worker.stop(kill=True)
+            lost += 1
+            if lost >= MAX_UNEXPLAINED_DEATHS:
+                raise CohortError(f"{lost} worker processes died before they could take "
+                                  "a partition; finished partitions are kept: run again "
+                                  "with --resume")
+
+    completed = False
     try:
-        pending = {pool.submit(run_partition, task): task for task in tasks}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                task = pending.pop(future)
+        while True:
+            dispatch()
+            busy = [w for w in pool if w.task is not None]
+            if not busy:
+                break
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            for worker in busy:
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                task = worker.task
+                assert task is not None
+                worker.task = None
+                message = worker.receive()
+                exit_code: int | None = None
+                if message is None or worker.process.sentinel in ready:
+                    pool.remove(worker)
+                    exit_code = worker.stop(kill=True)
+                if failure is not None:
+                    continue
                 try:
-                    counts = future.result()
-                except BrokenProcessPool as exc:
-                    raise CohortError(f"a worker process died while screening partition "
-                                      f"{task.partition} ({exc}); finished partitions are "
-                                      "kept: run again with --resume") from exc
-                except Exception as exc:
-                    raise CohortError(f"partition {task.partition} failed: "
-                                      f"{type(exc).__name__}: {exc}; finished partitions "
-                                      "are kept: run again with --resume") from exc
-                on_done(counts)
+                    if message is None:
+                        if task.done_path.exists() and not task.only:  # died when done
+                            on_done(dict(orjson.loads(task.done_path.read_bytes())))
+                            continue
+                        queue.appendleft(contain.died(task, exit_code))
+                    elif message[0] == "done":
+                        follow = contain.finished(task)
+                        if follow is None:
+                            on_done(message[1])
+                        else:
+                            queue.appendleft((follow, False))
+                    else:
+                        failure = _task_failed(task, message[1], message[2])
+                except CohortError as exc:
+                    failure = exc
+        if failure is not None:
+            raise failure
+        completed = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for worker in pool:
+            worker.stop(kill=not completed)
+
+
+def _task_failed(task: PartitionTask, what: str, pickled: bytes | None) -> CohortError:
+    error = CohortError(f"partition {task.partition} failed: {what}; finished partitions "
+                        "are kept: run again with --resume")
+    if pickled is not None:
+        with contextlib.suppress(Exception):
+            error.__cause__ = pickle.loads(pickled)  # from our own worker process
+    return error
 
 
 def _run_dask(tasks: Sequence[PartitionTask], *, client: Any, scheduler: str | None,
               work: Path, on_done: Any) -> None:
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client, KilledWorker, as_completed
     except ImportError as exc:
         raise CohortError("engine='dask' needs dask[distributed]: pip install "
                           "'cdss[cohort]'") from exc
@@ -346,20 +577,38 @@ def _run_dask(tasks: Sequence[PartitionTask], *, client: Any, scheduler: str | N
         if not seen or missing:
             raise CohortError(f"Dask workers {missing or '(none)'} cannot see {work}: the "
                               "output folder must be on storage shared with the workers")
+        contain = _Containment(tasks, "dask")
+        for task in tasks:  # never read an interrupted run's journal
+            task.journal_path.unlink(missing_ok=True)
         futures = client.map(run_partition, list(tasks), pure=False)
         by_future = dict(zip(futures, tasks, strict=True))
+        running = as_completed(futures)  # type: ignore[no-untyped-call]
+
+        def submit(task: PartitionTask) -> None:
+            task.journal_path.unlink(missing_ok=True)
+            future = client.submit(run_partition, task, pure=False)
+            by_future[future] = task
+            running.add(future)  # type: ignore[no-untyped-call]
+
         try:
-            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+            for future in running:
+                task = by_future.pop(future)
                 try:
                     counts = future.result()
+                except KilledWorker:  # the worker died (the scheduler's retries included)
+                    submit(contain.died(task, None)[0])
+                    continue
                 except Exception as exc:
-                    task = by_future[future]
                     raise CohortError(f"partition {task.partition} failed on the cluster: "
                                       f"{type(exc).__name__}: {exc}; finished partitions are "
                                       "kept: run again with --resume") from exc
-                on_done(counts)
+                follow = contain.finished(task)
+                if follow is None:
+                    on_done(counts)
+                else:
+                    submit(follow)
         finally:
-            client.cancel([f for f in futures if not f.done()])
+            client.cancel([f for f in by_future if not f.done()])
     finally:
         if own:
             client.close()
@@ -408,9 +657,17 @@ class _Work:
 
 
 def _fingerprint(kind: str, sources: Sequence[Source], rulesets: Sequence[Any], as_of: str,
-                 mode: str) -> dict[str, Any]:
-    return {"kind": kind, "inputs": [s.fingerprint() for s in sources],
-            "rulesets": [r.key for r in rulesets], "as_of": as_of, "mode": mode}
+                 mode: str, evaluator: Callable[..., Any] | None = None) -> dict[str, Any]:
+    found = {"kind": kind, "inputs": [s.fingerprint() for s in sources],
+             "rulesets": [r.key for r in rulesets], "as_of": as_of, "mode": mode}
+    if evaluator is not None:  # absent by default, as in screens made before it existed
+        found["evaluator"] = _evaluator_name(evaluator)
+    return found
+
+
+def _evaluator_name(evaluator: Callable[..., Any]) -> str:
+    return (f"{getattr(evaluator, '__module__', '?')}."
+            f"{getattr(evaluator, '__qualname__', type(evaluator).__name__)}")
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -421,10 +678,10 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 # The pipeline shared by screen and diff
 # --------------------------------------------------------------------------- #
 def _prepare(work: _Work, *, kind: str, sources: Sequence[Source], rulesets: Sequence[Any],
-             as_of: str, mode: str, workers: int, partitions: int | None, resume: bool
-             ) -> tuple[int, bool]:
+             as_of: str, mode: str, workers: int, partitions: int | None, resume: bool,
+             evaluator: Callable[..., Any] | None = None) -> tuple[int, bool]:
     """Set up or reuse the work folder; return (partitions, resumed)."""
-    fingerprint = _fingerprint(kind, sources, rulesets, as_of, mode)
+    fingerprint = _fingerprint(kind, sources, rulesets, as_of, mode, evaluator)
     state = work.read_state() if resume else None
     if state is not None and state.get("version") == _STATE_VERSION:
         changed = _differences(state.get("fingerprint", {}), fingerprint)
@@ -472,7 +729,8 @@ def _spill(work: _Work, sources: Sequence[Source], partitions: int,
 def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
                          rulesets: Sequence[Any], as_of: str, mode: str, engine: str,
                          workers: int, client: Any, scheduler: str | None,
-                         tune_malloc: bool, progress: _Progress
+                         tune_malloc: bool, progress: _Progress,
+                         evaluator: Callable[..., Any] | None = None,
                          ) -> tuple[dict[int, dict[str, Any]], int, float]:
     """Evaluate every partition without a done marker; return all counts, the
     number reused from an earlier run, and the seconds spent."""
@@ -484,7 +742,7 @@ def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
     tune = tune_malloc and (engine == "dask" or workers > 0)
     tasks = [PartitionTask(kind=kind, partition=p, spill=str(work.spill / f"p{p:05d}.tsv"),
                            out_dir=str(work.parts), rulesets=pickled, as_of=as_of, mode=mode,
-                           sources=str(work.sources), tune_malloc=tune)
+                           sources=str(work.sources), tune_malloc=tune, evaluator=evaluator)
              for p in range(partitions) if p not in done]
     progress.add("eval", "screening", total=partitions, completed=reused,
                  note="{completed:,.0f}/{total:,.0f} partitions {extra}")
@@ -622,6 +880,7 @@ def screen(
     partitions: int | None = None,
     paths: Sequence[str | Path] | None = None,
     tune_malloc: bool = False,
+    evaluator: Callable[..., Any] | None = None,
 ) -> ScreenSummary:
     """Screen every patient of ``inputs`` with ``ruleset`` at ``as_of``.
 
@@ -639,7 +898,16 @@ def screen(
     override the number of partitions (default: by input size).
     ``tune_malloc``: set glibc malloc's mmap and trim thresholds in the worker
     processes (off by default: it made no measurable difference here, see
-    bench/README.md).
+    bench/README.md). ``evaluator``: the function that evaluates one
+    patient, called as :func:`cdss.evaluate` is (``evaluator(record,
+    ruleset=..., as_of=..., mode=...)``, the record a Bundle as JSON bytes),
+    which is the default; worker processes import it by name, so it must be a
+    module-level function of an importable module.
+
+    A worker process that dies while evaluating a patient (a crash in the rule
+    engine, an out-of-memory kill) costs that patient a ``worker-died`` error
+    row, not the screen (see the module docstring); with ``workers=0`` the
+    screen's own process would die.
 
     Returns the :class:`ScreenSummary`; raises :class:`CohortError` when the
     screen cannot run, never for a bad patient or resource (those are rows in
@@ -648,7 +916,7 @@ def screen(
     from cdss.evaluation import resolve_ruleset
 
     started = time.perf_counter()
-    workers = _check_common(mode, engine, workers, partitions)
+    workers = _check_common(mode, engine, workers, partitions, evaluator)
     rs = resolve_ruleset(ruleset, paths)
     when = _as_of_text(as_of)
     sources = discover(inputs if not isinstance(inputs, (str, Path)) else [inputs])
@@ -660,11 +928,12 @@ def screen(
     state = work.read_state() if resume else None
     if state is not None and state.get("complete") and (out_dir / "summary.json").exists():
         _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when, mode=mode,
-                 workers=workers, partitions=partitions, resume=True)
+                 workers=workers, partitions=partitions, resume=True, evaluator=evaluator)
         return ScreenSummary.from_dict(out_dir, orjson.loads(
             (out_dir / "summary.json").read_bytes()))
     n, resumed = _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when,
-                          mode=mode, workers=workers, partitions=partitions, resume=resume)
+                          mode=mode, workers=workers, partitions=partitions, resume=resume,
+                          evaluator=evaluator)
     if not resumed:
         for name in _OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
@@ -674,7 +943,7 @@ def screen(
         counts, reused, eval_seconds = _evaluate_partitions(
             work, kind="screen", partitions=n, rulesets=[rs], as_of=when, mode=mode,
             engine=engine, workers=workers, client=client, scheduler=scheduler,
-            tune_malloc=tune_malloc, progress=bar)
+            tune_malloc=tune_malloc, progress=bar, evaluator=evaluator)
     merge_started = time.perf_counter()
     summary = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, engine,
                             workers, resumed, sources)
@@ -780,20 +1049,21 @@ def diff(
     work_dir: str | Path | None = None,
     out: str | Path | None = None,
     tune_malloc: bool = False,
+    evaluator: Callable[..., Any] | None = None,
 ) -> DiffReport:
     """Evaluate ``inputs`` with two ruleset versions (``from_ruleset`` and
     ``to_ruleset``: loaded rulesets or ``"id@version"``) and report the
     patients whose results change, and how.
 
-    Inputs, ``workers``, ``mode``, ``engine``, ``client`` and ``scheduler``
-    are as for :func:`screen`. Intermediate files go to a temporary folder
+    Inputs, ``workers``, ``mode``, ``engine``, ``client``, ``scheduler`` and
+    ``evaluator`` are as for :func:`screen`. Intermediate files go to a temporary folder
     (inside ``work_dir`` when given; on storage shared with the workers for
     Dask). ``out`` writes the report as JSON.
     """
     from cdss.evaluation import resolve_ruleset
 
     started = time.perf_counter()
-    workers = _check_common(mode, engine, workers, None)
+    workers = _check_common(mode, engine, workers, None, evaluator)
     rs_before = resolve_ruleset(from_ruleset, paths)
     rs_after = resolve_ruleset(to_ruleset, paths)
     when = _as_of_text(as_of)
@@ -803,14 +1073,16 @@ def diff(
     with tempfile.TemporaryDirectory(prefix="cdss-diff-", dir=work_dir) as tmp:
         work = _Work(Path(tmp))
         n, _ = _prepare(work, kind="diff", sources=sources, rulesets=[rs_before, rs_after],
-                        as_of=when, mode=mode, workers=workers, partitions=None, resume=False)
+                        as_of=when, mode=mode, workers=workers, partitions=None, resume=False,
+                        evaluator=evaluator)
         with _Progress(progress) as bar:
             stats, _ = _spill(work, sources, n, bar)
             spilled = stats if isinstance(stats, dict) else stats.to_dict()
             counts, _, _ = _evaluate_partitions(
                 work, kind="diff", partitions=n, rulesets=[rs_before, rs_after], as_of=when,
                 mode=mode, engine=engine, workers=workers, client=client,
-                scheduler=scheduler, tune_malloc=tune_malloc, progress=bar)
+                scheduler=scheduler, tune_malloc=tune_malloc, progress=bar,
+                evaluator=evaluator)
         changes = [orjson.loads(payload)
                    for _, payload in _merged_lines(_part_paths(work, n, "diff"))]
     tally_names = ("flags_added", "flags_removed", "severity_changed", "plan_added",

@@ -72,7 +72,8 @@ _JSON_SUFFIXES = (".json", ".json.gz")
 
 class CohortError(CDSSError):
     """Raised when a cohort screen cannot run: no input, a missing file, an
-    output folder holding another screen, a worker that died."""
+    output folder holding another screen, worker processes that keep dying
+    on no patient in particular."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,24 @@ def patient_key(reference: str, urns: Mapping[str, str] | None = None) -> str | 
     return f"Patient/{match.group(1)}" if match else None
 
 
+def _patient_id_key(patient: Mapping[str, Any]) -> str | None:
+    """The key a Patient's resources refer to it by, or None when it has none.
+
+    A Patient whose ``id`` is a number (``"id": 123``, which FHIR does not
+    allow: an id is text) still has a key, ``Patient/123``, the one its
+    resources name: it is spilled with them, so that intake refuses the
+    patient's record as :func:`cdss.evaluate` does (a patient error row tied
+    to the patient, no Assessment), rather than assessing the other resources
+    as if the patient's age and sex were unknown.
+    """
+    pid = patient.get("id")
+    if isinstance(pid, (int, float)) and not isinstance(pid, bool):
+        pid = str(pid)
+    if not isinstance(pid, str) or not _PATIENT_REF.match(f"Patient/{pid}"):
+        return None
+    return f"Patient/{pid}"
+
+
 @dataclass
 class SpillStats:
     """What the spill pass read: counts by outcome, errors by kind, bytes."""
@@ -375,12 +394,11 @@ class _Spiller:
             self.bundle(obj, source, label, line=line)
             return
         if rtype == "Patient":
-            pid = obj.get("id")
-            if not isinstance(pid, str) or not _PATIENT_REF.match(f"Patient/{pid}"):
+            key = _patient_id_key(obj)
+            if key is None:
                 self.error("no-patient-id", "a Patient without a valid id cannot be matched "
                            "to its resources", label, resource=obj, **where)
                 return
-            key = f"Patient/{pid}"
             alias = full_url if full_url and full_url != key else ""
             self.write(key, rtype, source, number, alias, raw or orjson.dumps(obj))
             return
@@ -433,8 +451,8 @@ class _Spiller:
                 continue
             res, url = item.get("resource"), item.get("fullUrl")
             if (isinstance(res, Mapping) and res.get("resourceType") == "Patient"
-                    and isinstance(url, str) and isinstance(res.get("id"), str)):
-                urns[url] = f"Patient/{res['id']}"
+                    and isinstance(url, str) and (key := _patient_id_key(res)) is not None):
+                urns[url] = key
         for i, item in enumerate(entries):
             if not isinstance(item, Mapping) or "resource" not in item:
                 self.error("bad-bundle", "Bundle entry has no resource", label, line=line,
@@ -478,6 +496,7 @@ class _Spiller:
                         parsed_any = True
                         for early, message in failures:
                             self._malformed(label, early, message)
+                        failures.clear()  # reported: not again at the end of the file
                     self.resource(obj, line.rstrip(b"\r\n"), source, label, line=number)
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             self.error("unreadable-file", f"reading stopped: {exc}", label, file_level=True)

@@ -15,6 +15,13 @@ flushed to disk and renamed, and the partition's *done marker* is written
 last. A partition with a done marker is complete; one without is redone on
 ``--resume``. Within a partition, patients are in key order, so that a merge
 of the partitions is sorted by patient reference.
+
+Before each patient is evaluated, its key is appended to the partition's
+*journal* (one unbuffered write), so that when the process dies (a segfault
+in the rule engine's C code, ``os._exit``, an out-of-memory kill) the caller
+can tell whose evaluation was in flight, check it alone in a fresh process,
+and run the partition again with that patient as a ``worker-died`` error row
+(``PartitionTask.died``).
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +42,8 @@ import orjson
 
 from cdss.errors import CDSSError, EngineError, InputError
 
-__all__ = ["PartitionTask", "compare", "peak_rss_mb", "run_partition", "tune_malloc"]
+__all__ = ["PartitionTask", "compare", "describe_exit", "in_flight", "peak_rss_mb",
+           "run_partition", "tune_malloc", "worker_loop"]
 
 _SORT = orjson.OPT_SORT_KEYS
 _PREFIX = b'{"resourceType":"Bundle","type":"collection","entry":['
@@ -49,6 +58,13 @@ class PartitionTask:
     exactly the ruleset the caller loaded (site folders and concept maps
     included) and check its identity; ``sources`` is the file listing the
     input files by index, read only to name the file of a failing resource.
+
+    ``evaluator`` replaces :func:`cdss.evaluate` (same call; it must be
+    importable by name in the worker). ``only`` restricts the partition to
+    these patient keys (the check of one patient alone after a worker died).
+    ``died`` lists ``(key, exit code, reason)`` of patients whose evaluation
+    killed a worker: each becomes a ``worker-died`` error row and is not
+    evaluated again.
     """
 
     kind: str
@@ -60,10 +76,17 @@ class PartitionTask:
     mode: str
     sources: str
     tune_malloc: bool = False
+    evaluator: Callable[..., Any] | None = None
+    only: tuple[str, ...] = ()
+    died: tuple[tuple[str, int | None, str], ...] = ()
 
     @property
     def done_path(self) -> Path:
         return Path(self.out_dir) / f"p{self.partition:05d}.done"
+
+    @property
+    def journal_path(self) -> Path:
+        return Path(self.out_dir) / f"p{self.partition:05d}.journal"
 
 
 # --------------------------------------------------------------------------- #
@@ -195,6 +218,62 @@ def _error_row(task: PartitionTask, key: str, entries: Sequence[Entry],
     return row
 
 
+def describe_exit(exit_code: int | None) -> tuple[int | None, str | None, str]:
+    """``(exit code, signal name, words)`` of a dead worker's exit status as
+    :mod:`multiprocessing` gives it (negative: killed by that signal; None:
+    unknown, e.g. a lost Dask worker)."""
+    if exit_code is None:
+        return None, None, "the worker was lost"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return None, name, f"the worker process was killed by {name}"
+    return exit_code, None, f"the worker process exited with code {exit_code}"
+
+
+def _died_row(key: str, entries: Sequence[Entry], exit_code: int | None,
+              reason: str) -> dict[str, Any]:
+    """The error row of a patient whose evaluation killed a worker: the id,
+    how the worker ended, and nothing of the patient's data."""
+    code, name, _ = describe_exit(exit_code)
+    return {"kind": "patient", "patient": key, "error": "worker-died", "reason": reason,
+            "exit_code": code, "signal": name, "resources": len(entries)}
+
+
+class _Journal:
+    """The keys of the patients a worker started to evaluate, one per line,
+    each written unbuffered before the evaluation: the last line names the
+    patient in flight when the process died (the kernel keeps what was
+    written when a process dies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+
+    def start(self, key: str) -> None:
+        os.write(self.fd, key.encode() + b"\n")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def in_flight(task: PartitionTask) -> str | None:
+    """The patient whose evaluation was in flight when ``task``'s worker
+    died (the last line of its journal), or None (no journal, or no patient
+    started: the worker died before or between patients' evaluations)."""
+    try:
+        data = task.journal_path.read_bytes()
+    except OSError:
+        return None
+    lines = data.split(b"\n")
+    last = lines[-2] if len(lines) >= 2 and not lines[-1] else b""
+    return last.decode("utf-8", "replace") or None
+
+
 def _locate(entries: Sequence[Entry], rtype: str | None, rid: str | None
             ) -> tuple[int, int] | None:
     """The (source, line) of the resource an error names, when it can be found."""
@@ -209,15 +288,17 @@ def _locate(entries: Sequence[Entry], rtype: str | None, rid: str | None
             found = orjson.loads(payload).get("id")
         except (orjson.JSONDecodeError, AttributeError):
             continue
-        if found == rid:
+        if found == rid or (found is not None and not isinstance(found, str)
+                            and str(found) == rid):  # a numeric id, as intake names it
             return source, number
     return None
 
 
-def _evaluate(data: bytes, ruleset: Any, as_of: Any, mode: str, key: str) -> Any:
+def _evaluate(data: bytes, ruleset: Any, as_of: Any, mode: str, key: str,
+              evaluator: Callable[..., Any] | None = None) -> Any:
     from cdss.evaluation import evaluate
 
-    assessment = evaluate(data, ruleset=ruleset, as_of=as_of, mode=mode)
+    assessment = (evaluator or evaluate)(data, ruleset=ruleset, as_of=as_of, mode=mode)
     if assessment.patient is None:  # only resources the facts do not use
         assessment = assessment.model_copy(update={"patient": key})
     return assessment
@@ -276,22 +357,67 @@ def run_partition(task: PartitionTask) -> dict[str, Any]:
         tune_malloc()
     from cdss.evaluation import resolve_as_of
 
+    if task.kind not in ("screen", "diff"):
+        raise CDSSError(f"unknown partition task kind {task.kind!r}")
     rulesets = [_ruleset(key, data) for key, data in task.rulesets]
     as_of = resolve_as_of(task.as_of)
     out_dir = Path(task.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     groups = _read_groups(Path(task.spill))
-    if task.kind == "screen":
-        counts = _screen(task, groups, rulesets[0], as_of, out_dir)
-    elif task.kind == "diff":
-        counts = _diff(task, groups, rulesets[0], rulesets[1], as_of, out_dir)
-    else:
-        raise CDSSError(f"unknown partition task kind {task.kind!r}")
+    if task.only:
+        groups = {key: groups[key] for key in task.only if key in groups}
+    journal = _Journal(task.journal_path)
+    try:
+        if task.kind == "screen":
+            counts = _screen(task, groups, rulesets[0], as_of, out_dir, journal)
+        else:
+            counts = _diff(task, groups, rulesets[0], rulesets[1], as_of, out_dir, journal)
+    finally:
+        journal.close()
     counts.update(partition=task.partition, kind=task.kind,
                   resources=sum(len(v) for v in groups.values()),
                   seconds=round(time.perf_counter() - started, 6), pid=os.getpid(),
                   peak_rss_mb=peak_rss_mb())
     write_atomic(task.done_path, orjson.dumps(counts, option=_SORT))
+    task.journal_path.unlink(missing_ok=True)
     return counts
+
+
+def worker_loop(conn: Any) -> None:
+    """The loop of a local worker process: receive a :class:`PartitionTask`
+    on ``conn`` (a :mod:`multiprocessing` connection), run it, send back
+    ``("done", counts, None)`` or ``("failed", "Type: message", pickled
+    exception or None)``; stop on ``None`` or when the caller has gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    while True:
+        message: tuple[str, Any, bytes | None]
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # e.g. an evaluator this process cannot import
+            message = ("failed", f"the worker cannot read its task ({type(exc).__name__}: "
+                       f"{exc}); an evaluator must be a module-level function of a module "
+                       "the worker processes can import", None)
+        else:
+            if task is None:
+                return
+            message = _run_reported(task)
+        try:
+            conn.send(message)
+        except (OSError, ValueError):
+            return
+
+
+def _run_reported(task: PartitionTask) -> tuple[str, Any, bytes | None]:
+    try:
+        return "done", run_partition(task), None
+    except Exception as exc:
+        try:
+            pickled: bytes | None = pickle.dumps(exc)
+        except Exception:
+            pickled = None
+        return "failed", f"{type(exc).__name__}: {exc}", pickled
 
 
 def _counter(values: Iterable[str]) -> dict[str, int]:
@@ -299,7 +425,7 @@ def _counter(values: Iterable[str]) -> dict[str, int]:
 
 
 def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any, as_of: Any,
-            out_dir: Path) -> dict[str, Any]:
+            out_dir: Path, journal: _Journal) -> dict[str, Any]:
     name = f"p{task.partition:05d}"
     outs = [_Out(out_dir, f"{name}.{suffix}") for suffix in ("assessments", "rows", "errors")]
     assessments, rows, errors = outs
@@ -310,13 +436,21 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
     requests: Counter[str] = Counter()
     error_kinds: Counter[str] = Counter()
     assessed = failed = 0
+    died = {key: (code, reason) for key, code, reason in task.died}
     try:
         for key in sorted(groups):
             entries = groups[key]
-            try:
-                assessment = _evaluate(record_bytes(entries), ruleset, as_of, task.mode, key)
-            except Exception as exc:  # a patient that fails is an error row, never lost
-                row = _error_row(task, key, entries, exc)
+            row: dict[str, Any] | None = None
+            if key in died:  # its evaluation killed a worker: not again
+                row = _died_row(key, entries, *died[key])
+            else:
+                journal.start(key)
+                try:
+                    assessment = _evaluate(record_bytes(entries), ruleset, as_of, task.mode,
+                                           key, task.evaluator)
+                except Exception as exc:  # a patient that fails is an error row, never lost
+                    row = _error_row(task, key, entries, exc)
+            if row is not None:
                 errors.write(key, orjson.dumps(row, option=_SORT))
                 rows.write(key, orjson.dumps({"patient": key, "status": "error",
                                               "error_kind": row["error"],
@@ -405,23 +539,29 @@ def compare(before: Any, after: Any) -> dict[str, Any]:
 
 
 def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any,
-          after_rs: Any, as_of: Any, out_dir: Path) -> dict[str, Any]:
+          after_rs: Any, as_of: Any, out_dir: Path, journal: _Journal) -> dict[str, Any]:
     out = _Out(out_dir, f"p{task.partition:05d}.diff")
     changed = failed = 0
     tallies: dict[str, Counter[str]] = {name: Counter() for name in (
         "flags_added", "flags_removed", "severity_changed", "plan_added", "plan_removed",
         "plan_modified", "referrals_added", "referrals_removed", "data_requests_added",
         "data_requests_removed")}
+    died = {key: (code, reason) for key, code, reason in task.died}
     try:
         for key in sorted(groups):
             entries = groups[key]
-            data = record_bytes(entries)
             results: list[Any] = []
-            for ruleset in (before_rs, after_rs):
-                try:
-                    results.append(_evaluate(data, ruleset, as_of, task.mode, key))
-                except Exception as exc:  # reported, never lost
-                    results.append(_error_row(task, key, entries, exc))
+            if key in died:  # its evaluation (either version) killed a worker
+                results = [_died_row(key, entries, *died[key])] * 2
+            else:
+                journal.start(key)
+                data = record_bytes(entries)
+                for ruleset in (before_rs, after_rs):
+                    try:
+                        results.append(_evaluate(data, ruleset, as_of, task.mode, key,
+                                                 task.evaluator))
+                    except Exception as exc:  # reported, never lost
+                        results.append(_error_row(task, key, entries, exc))
             if any(isinstance(r, dict) for r in results):
                 row = {"patient": key, "error": {
                     side: (r["reason"] if isinstance(r, dict) else None)

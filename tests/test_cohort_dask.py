@@ -12,15 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.distributed as distributed
 import orjson
 import pytest
+from builders import lab
+from test_cohort_probes import evaluate_or_die
 from test_cohort_support import (
     AS_OF,
     RULESET,
     assessment_lines,
+    read_ndjson,
     shared_cohort,
     shared_expected,
+    write_ndjson,
 )
 
 from cdss.cohort import CohortError, screen
@@ -89,3 +94,37 @@ def test_the_command_runs_on_a_scheduler_address(client: Any, cohort: GeneratedC
 def test_dask_needs_a_cluster(cohort: GeneratedCohort, tmp_path: Path) -> None:
     with pytest.raises(CohortError, match="scheduler"):
         screen(cohort.out, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "o", engine="dask")
+
+
+def test_a_lost_dask_worker_costs_the_patient_in_flight_an_error_row(tmp_path: Path) -> None:
+    """A Dask worker killed (SIGSEGV) while evaluating a patient: the nanny
+    restarts it, the scheduler gives up on the task (KilledWorker; no
+    retries here, to keep the test short), and the screen finishes with an
+    error row for that patient."""
+    ids = ["a", "b", "c", "segv-1"]
+    write_ndjson(tmp_path / "in" / "Patient.ndjson", [
+        {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1970-01-01"}
+        for pid in ids])
+    write_ndjson(tmp_path / "in" / "Observation.ndjson",
+                 [lab(f"k-{pid}", "2823-3", 3.1, "mmol/L", pid=pid) for pid in ids])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1,
+                                               processes=True, host="127.0.0.1",
+                                               dashboard_address=None, silence_logs=50)
+        dask_client = distributed.Client(cluster)
+    try:
+        summary = screen(tmp_path / "in", ruleset=RULESET, as_of=AS_OF, out=tmp_path / "out",
+                         engine="dask", client=dask_client, partitions=2,
+                         evaluator=evaluate_or_die)
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dask_client.close()
+            cluster.close()
+    (error,) = read_ndjson(tmp_path / "out" / "errors.ndjson")
+    assert (error["patient"], error["error"], error["exit_code"], error["signal"]) == (
+        "Patient/segv-1", "worker-died", None, None)
+    assert "KilledWorker" in error["reason"]
+    assert (summary.patients, summary.assessed, summary.patient_errors) == (4, 3, 1)

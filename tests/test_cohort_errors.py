@@ -61,6 +61,69 @@ def test_a_truncated_line_is_a_resource_error_with_file_and_line(tmp_path: Path)
     assert summary.errors_by_kind == {"malformed-json": 1}
 
 
+def test_a_malformed_first_line_is_one_error_row(tmp_path: Path) -> None:
+    data = _base(tmp_path / "in")
+    first, second = (orjson.dumps(lab(f"k{i}-b", "2823-3", 3.0, "mmol/L", pid="b"))
+                     for i in (2, 3))
+    write_ndjson(data / "Observation.2.ndjson", [first[: len(first) // 2], first, second])
+    summary = _screen(data, tmp_path / "out")
+    errors = _errors(tmp_path / "out")
+    assert [(e["kind"], e["error"], e["line"]) for e in errors] == [
+        ("resource", "malformed-json", 1)]
+    assert errors[0]["file"].endswith("Observation.2.ndjson")
+    assert summary.resource_errors == 1 and summary.errors_by_kind == {"malformed-json": 1}
+    resources = summary.resources
+    assert resources["resources"] == (resources["attributed"]
+                                      + resources["not_patient_specific"]
+                                      + resources["resource_errors"])
+    assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/b", "Patient/c"]
+
+
+@pytest.mark.parametrize("mode", ["lean", "strict"])
+@pytest.mark.parametrize("shape", ["ndjson", "bundle"])
+def test_a_patient_whose_patient_resource_is_refused_is_an_error_row(
+        tmp_path: Path, mode: str, shape: str) -> None:
+    """A Patient whose id is a number (FHIR ids are text) is refused; its
+    patient's record is then refused as cdss.evaluate refuses it, with an
+    error row tied to the patient, not assessed as if age and sex were
+    unknown."""
+    import cdss
+    from cdss.errors import InputError
+
+    refused = {"resourceType": "Patient", "id": 123, "gender": "male",
+               "birthDate": "1940-01-01"}
+    potassium = lab("k-123", "2823-3", 3.1, "mmol/L", pid="123")
+    data = _base(tmp_path / "in")
+    if shape == "ndjson":
+        write_ndjson(data / "Patient.2.ndjson", [refused])
+        write_ndjson(data / "Observation.2.ndjson", [potassium])
+    else:
+        data = tmp_path / "bundles"
+        data.mkdir()
+        potassium["subject"] = {"reference": "urn:uuid:p123"}
+        (data / "b.json").write_bytes(orjson.dumps({
+            "resourceType": "Bundle", "type": "collection", "entry": [
+                {"fullUrl": "urn:uuid:p123", "resource": refused},
+                {"resource": potassium}]}))
+    summary = screen(data, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "out", workers=0,
+                     mode=mode)
+    (error,) = _errors(tmp_path / "out")
+    assert (error["kind"], error["patient"], error["error"]) == ("patient", "Patient/123",
+                                                                 "input")
+    assert (error["resource_type"], error["resource_id"], error["field"]) == (
+        "Patient", "123", "id")
+    if shape == "ndjson":
+        assert error["file"].endswith("Patient.2.ndjson") and error["line"] == 1
+    with pytest.raises(InputError) as refusal:  # what the single-record API says
+        cdss.evaluate([refused, lab("k-123", "2823-3", 3.1, "mmol/L", pid="123")],
+                      ruleset=RULESET, as_of=AS_OF, mode=mode)
+    assert error["reason"] == str(refusal.value)
+    assert _assessed(tmp_path / "out") == (["Patient/a", "Patient/b", "Patient/c"]
+                                           if shape == "ndjson" else [])
+    assert (summary.patient_errors, summary.resource_errors) == (1, 0)
+    assert summary.errors_by_kind == {"input": 1} and summary.balanced
+
+
 def test_a_resource_without_a_subject_is_a_resource_error(tmp_path: Path) -> None:
     data = _base(tmp_path / "in")
     orphan = lab("lost", "2823-3", 3.0, "mmol/L")
