@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from cdss.facts import DataQualityNote
+from cdss.facts import DataQualityNote, LeftOutResource
 
 __all__ = [
     "SEVERITY_RANK",
@@ -143,6 +143,10 @@ class Assessment(_Out):
     trace: list[TraceEntry]
     data_quality: list[DataQualityNote]
     skipped_resources: dict[str, int]
+    #: True when resources that could not be read were left out (``left_out``):
+    #: the conclusions rest on the rest of the record.
+    incomplete: bool = False
+    left_out: list[LeftOutResource] = Field(default_factory=list)
 
     def to_json(self, *, indent: bool = False, engine: bool = True) -> bytes:
         """Deterministic JSON: sorted keys, the same bytes for the same input.

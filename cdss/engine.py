@@ -286,6 +286,8 @@ def _durable_tests(test: Test) -> list[dict[str, Any]]:
         return [{test.field: test.value}]
     if test.op == "in":
         return [{"$or": [{test.field: v} for v in test.value]}]
+    if test.op == "exists":
+        return [{"$ex" if test.value else "$nex": {test.field: 1}}]
     op = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}[test.op]
     return [{"$ex": {test.field: 1}}, {op: {test.field: test.value}}]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,17 @@ def resolve_as_of(as_of: datetime | date | str | None) -> datetime:
     raise InvalidArgument(f"as_of must be a datetime, date, ISO text or None, not {as_of!r}")
 
 
-def resolve_ruleset(ruleset: Ruleset | str, paths: Sequence[str | Path] | None = None) -> Ruleset:
+def resolve_ruleset(ruleset: Ruleset | str, paths: Sequence[str | Path] | None = None,
+                    concept_maps: Sequence[str | Path] = ()) -> Ruleset:
+    """A loaded ruleset, or the one ``"id[@version]"`` names (site ``paths``
+    and ``concept_maps`` added)."""
     if isinstance(ruleset, Ruleset):
+        if concept_maps:
+            raise InvalidArgument("concept_maps apply when a ruleset is loaded: pass them to "
+                                  "load_ruleset, or pass the ruleset as 'id[@version]'")
         return ruleset
     if isinstance(ruleset, str):
-        return load_ruleset(ruleset, paths=paths)
+        return load_ruleset(ruleset, paths=paths, concept_maps=concept_maps)
     raise InvalidArgument(f"ruleset must be a Ruleset or 'id[@version]', not {ruleset!r}")
 
 
@@ -59,13 +65,19 @@ def extract_facts(
     ruleset: Ruleset | str,
     as_of: datetime | date | str | None = None,
     mode: str = "strict",
+    on_invalid: str = "leave-out",
+    timezone: str | tzinfo = "UTC",
+    paths: Sequence[str | Path] | None = None,
+    concept_maps: Sequence[str | Path] = (),
 ) -> Facts:
-    """Read ``record`` and return its :class:`~cdss.facts.Facts` for ``ruleset``."""
-    rs = resolve_ruleset(ruleset)
+    """Read ``record`` and return its :class:`~cdss.facts.Facts` for ``ruleset``
+    (arguments as for :func:`evaluate`)."""
+    rs = resolve_ruleset(ruleset, paths, concept_maps)
     when = resolve_as_of(as_of)
-    parsed = read_record(record, mode=mode)
+    parsed = read_record(record, mode=mode, on_invalid=on_invalid, timezone=timezone)
     return build_facts(parsed, rs.terminology, as_of=when,
-                       finding_lookback_days=rs.source.finding_lookback_days)
+                       finding_lookback_days=rs.source.finding_lookback_days,
+                       on_invalid=on_invalid)
 
 
 def evaluate(
@@ -75,19 +87,33 @@ def evaluate(
     as_of: datetime | date | str | None = None,
     mode: str = "strict",
     engine: str = "auto",
+    on_invalid: str = "leave-out",
+    timezone: str | tzinfo = "UTC",
+    paths: Sequence[str | Path] | None = None,
+    concept_maps: Sequence[str | Path] = (),
 ) -> Assessment:
     """Evaluate one patient's FHIR R4 record with a ruleset.
 
     ``record`` is a Bundle, a resource, a list of resources, or JSON text or
     bytes of those. ``ruleset`` is ``"id"`` (latest active version),
-    ``"id@version"`` or a loaded :class:`~cdss.rulesets.Ruleset`. ``as_of``
-    is the evaluation time every window is relative to (default: now).
-    ``engine`` is ``"auto"`` (durable-rules where installed, else the
-    reference evaluator), ``"rete"`` or ``"reference"``; the Assessment
-    records which ran. Raises only :class:`~cdss.errors.CDSSError`.
+    ``"id@version"`` or a loaded :class:`~cdss.rulesets.Ruleset`; ``paths``
+    adds folders of a site's own rulesets and ``concept_maps`` a site's code
+    maps. ``as_of`` is the evaluation time every window is relative to
+    (default: now). ``engine`` is ``"auto"`` (durable-rules where installed,
+    else the reference evaluator), ``"rete"`` or ``"reference"``; the
+    Assessment records which ran.
+
+    A resource that cannot be read (a bad date, value or schema) is left out
+    with a note and the Assessment says it is incomplete
+    (``on_invalid="leave-out"``, the default); ``"refuse"`` raises
+    :class:`~cdss.errors.InputError` instead. A record whose Patient cannot be
+    read, or that holds two patients, is always refused. A dateTime with a
+    time but no zone is read in ``timezone`` (an IANA name), with a note.
+    Raises only :class:`~cdss.errors.CDSSError`.
     """
-    rs = resolve_ruleset(ruleset)
-    facts = extract_facts(record, ruleset=rs, as_of=as_of, mode=mode)
+    rs = resolve_ruleset(ruleset, paths, concept_maps)
+    facts = extract_facts(record, ruleset=rs, as_of=as_of, mode=mode, on_invalid=on_invalid,
+                          timezone=timezone)
     return assess(facts, rs, engine=engine)
 
 
@@ -199,6 +225,8 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
         trace=trace,
         data_quality=list(facts.data_quality),
         skipped_resources=dict(facts.skipped),
+        incomplete=bool(facts.left_out),
+        left_out=list(facts.left_out),
     )
 
 

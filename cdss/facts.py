@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict
 
 from cdss.errors import InputError
 from cdss.intake import Record
-from cdss.terminology import Terminology
+from cdss.terminology import Terminology, codings
 from cdss.units import convert
 
-__all__ = ["DataQualityNote", "Fact", "Facts", "build_facts", "parse_time"]
+__all__ = ["DataQualityNote", "Fact", "Facts", "LeftOutResource", "build_facts", "parse_time"]
 
 Scalar = str | float | int | bool
 
@@ -69,14 +69,25 @@ class DataQualityNote(_Frozen):
     message: str
 
 
+class LeftOutResource(_Frozen):
+    """A resource left out because it cannot be read: which, the field, why."""
+
+    resource: str
+    field: str | None
+    reason: str
+
+
 class Facts(_Frozen):
-    """All facts of one patient at ``as_of``, sorted by id."""
+    """All facts of one patient at ``as_of``, sorted by id. ``left_out`` lists
+    the resources that could not be read and were left out (the assessment is
+    then incomplete)."""
 
     as_of: datetime
     patient: str | None
     items: tuple[Fact, ...]
     data_quality: tuple[DataQualityNote, ...]
     skipped: dict[str, int]
+    left_out: tuple[LeftOutResource, ...] = ()
 
     def get(self, name: str) -> Fact | None:
         for fact in self.items:
@@ -184,12 +195,33 @@ class _Builder:
         self.labs: dict[str, tuple[tuple[Any, ...], Fact]] = {}
         self.findings: dict[str, tuple[tuple[Any, ...], Fact]] = {}
         self.stale: dict[str, tuple[tuple[Any, ...], str, int]] = {}
+        # concept -> (side, resource ref, age in days) of records that state a side
+        self.sides: dict[str, list[tuple[str, str, int]]] = {}
+        # (system, code) -> refs of resources whose codes match no value set
+        self.unmapped: dict[tuple[str, str], list[str]] = {}
+
+    def no_concept(self, res: Mapping[str, Any], *codeables: Any) -> None:
+        """Remember a resource whose codes match no value set (noted by code)."""
+        codes = sorted({(system, code) for cc in codeables for system, code in codings(cc)})
+        for key in codes or [("", "")]:
+            self.unmapped.setdefault(key, []).append(_ref(res))
+
+    def side(self, concept: str, res: Mapping[str, Any], codeable: Any, age: float) -> None:
+        stated, _ = self.term.stated(codeable, concept)
+        for side in sorted(stated | self.term.sides_of(res.get("bodySite"))):
+            self.sides.setdefault(concept, []).append((side, _ref(res), max(0, math.floor(age))))
 
     def note(self, code: str, resource: Mapping[str, Any] | None, message: str) -> None:
         self.notes.append(
             DataQualityNote(code=code, resource=_ref(resource) if resource else None,
                             message=message)
         )
+
+    def charted_at(self, res: Mapping[str, Any]) -> str:
+        """The effective date as charted (its date part), for the evidence."""
+        when = _time_of(res, "effectiveDateTime", "effectiveInstant", "effectivePeriod",
+                        "issued")
+        return when.date().isoformat() if when else ""
 
     def age_days(self, when: datetime) -> float:
         return (self.as_of - when).total_seconds() / 86400.0
@@ -222,6 +254,7 @@ class _Builder:
     def observation(self, obs: Mapping[str, Any]) -> None:
         concepts = self.term.concepts_of(obs.get("code"))
         if not concepts:
+            self.no_concept(obs, obs.get("code"))
             return
         status = obs.get("status")
         if status in ("entered-in-error", "cancelled"):
@@ -278,6 +311,8 @@ class _Builder:
             unit = quantity.get("code") if quantity.get("system") == "http://unitsofmeasure.org" \
                 else None
             unit = unit or quantity.get("unit") or quantity.get("code")
+            values.update(charted_value=number, charted_unit=unit if isinstance(unit, str)
+                          else "", charted_at=self.charted_at(obs))
             conv = convert(number, unit if isinstance(unit, str) else None, analyte)
             if conv.value is None:
                 reason = conv.reason
@@ -329,8 +364,13 @@ class _Builder:
         values: dict[str, Scalar] = {"status": status, "age_days": max(0, math.floor(age))}
         sites = sorted(c for c in self.term.concepts_of(res.get("bodySite"))
                        if self.term.kind(c) == "body_site")
+        implied = self.term.stated(res.get("code"), concept)[1]
         if sites:
             values["site"] = sites[0]
+        elif implied is not None:  # the code itself names the site (calf spasm)
+            values["site"] = implied
+        if status == "present":
+            self.side(concept, res, res.get("code"), age)
         for component in res.get("component") or []:
             if not isinstance(component, Mapping):
                 continue
@@ -348,6 +388,7 @@ class _Builder:
     def condition(self, cond: Mapping[str, Any]) -> None:
         concepts = self.term.concepts_of(cond.get("code"))
         if not concepts:
+            self.no_concept(cond, cond.get("code"))
             return
         if self.refuted(cond, "condition"):
             return
@@ -364,6 +405,8 @@ class _Builder:
             kind = self.term.kind(concept)
             if kind == "condition":
                 self.add(concept, "condition", cond, {})
+                self.side(concept, cond, cond.get("code"),
+                          self.age_days(onset) if onset else 0.0)
             elif kind == "finding":
                 when = onset or self.as_of
                 self.finding(concept, cond, self.age_days(when), _recency_key(cond, when))
@@ -381,6 +424,7 @@ class _Builder:
                     concepts |= self.term.medications_named_in(text)
             by_name = bool(concepts)
         if not concepts:
+            self.no_concept(med, codeable)
             return
         status = med.get("status")
         if status == "entered-in-error":
@@ -402,6 +446,7 @@ class _Builder:
                 codes.append(reaction.get("substance"))
         concepts = {c for c in self.term.concepts_of(codes) if self.term.kind(c) == "allergy"}
         if not concepts:
+            self.no_concept(allergy, *codes)
             return
         if self.refuted(allergy, "allergy"):
             return
@@ -430,6 +475,15 @@ class _Builder:
     def finish(self) -> None:
         for _, fact in (*self.labs.values(), *self.findings.values()):
             self.facts[fact.id] = fact
+        self.bilateral()
+        for (system, code), refs in sorted(self.unmapped.items()):
+            what = f"{system}|{code}" if system or code else "no code"
+            refs = sorted(set(refs))
+            more = f" and {len(refs) - 1} more" if len(refs) > 1 else ""
+            self.notes.append(DataQualityNote(
+                code="unmapped-code", resource=refs[0],
+                message=f"{what} matches no value set of the ruleset ({len(refs)} "
+                        f"resource{'s' if len(refs) > 1 else ''}: {refs[0]}{more})"))
         for concept, (key, ref, days) in sorted(self.stale.items()):
             when = key[0]
             if concept not in self.labs:
@@ -443,6 +497,25 @@ class _Builder:
                     code="indeterminate", resource=fact.sources[0],
                     message=f"{concept}: {fact.values.get('reason')}"))
         self.ratios()
+
+    def bilateral(self) -> None:
+        """Findings the value sets make present from laterality: a right- and a
+        left-sided record among their source concepts, or a bilateral one."""
+        for target, spec in sorted(self.term.valuesets.bilateral.items()):
+            stated = [s for concept in spec.from_ for s in self.sides.get(concept, ())]
+            sides = {side for side, _, _ in stated}
+            if not ("bilateral" in sides or {"left", "right"} <= sides):
+                continue
+            used = [s for s in stated if s[0] in ("bilateral", "left", "right")]
+            fid = f"finding:{target}"
+            prev = self.facts.get(fid)
+            sources = {ref for _, ref, _ in used} | set(prev.sources if prev else ())
+            age = min(age for _, _, age in used)
+            # present wins over a recorded absence: both sides are charted
+            self.facts[fid] = Fact(
+                id=fid, name=target, kind="finding",
+                values={"status": "present", "age_days": age, "laterality": "bilateral"},
+                sources=tuple(sorted(sources)))
 
     def ratios(self) -> None:
         for concept, analyte in sorted(self.term.valuesets.analytes.items()):
@@ -469,21 +542,39 @@ class _Builder:
 
 
 def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
-                finding_lookback_days: int = 365) -> Facts:
-    """Turn one patient's record into :class:`Facts` at ``as_of``."""
+                finding_lookback_days: int = 365, on_invalid: str = "refuse") -> Facts:
+    """Turn one patient's record into :class:`Facts` at ``as_of``.
+
+    A resource whose content cannot be read (a bad date or value) raises
+    :class:`InputError` with ``on_invalid="refuse"``; with ``"leave-out"`` it
+    is left out and listed in :attr:`Facts.left_out`, with a note.
+    """
     builder = _Builder(record, terminology, as_of, finding_lookback_days)
     builder.patient()
+    left_out = [LeftOutResource(resource=lo.resource, field=lo.field, reason=lo.reason)
+                for lo in record.left_out]
+    readers = {"Observation": builder.observation, "Condition": builder.condition,
+               "MedicationRequest": builder.medication,
+               "MedicationStatement": builder.medication,
+               "AllergyIntolerance": builder.allergy}
     for resource in record.resources:
-        rtype = resource.get("resourceType")
-        if rtype == "Observation":
-            builder.observation(resource)
-        elif rtype == "Condition":
-            builder.condition(resource)
-        elif rtype in ("MedicationRequest", "MedicationStatement"):
-            builder.medication(resource)
-        elif rtype == "AllergyIntolerance":
-            builder.allergy(resource)
+        reader = readers.get(str(resource.get("resourceType")))
+        if reader is None:
+            continue
+        try:
+            reader(resource)
+        except InputError as exc:
+            if on_invalid == "refuse":
+                raise
+            left_out.append(LeftOutResource(resource=_ref(resource), field=exc.field,
+                                            reason=exc.reason))
     builder.finish()
+    for code, ref, message in record.notes:
+        builder.notes.append(DataQualityNote(code=code, resource=ref, message=message))
+    for lo in left_out:
+        where = f" ({lo.field})" if lo.field else ""
+        builder.notes.append(DataQualityNote(code="left-out", resource=lo.resource,
+                                             message=f"left out{where}: {lo.reason}"))
     notes = sorted(set(builder.notes), key=lambda n: (n.code, n.resource or "", n.message))
     return Facts(
         as_of=as_of,
@@ -491,4 +582,5 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
         items=tuple(sorted(builder.facts.values(), key=lambda f: f.id)),
         data_quality=tuple(notes),
         skipped=dict(sorted(record.skipped.items())),
+        left_out=tuple(sorted(set(left_out), key=lambda lo: (lo.resource, lo.field or ""))),
     )

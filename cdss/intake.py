@@ -10,23 +10,31 @@ validated, straight from JSON bytes; both modes give the same facts on valid
 input.
 
 Everything that can go wrong with the input becomes an :class:`InputError`
-naming the resource type, id and field.
+naming the resource type, id and field. With ``on_invalid="leave-out"`` a
+resource that cannot be read (other than the Patient) is left out of the
+record with the reason (:class:`LeftOut`) instead, so that one bad resource
+never costs a patient the whole assessment; a second or an unreadable Patient
+still refuses the record. A dateTime with a time but no time zone (common in
+real feeds, invalid FHIR) is read in the configured time zone, with a note.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import ValidationError
 
 from cdss.errors import InputError, InvalidArgument
 
-__all__ = ["MODES", "USED_TYPES", "Record", "read_record"]
+__all__ = ["MODES", "ON_INVALID", "USED_TYPES", "LeftOut", "Record", "read_record", "zone"]
 
 #: The resource types whose content becomes facts.
 USED_TYPES = frozenset(
@@ -42,7 +50,14 @@ USED_TYPES = frozenset(
 #: Intake modes. ``strict`` validates with fhir.resources; ``lean`` validates
 #: only the fields the facts read, with the schemas of :mod:`cdss.lean`.
 MODES = ("strict", "lean")
+#: What to do with a resource that cannot be read: leave it out with the
+#: reason, or refuse the whole record (InputError).
+ON_INVALID = ("leave-out", "refuse")
 _BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "document"})
+# A FHIR dateTime with a time but no zone (invalid FHIR, common in feeds).
+_NAIVE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_TIME_KEYS = frozenset({"issued", "recordedDate", "authoredOn", "start", "end", "dateAsserted",
+                        "lastOccurrence", "lastUpdated", "recorded", "date"})
 _SUBJECT_FIELD = {
     "Observation": "subject",
     "Condition": "subject",
@@ -53,18 +68,88 @@ _SUBJECT_FIELD = {
 
 
 @dataclass(frozen=True)
+class LeftOut:
+    """A resource left out of a record because it cannot be read: which
+    (``Observation/o1``), the field when known, and why."""
+
+    resource: str
+    field: str | None
+    reason: str
+
+    @classmethod
+    def from_error(cls, exc: InputError, fallback: str) -> LeftOut:
+        ref = f"{exc.resource_type or 'resource'}/{exc.resource_id or '?'}" \
+            if exc.resource_type or exc.resource_id else fallback
+        return cls(resource=ref, field=exc.field, reason=exc.reason)
+
+
+@dataclass(frozen=True)
 class Record:
     """One patient's resources after intake.
 
     ``resources`` holds the used, validated resources other than the Patient,
     in input order, as plain JSON dicts. ``skipped`` counts resources of types
-    the facts do not use, by type.
+    the facts do not use, by type. ``left_out`` lists the resources that could
+    not be read (``on_invalid="leave-out"``); ``notes`` are (code, resource,
+    message) of what was read with an assumption (a time without a zone).
     """
 
     patient: Mapping[str, Any] | None
     patient_ref: str | None
     resources: tuple[Mapping[str, Any], ...]
     skipped: Mapping[str, int] = field(default_factory=dict)
+    left_out: tuple[LeftOut, ...] = ()
+    notes: tuple[tuple[str, str, str], ...] = ()
+
+
+def zone(name: str | tzinfo) -> tzinfo:
+    """A time zone from an IANA name (``"UTC"``, ``"Europe/Berlin"``) or a tzinfo."""
+    if isinstance(name, tzinfo):
+        return name
+    if not isinstance(name, str):
+        raise InvalidArgument(f"timezone must be an IANA name or a tzinfo, not {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument(f"timezone {name!r} is not a known IANA time zone") from None
+
+
+def _localized(resource: Mapping[str, Any], tz: tzinfo,
+               notes: list[tuple[str, str, str]]) -> Mapping[str, Any]:
+    """``resource`` with every dateTime that has a time but no zone read in
+    ``tz`` (a copy, only when something changed), each noted."""
+    ref = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, Mapping):
+            changed = {}
+            for key, value in node.items():
+                here = f"{path}.{key}" if path else str(key)
+                if (isinstance(value, str) and _NAIVE_TIME.match(value)
+                        and (key in _TIME_KEYS or key.endswith(("DateTime", "Instant")))):
+                    try:
+                        local = datetime.fromisoformat(value).replace(tzinfo=tz)
+                    except ValueError:
+                        continue  # not a calendar time: validation names it
+                    changed[key] = local.isoformat()
+                    notes.append(("no-time-zone", ref,
+                                  f"{here} {value!r} has no time zone; read as {tz} "
+                                  f"({changed[key]})"))
+                elif isinstance(value, (Mapping, list)):
+                    new = walk(value, here)
+                    if new is not value:
+                        changed[key] = new
+            return {**node, **changed} if changed else node
+        if isinstance(node, list):
+            items = [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
+            return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
+        return node
+
+    try:
+        result = walk(resource, "")
+    except RecursionError:
+        return resource  # validation refuses it, naming the resource
+    return result if isinstance(result, Mapping) else resource
 
 
 @cache
@@ -182,48 +267,67 @@ def _json_types(resource: Mapping[str, Any], resource_type: str) -> None:
                              field=f"{prefix}valueBoolean")
 
 
-def read_record(record: Any, *, mode: str = "strict") -> Record:
-    """Read one patient's record; raise :class:`InputError` on bad input."""
+def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse",
+                timezone: str | tzinfo = "UTC") -> Record:
+    """Read one patient's record.
+
+    ``on_invalid="refuse"`` raises :class:`InputError` on the first resource
+    that cannot be read; ``"leave-out"`` leaves such a resource out and lists
+    it in :attr:`Record.left_out` (the Patient is never left out: a record whose
+    Patient cannot be read is refused). ``timezone`` is the zone of dateTimes
+    written with a time and no zone.
+    """
     if mode not in MODES:
         raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
+    if on_invalid not in ON_INVALID:
+        raise InvalidArgument(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+    tz = zone(timezone)
     lean = mode == "lean"
     if lean:
         from cdss import lean as lean_intake
 
-        source: Iterable[tuple[int, Any, str | None]] = lean_intake.entries(record)
+        source: Iterable[tuple[int, Any, str | None, bool]] = lean_intake.entries(record)
     else:
-        source = _entries(record)
+        source = ((pos, res, url, False) for pos, res, url in _entries(record))
     patients: list[tuple[Mapping[str, Any], str | None]] = []
     used: list[Mapping[str, Any]] = []
     skipped: Counter[str] = Counter()
-    for pos, resource, full_url in source:
-        if not isinstance(resource, Mapping):
-            raise InputError(
-                f"item {pos} is not a JSON object but {type(resource).__name__}",
-                field="resourceType",
-            )
-        rtype = resource.get("resourceType")
-        if not isinstance(rtype, str) or not rtype:
-            raise InputError(
-                "missing or non-text resourceType",
-                resource_id=_str_id(resource),
-                field="resourceType",
-            )
+    left_out: list[LeftOut] = []
+    notes: list[tuple[str, str, str]] = []
+
+    def leave_out(exc: InputError, fallback: str, *, patient: bool = False) -> None:
+        if patient or on_invalid == "refuse":
+            raise exc
+        left_out.append(LeftOut.from_error(exc, fallback))
+
+    for pos, resource, full_url, validated in source:
+        try:
+            rtype = _resource_type(pos, resource)
+        except InputError as exc:
+            leave_out(exc, f"item {pos}")
+            continue
         if rtype not in USED_TYPES:
             known = lean_intake.is_resource_type(rtype) if lean else (
                 _model_class(rtype) is not None)
             if rtype == "Bundle" or not known:
-                raise InputError(
+                leave_out(InputError(
                     f"{rtype!r} is not a FHIR R4 resource type cdss can read here",
-                    resource_type=rtype,
-                    resource_id=_str_id(resource),
-                    field="resourceType",
-                )
+                    resource_type=rtype, resource_id=_str_id(resource), field="resourceType",
+                ), f"item {pos}")
+                continue
             skipped[rtype] += 1
             continue
-        if not lean:  # lean entries arrive validated
-            _validate(resource, rtype)
-            _json_types(resource, rtype)
+        try:
+            if not validated:
+                resource = _localized(resource, tz, notes)
+                if lean:
+                    resource = lean_intake.validate_resource(resource)
+                else:
+                    _validate(resource, rtype)
+                    _json_types(resource, rtype)
+        except InputError as exc:
+            leave_out(exc, f"{rtype}/{_str_id(resource) or '?'}", patient=rtype == "Patient")
+            continue
         if rtype == "Patient":
             patients.append((resource, full_url))
         else:
@@ -231,26 +335,24 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
 
     patient, patient_refs = _the_patient(patients)
     refs: set[str] = set()
+    kept: list[Mapping[str, Any]] = []
     for resource in used:
         rtype = resource["resourceType"]
         fname = _SUBJECT_FIELD[rtype]
         subject = resource.get(fname)
         ref = subject.get("reference") if isinstance(subject, Mapping) else None
+        where = {"resource_type": rtype, "resource_id": _str_id(resource),
+                 "field": f"{fname}.reference"}
         if not isinstance(ref, str) or not ref:
-            raise InputError(
-                "no patient reference",
-                resource_type=rtype,
-                resource_id=_str_id(resource),
-                field=f"{fname}.reference",
-            )
+            leave_out(InputError("no patient reference", **where), f"{rtype}/?")
+            continue
         if patient_refs and ref not in patient_refs:
+            # another patient's data: the record is wrong as a whole (never left out)
             raise InputError(
                 f"refers to {ref!r}, not to the record's patient; a record holds one patient",
-                resource_type=rtype,
-                resource_id=_str_id(resource),
-                field=f"{fname}.reference",
-            )
+                **where)
         refs.add(ref)
+        kept.append(resource)
     if not patient_refs and len(refs) > 1:
         raise InputError(f"the record refers to {len(refs)} patients: {sorted(refs)}; one expected")
     patient_ref: str | None
@@ -259,8 +361,25 @@ def read_record(record: Any, *, mode: str = "strict") -> Record:
     else:
         patient_ref = next(iter(refs)) if refs else None
     return Record(
-        patient=patient, patient_ref=patient_ref, resources=tuple(used), skipped=dict(skipped)
+        patient=patient, patient_ref=patient_ref, resources=tuple(kept), skipped=dict(skipped),
+        left_out=tuple(left_out), notes=tuple(notes),
     )
+
+
+def _resource_type(pos: int, resource: Any) -> str:
+    if not isinstance(resource, Mapping):
+        raise InputError(
+            f"item {pos} is not a JSON object but {type(resource).__name__}",
+            field="resourceType",
+        )
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise InputError(
+            "missing or non-text resourceType",
+            resource_id=_str_id(resource),
+            field="resourceType",
+        )
+    return rtype
 
 
 def _the_patient(

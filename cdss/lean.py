@@ -329,13 +329,15 @@ def _input_error(exc: ValidationError, resource: Mapping[str, Any], rtype: str) 
     )
 
 
-def entries(record: Any) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield ``(position, resource, fullUrl)`` of a record, resources of the
-    types the facts use validated into lean dicts.
+def entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
+    """Yield ``(position, resource, fullUrl, validated)`` of a record.
 
-    JSON text or bytes is validated in one pass; if anything is wrong, the
-    record is read again resource by resource so that the error names the
-    first bad resource (and malformed JSON is reported as such).
+    The whole record is validated in one pass (JSON text or bytes straight
+    from the bytes); then every resource of a type the facts use arrives as a
+    lean dict (``validated``). If anything is wrong, the record is read again
+    resource by resource, unvalidated, so that intake validates each alone:
+    its error names the resource, and one bad resource can be left out
+    (malformed JSON is reported as such).
     """
     try:
         if isinstance(record, (bytes, bytearray, memoryview, str)):
@@ -352,15 +354,15 @@ def entries(record: Any) -> Iterator[tuple[int, Any, str | None]]:
         return
     if isinstance(doc, list):
         for i, resource in enumerate(doc):
-            yield i, resource, None
+            yield i, resource, None, True
     elif doc.get("resourceType") == "Bundle":
         for i, entry in enumerate(doc.get("entry") or ()):
-            yield i, entry["resource"], entry.get("fullUrl")
+            yield i, entry["resource"], entry.get("fullUrl"), True
     else:
-        yield 0, doc, None
+        yield 0, doc, None, True
 
 
-def _slow_entries(record: Any) -> Iterator[tuple[int, Any, str | None]]:
+def _slow_entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
     from cdss.intake import _entries
 
     if isinstance(record, memoryview):
@@ -378,7 +380,4 @@ def _slow_entries(record: Any) -> Iterator[tuple[int, Any, str | None]]:
                          resource_type="Bundle", resource_id=rid if isinstance(rid, str) else None,
                          field="type")
     for pos, resource, full_url in _entries(record):
-        rtype = resource.get("resourceType") if isinstance(resource, Mapping) else None
-        if isinstance(rtype, str) and rtype in _USED:
-            resource = validate_resource(resource)
-        yield pos, resource, full_url
+        yield pos, resource, full_url, False

@@ -74,7 +74,11 @@ FIELD_TYPES: dict[str, str] = {
     "computed": "bool", "nocturnal": "bool",
 }
 _FACT_KINDS = frozenset({"lab", "finding", "condition", "medication", "allergy"})
-_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
+_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "exists")
+#: Fields added to the file formats after rulesets were first pinned: left out
+#: of the content hash while unset, so that older files keep their hashes.
+_LATER_FIELDS = frozenset({"exists", "laterality", "site", "extends", "bilateral",
+                           "qualifiers"})
 
 
 # --------------------------------------------------------------------------- #
@@ -89,6 +93,8 @@ class Test:
     value: Any
 
     def holds(self, values: Mapping[str, Any]) -> bool:
+        if self.op == "exists":
+            return (self.field in values) is bool(self.value)
         if self.field not in values:
             return False
         actual = values[self.field]
@@ -291,27 +297,65 @@ class Ruleset:
 
 def _canonical_hash(source: RulesetFile, valuesets: ValueSetFile,
                     maps: Sequence[ConceptMapFile]) -> str:
-    content = {
+    content = _without_unset_later_fields({
         "ruleset": source.model_dump(mode="json", by_alias=True),
-        "valuesets": valuesets.model_dump(mode="json"),
+        "valuesets": valuesets.model_dump(mode="json", by_alias=True),
         "concept_maps": [m.model_dump(mode="json") for m in maps],
-    }
+    })
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _without_unset_later_fields(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_unset_later_fields(v) for k, v in node.items()
+                if not (k in _LATER_FIELDS and v in (None, {}, []))}
+    if isinstance(node, list):
+        return [_without_unset_later_fields(v) for v in node]
+    return node
 
 
 def _merge_valuesets(parts: Sequence[tuple[Path, ValueSetFile]], path: Path) -> ValueSetFile:
     systems: dict[str, Any] = {}
     concepts: dict[str, Any] = {}
     analytes: dict[str, Any] = {}
+    bilateral: dict[str, Any] = {}
+    qualifiers: list[Any] = []
+    extensions: list[tuple[Path, str, Any]] = []
     for part_path, part in parts:
         for target, items in ((systems, part.systems), (concepts, part.concepts),
-                              (analytes, part.analytes)):
+                              (analytes, part.analytes), (bilateral, part.bilateral)):
             for key, value in items.items():
                 if key in target and target[key] != value:
                     raise RulesetError(f"{key!r} is defined differently in two value-set files",
                                        path=str(part_path), field=key)
                 target[key] = value
-    return ValueSetFile(systems=systems, concepts=concepts, analytes=analytes)
+        qualifiers += part.qualifiers
+        extensions += [(part_path, name, ext) for name, ext in part.extends.items()]
+    for part_path, name, ext in extensions:  # after every file: order does not matter
+        if name not in concepts:
+            raise RulesetError(f"extends {name!r}, which no value-set file defines",
+                               path=str(part_path), field=f"extends.{name}",
+                               suggestion=_suggest(name, concepts))
+        concept = concepts[name]
+        concepts[name] = concept.model_copy(update={"codes": [*concept.codes, *ext.codes]})
+    for name, spec in bilateral.items():
+        for source in [name, *spec.from_]:
+            if source not in concepts:
+                raise RulesetError(f"bilateral {name!r} names {source!r}, which no value-set "
+                                   "file defines", path=str(path), field=f"bilateral.{name}",
+                                   suggestion=_suggest(source, concepts))
+        if concepts[name].kind != "finding":
+            raise RulesetError(f"bilateral {name!r} must be a finding concept",
+                               path=str(path), field=f"bilateral.{name}")
+    for concept_name, concept in concepts.items():
+        for code in concept.codes:
+            if code.site is not None and (code.site not in concepts
+                                          or concepts[code.site].kind != "body_site"):
+                raise RulesetError(f"code {code.code} of {concept_name!r} implies site "
+                                   f"{code.site!r}, which is not a body_site concept",
+                                   path=str(path), field=f"concepts.{concept_name}")
+    return ValueSetFile(systems=systems, concepts=concepts, analytes=analytes,
+                        bilateral=bilateral, qualifiers=qualifiers)
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -480,6 +524,8 @@ def _check(source: RulesetFile, valuesets: ValueSetFile, path: Path) -> None:
 
 def _check_operand(fname: str, op: str, operand: Any, path: str, rule_id: str,
                    where: str) -> None:
+    if op == "exists":  # a bool by the schema, whatever the field holds
+        return
     ftype = FIELD_TYPES[fname]
     values = operand if op == "in" else [operand]
     for value in values:

@@ -68,13 +68,17 @@ class Comparison(_Strict):
     gt: Operand | None = None
     ge: Operand | None = None
     in_: Annotated[list[Scalar] | None, Field(alias="in")] = None
+    #: ``exists: false`` holds when the fact does not record the field (a
+    #: finding whose site was not recorded); ``exists: true`` when it does.
+    exists: bool | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Comparison:
         if not self.model_dump(exclude_none=True):
-            raise ValueError("a comparison needs at least one of eq, ne, lt, le, gt, ge, in")
+            raise ValueError(
+                "a comparison needs at least one of eq, ne, lt, le, gt, ge, in, exists")
         return self
 
 
@@ -245,6 +249,9 @@ class RulesetFile(_Strict):
     invariants: list[Invariant] = Field(default_factory=list)
 
 
+Laterality = Literal["left", "right", "bilateral"]
+
+
 class Code(_Strict):
     system: str
     code: str
@@ -252,6 +259,29 @@ class Code(_Strict):
     verified: bool
     prefix: bool = False
     note: str | None = None
+    #: The side the code itself states (``M54.31`` Sciatica, right side).
+    laterality: Laterality | None = None
+    #: The body site (a ``body_site`` concept) the code itself implies
+    #: (``M62.831`` Muscle spasm of calf: ``calf``), read when no bodySite is given.
+    site: Annotated[str | None, Field(pattern=NAME)] = None
+
+
+class ConceptExtension(_Strict):
+    """More codes for a concept defined in an earlier value-set file."""
+
+    codes: Annotated[list[Code], Field(min_length=1)]
+    note: str | None = None
+
+
+class Bilateral(_Strict):
+    """A finding that is present when records of the ``from`` concepts state both
+    sides (a right- and a left-sided code or body site) or a bilateral one."""
+
+    from_: Annotated[list[Annotated[str, Field(pattern=NAME)]],
+                     Field(alias="from", min_length=1)]
+    note: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Concept(_Strict):
@@ -278,6 +308,15 @@ class ValueSetFile(_Strict):
     systems: dict[str, str] = Field(default_factory=dict)
     concepts: dict[Annotated[str, Field(pattern=NAME)], Concept] = Field(default_factory=dict)
     analytes: dict[Annotated[str, Field(pattern=NAME)], Analyte] = Field(default_factory=dict)
+    #: Codes added to concepts of earlier files (a later ruleset version's
+    #: additions, leaving the shared file and the versions that use it alone).
+    extends: dict[Annotated[str, Field(pattern=NAME)], ConceptExtension] = Field(
+        default_factory=dict)
+    #: Findings made present by laterality (see :class:`Bilateral`).
+    bilateral: dict[Annotated[str, Field(pattern=NAME)], Bilateral] = Field(
+        default_factory=dict)
+    #: Body-site qualifier codes that state a side (SNOMED CT right / left / both).
+    qualifiers: list[Code] = Field(default_factory=list)
 
 
 class ConceptMapEntry(_Strict):

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cdss.schema import ConceptMapEntry, ValueSetFile
+from cdss.schema import Code, ConceptMapEntry, ValueSetFile
 
-__all__ = ["ICD10CM", "LOCAL", "LOINC", "RXNORM", "SNOMED", "UCUM", "Terminology"]
+__all__ = ["ICD10CM", "LOCAL", "LOINC", "RXNORM", "SNOMED", "UCUM", "Terminology", "codings"]
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -41,14 +41,23 @@ class Terminology:
         self.valuesets = valuesets
         self._exact: dict[tuple[str, str], set[str]] = {}
         self._prefix: list[tuple[str, str, str]] = []
+        # (system, code, concept) -> the code entry, for what the code itself states
+        self._entries: dict[tuple[str, str, str], Code] = {}
         for name, concept in valuesets.concepts.items():
             for code in concept.codes:
                 system = valuesets.systems.get(code.system, code.system)
                 key = _norm(system, code.code)
+                if code.laterality or code.site:
+                    self._entries[(system, key, name)] = code
                 if code.prefix:
                     self._prefix.append((system, key, name))
                 else:
                     self._exact.setdefault((system, key), set()).add(name)
+        self._sides: dict[tuple[str, str], str] = {}
+        for code in valuesets.qualifiers:
+            if code.laterality:
+                system = valuesets.systems.get(code.system, code.system)
+                self._sides[(system, _norm(system, code.code))] = code.laterality
         for entry in maps:
             system = valuesets.systems.get(entry.system, entry.system)
             self._exact.setdefault((system, _norm(system, entry.code)), set()).add(entry.concept)
@@ -69,16 +78,44 @@ class Terminology:
     def concepts_of(self, codeable: Any) -> set[str]:
         """Concepts of a CodeableConcept (dict) or a list of them."""
         found: set[str] = set()
-        for cc in _as_list(codeable):
-            if not isinstance(cc, Mapping):
-                continue
-            for coding in _as_list(cc.get("coding")):
-                if not isinstance(coding, Mapping):
-                    continue
-                system, code = coding.get("system"), coding.get("code")
-                if isinstance(system, str) and isinstance(code, str):
-                    found |= self.concepts_of_coding(system, code)
+        for system, code in codings(codeable):
+            found |= self.concepts_of_coding(system, code)
         return found
+
+    def stated(self, codeable: Any, concept: str) -> tuple[set[str], str | None]:
+        """What the codes of ``codeable`` that map to ``concept`` state
+        themselves: their sides (``left``, ``right``, ``bilateral``) and the
+        body site they imply (the first in code order), if any."""
+        sides: set[str] = set()
+        site: str | None = None
+        for system, code in codings(codeable):
+            key = _norm(system, code)
+            entries = [self._entries.get((system, key, concept))]
+            entries += [self._entries.get((ps, prefix, concept)) for ps, prefix, name
+                        in self._prefix if name == concept and ps == system
+                        and key.startswith(prefix)]
+            for entry in entries:
+                if entry is None:
+                    continue
+                if entry.laterality:
+                    sides.add(entry.laterality)
+                if entry.site and site is None:
+                    site = entry.site
+        return sides, site
+
+    def sides_of(self, codeable: Any) -> set[str]:
+        """The sides a bodySite states: body-site qualifier codes (right, left,
+        both) and body-site codes with a laterality."""
+        sides: set[str] = set()
+        for system, code in codings(codeable):
+            key = _norm(system, code)
+            if (system, key) in self._sides:
+                sides.add(self._sides[(system, key)])
+            for concept in self._exact.get((system, key), ()):
+                entry = self._entries.get((system, key, concept))
+                if entry is not None and entry.laterality and self.kind(concept) == "body_site":
+                    sides.add(entry.laterality)
+        return sides
 
     def medications_named_in(self, text: str) -> set[str]:
         """Medication concepts whose ingredient names appear as words in
@@ -105,6 +142,20 @@ class Terminology:
             for c in found.codes
             if self.valuesets.systems.get(c.system, c.system) == system and not c.prefix
         ]
+
+
+def codings(codeable: Any) -> Iterable[tuple[str, str]]:
+    """(system, code) of every well-formed coding of a CodeableConcept (dict)
+    or a list of them."""
+    for cc in _as_list(codeable):
+        if not isinstance(cc, Mapping):
+            continue
+        for coding in _as_list(cc.get("coding")):
+            if not isinstance(coding, Mapping):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if isinstance(system, str) and isinstance(code, str):
+                yield system, code
 
 
 def _as_list(value: Any) -> Iterable[Any]:

@@ -39,6 +39,8 @@ class Expected(BaseModel):
     data_requests: list[str] = []
     referrals: list[str] = []
     tailored: list[str] = []
+    #: resources left out because they cannot be read (the Assessment is incomplete)
+    left_out: list[str] = []
     error: ExpectedError | None = None
 
 
@@ -49,6 +51,9 @@ class Case(BaseModel):
     record: Any
     expected: dict[str, Expected]
     note: str | None = None
+    #: ``refuse`` runs the case as a caller that refuses a record with an
+    #: unreadable resource; by default such a resource is left out.
+    on_invalid: str = "leave-out"
 
 
 def _params() -> list[Any]:
@@ -73,12 +78,16 @@ def test_case(path: Path, case: Case, version: str, engine: str) -> None:
     if expected.error is not None:
         error_type = getattr(errors, expected.error.type)
         with pytest.raises(error_type) as info:
-            cdss.evaluate(case.record, ruleset=ruleset, as_of=case.as_of, engine=engine)
+            cdss.evaluate(case.record, ruleset=ruleset, as_of=case.as_of, engine=engine,
+                          on_invalid=case.on_invalid)
         for name in ("resource_type", "resource_id", "field"):
             if getattr(expected.error, name) is not None:
                 assert getattr(info.value, name) == getattr(expected.error, name), name
         return
-    a = cdss.evaluate(case.record, ruleset=ruleset, as_of=case.as_of, engine=engine)
+    a = cdss.evaluate(case.record, ruleset=ruleset, as_of=case.as_of, engine=engine,
+                      on_invalid=case.on_invalid)
+    assert [lo.resource for lo in a.left_out] == expected.left_out
+    assert a.incomplete == bool(expected.left_out)
     assert {f.code: f.severity for f in a.flags} == expected.flags
     assert [p.code for p in a.plan] == expected.plan
     assert [s.code for s in a.suppressed] == expected.suppressed

@@ -525,13 +525,26 @@ def test_prefetch_for_another_patient_is_400(rs: cdss.Ruleset) -> None:
     assert caught.value.status == 400
 
 
-def test_invalid_resource_in_prefetch_is_400(rs: cdss.Ruleset) -> None:
+def test_an_invalid_resource_in_prefetch_gives_the_cards_and_a_warning(
+        rs: cdss.Ruleset) -> None:
     bad = lab("k1", "2823-3", 3.0, "mmol/L", pid="r1")
     del bad["status"]
-    body = request(rs, "r1", [bad])
-    with pytest.raises(HookRequestError, match="Observation/k1") as caught:
-        handle_patient_view(body, rs, as_of=AS_OF)
-    assert caught.value.status == 400
+    cramps = finding("c1", "leg-cramps", pid="r1")
+    body = request(rs, "r1", [bad, cramps])
+    found = assert_spec_cards(handle_patient_view(body, rs, as_of=AS_OF))
+    warning = [c for c in found if c["summary"].startswith("Incomplete assessment")]
+    assert len(warning) == 1 and warning[0]["indicator"] == "warning"
+    assert "Observation/k1" in warning[0]["detail"] and "status" in warning[0]["detail"]
+    assert any("Missing lab results" in c["summary"] for c in found)  # K left out: requested
+
+
+def test_a_naive_time_in_prefetch_is_read_with_a_note_not_refused(rs: cdss.Ruleset) -> None:
+    k = lab("k1", "2823-3", 3.0, "mmol/L", pid="r1", when="2026-02-20T08:00:00")
+    body = request(rs, "r1", [k, finding("c1", "leg-cramps", pid="r1")])
+    found = assert_spec_cards(handle_patient_view(body, rs, as_of=AS_OF))
+    assert any(c["summary"].startswith("Low potassium") or "otassium" in c["summary"]
+               for c in found)
+    assert not any(c["summary"].startswith("Incomplete assessment") for c in found)
 
 
 def test_other_hooks_are_400(rs: cdss.Ruleset) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime, timezone
+from typing import Any
 
 import pytest
 from builders import bundle, condition, finding, lab, patient
@@ -67,12 +68,61 @@ def test_pinned_and_default_versions_by_name() -> None:
 
 def test_bad_input_is_an_input_error_naming_the_resource(mini: cdss.Ruleset) -> None:
     with pytest.raises(InputError) as info:
-        cdss.evaluate([patient(), lab("k9", "2823-3", "x", "mmol/L")], ruleset=mini)
+        cdss.evaluate([patient(), lab("k9", "2823-3", "x", "mmol/L")], ruleset=mini,
+                      on_invalid="refuse")
     assert (info.value.resource_type, info.value.resource_id) == ("Observation", "k9")
+
+
+@pytest.mark.parametrize("mode", ["strict", "lean"])
+@pytest.mark.parametrize("bad", [
+    {"valueQuantity": {"value": "x", "unit": "mmol/L"}},     # not a number
+    {"effectiveDateTime": "yesterday"},                      # not a date
+    {"valueQuantity": {"value": 4500, "unit": "mmol/L"}},    # impossible
+    {"status": 7},                                           # schema
+])
+def test_an_unreadable_resource_is_left_out_and_the_patient_still_assessed(
+        mini: cdss.Ruleset, mode: str, bad: dict[str, Any]) -> None:
+    good = condition("d", "709044004")
+    a = cdss.evaluate([patient(), good, {**lab("k9", "2823-3", 3.2, "mmol/L"), **bad}],
+                      ruleset=mini, as_of=AS_OF, mode=mode)
+    assert a.incomplete
+    assert [lo.resource for lo in a.left_out] == ["Observation/k9"]
+    assert a.left_out[0].reason
+    assert any(n.code == "left-out" and n.resource == "Observation/k9" for n in a.data_quality)
+    alone = cdss.evaluate([patient(), good], ruleset=mini, as_of=AS_OF, mode=mode)
+    assert [f.code for f in a.flags] == [f.code for f in alone.flags]
+
+
+@pytest.mark.parametrize("mode", ["strict", "lean"])
+def test_an_unreadable_patient_still_refuses_the_record(mini: cdss.Ruleset, mode: str) -> None:
+    with pytest.raises(InputError) as info:
+        cdss.evaluate([{**patient(), "birthDate": "soon"}, condition("d", "709044004")],
+                      ruleset=mini, as_of=AS_OF, mode=mode)
+    assert info.value.resource_type == "Patient"
+    with pytest.raises(InputError):
+        cdss.evaluate([patient(), patient("p2")], ruleset=mini, as_of=AS_OF, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["strict", "lean"])
+@pytest.mark.parametrize(("zone", "instant"), [
+    ("UTC", "2026-02-27T23:30:00+00:00"), ("Europe/Berlin", "2026-02-27T23:30:00+01:00")])
+def test_a_time_without_a_zone_is_read_in_the_configured_zone(
+        mini: cdss.Ruleset, mode: str, zone: str, instant: str) -> None:
+    obs = lab("k9", "2823-3", 3.2, "mmol/L", when="2026-02-27T23:30:00")
+    facts = cdss.extract_facts([patient(), obs], ruleset=mini, as_of=AS_OF, mode=mode,
+                               timezone=zone)
+    assert not facts.left_out
+    notes = [n for n in facts.data_quality if n.code == "no-time-zone"]
+    assert len(notes) == 1 and notes[0].resource == "Observation/k9"
+    assert instant in notes[0].message and zone in notes[0].message
 
 
 def test_unknown_code_changes_nothing(mini: cdss.Ruleset) -> None:
     base = cdss.evaluate([patient(), condition("d", "709044004")], ruleset=mini, as_of=AS_OF)
     more = cdss.evaluate([patient(), condition("d", "709044004"), condition("x", "999999")],
                          ruleset=mini, as_of=AS_OF)
-    assert base.to_json() == more.to_json()
+    unmapped = [n for n in more.data_quality if n.code == "unmapped-code"]
+    assert [n.resource for n in unmapped] == ["Condition/x"]  # said, not dropped in silence
+    assert "http://snomed.info/sct|999999" in unmapped[0].message
+    strip = {"data_quality"}
+    assert base.model_dump(exclude=strip) == more.model_dump(exclude=strip)

@@ -21,7 +21,8 @@ AS_OF = "2026-03-01"
 
 
 def facts(*resources: dict) -> cdss.Facts:
-    return cdss.extract_facts(list(resources), ruleset="plantar-cramps@1.0.0", as_of=AS_OF)
+    return cdss.extract_facts(list(resources), ruleset="plantar-cramps@1.0.0", as_of=AS_OF,
+                              on_invalid="refuse")
 
 
 def values(fs: cdss.Facts, name: str) -> dict | None:
@@ -198,10 +199,14 @@ def test_the_latest_version_of_one_observation_wins_in_any_order() -> None:
         assert values(facts(patient(), *order), "potassium")["value"] == 3.9
 
 
-def test_regression_a_string_false_is_absent_not_present() -> None:
-    # "false" (a string the strict models accept as a boolean) was read as present
-    obs = finding("c", "leg-cramps")
-    obs["valueBoolean"] = "false"
-    assert values(facts(patient(), obs), "leg_cramps")["status"] == "absent"
-    obs["valueBoolean"] = "true"
-    assert values(facts(patient(), obs), "leg_cramps")["status"] == "present"
+def test_regression_a_string_false_is_never_read_as_present() -> None:
+    # "false" (a string the strict models accept as a boolean) was read as present;
+    # FHIR JSON writes booleans as JSON booleans, so both intake modes refuse it
+    for text in ("false", "true"):
+        obs = finding("c", "leg-cramps")
+        obs["valueBoolean"] = text
+        for mode in ("strict", "lean"):
+            with pytest.raises(InputError) as info:
+                cdss.extract_facts([patient(), obs], ruleset="plantar-cramps", as_of=AS_OF,
+                                   mode=mode, on_invalid="refuse")
+            assert (info.value.resource_id, info.value.field) == ("c", "valueBoolean")

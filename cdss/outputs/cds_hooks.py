@@ -748,6 +748,23 @@ def _data_card(assessment: Assessment, ruleset: Ruleset | None,
     return _finish(card, hook_instance)
 
 
+def _left_out_card(assessment: Assessment, ruleset: Ruleset | None,
+                   hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+    left = assessment.left_out
+    lines = ["These resources could not be read and were left out; the other cards rest on "
+             "the rest of the record:", ""]
+    lines += [f"- {_code_span(lo.resource)}" + (f" {_code_span(lo.field)}" if lo.field else "")
+              + f": {_text(lo.reason)}" for lo in left]
+    noun = "resource" if len(left) == 1 else "resources"
+    card: dict[str, Any] = {
+        "summary": _summary(f"Incomplete assessment: {len(left)} {noun} could not be read"),
+        "indicator": "warning",
+        "detail": "\n".join(lines),
+        "source": _source(ruleset, assessment),
+    }
+    return _finish(card, hook_instance)
+
+
 def _plan_card(assessment: Assessment, ruleset: Ruleset | None,
                hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
     n = len(assessment.plan)
@@ -788,8 +805,8 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     One card per flag (``indicator``: critical → critical, high and moderate →
     warning, low → info), carrying as a suggestion each referral its rule made
     (a ``create`` action with a draft ServiceRequest); a card for any referral
-    no flag carries; one for data requests (suggestions order the labs); one for
-    the plan (a suggestion creates a draft CarePlan). ``source.label`` is the
+    no flag carries; a warning when resources were left out as unreadable; one
+    for data requests (suggestions order the labs); one for the plan (a suggestion creates a draft CarePlan). ``source.label`` is the
     ruleset's ``id@version`` and ``source.url`` its canonical URL. Every card
     and suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
     ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256
@@ -807,6 +824,8 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     for ref in assessment.referrals:
         if ref.code not in attached:
             out.append(_referral_card(ref, assessment, ruleset, hook_instance))
+    if assessment.left_out:
+        out.append(_left_out_card(assessment, ruleset, hook_instance))
     if assessment.data_requests:
         out.append(_data_card(assessment, ruleset, hook_instance))
     if assessment.plan or assessment.suppressed:
