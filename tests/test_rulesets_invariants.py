@@ -20,14 +20,19 @@ engine, named after what went wrong.
 from __future__ import annotations
 
 import copy
+import threading
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import cdss
+from cdss.facts import parse_time
 from cdss.rulesets import available_rulesets
 from cdss.testing import Report, check_ruleset, clinical_summary
+from cdss.testing.invariants import _in_other_offsets
 
 SPECS = sorted(available_rulesets())
 EXAMPLES = 200
@@ -119,3 +124,77 @@ def test_two_versions_without_issued_time_do_not_depend_on_order() -> None:
     reordered = [record[0], record[2], record[1]]
     assert _conclusions(record) == _conclusions(reordered)
     assert b"hypokalemia" not in _conclusions(record)  # version 2 (3.9) is the latest
+
+
+# --------------------------------------------------------------------------- #
+# Time-zone invariance at the finding lookback edge (the record that failed:
+# PC-SCI-01/03 fired on it and not on the same instants in another offset)
+# --------------------------------------------------------------------------- #
+OFFSETS = [timezone(timedelta(minutes=m)) for m in (-600, -300, 0, 90, 330, 840)]
+_EDGE = datetime(2025, 1, 1, tzinfo=timezone.utc)  # 365 days before AS_OF: still inside
+
+
+def _sciatica(effective: str) -> list[dict[str, Any]]:
+    """Radiating leg pain and low back pain, both charted at ``effective``."""
+    local = cdss.load_ruleset("plantar-cramps@1.0.0").valuesets.systems["local"]
+    return [PATIENT, *({"resourceType": "Observation", "id": f"finding-{n}", "status": "final",
+                        "code": {"coding": [{"system": local, "code": code}]},
+                        "subject": {"reference": "Patient/p1"}, "effectiveDateTime": effective,
+                        "valueBoolean": True}
+                       for n, code in enumerate(("radiating-leg-pain", "low-back-pain-symptom")))]
+
+
+def _fired(record: list[dict[str, Any]], engine: str) -> list[str]:
+    result = cdss.evaluate(record, ruleset="plantar-cramps@1.0.0", as_of=AS_OF, engine=engine)
+    return [t.rule_id for t in result.trace]
+
+
+@pytest.mark.parametrize(("when", "fires"), [(_EDGE, True), (_EDGE - timedelta(seconds=1), False),
+                                             (_EDGE + timedelta(hours=23), True)])
+@pytest.mark.parametrize("engine", ["rete", "reference"])
+def test_sciatica_fires_alike_on_the_same_instants_in_every_utc_offset(
+        when: datetime, fires: bool, engine: str) -> None:
+    """The failure was a firing lost at random by durable-rules' background
+    timer threads (cdss/engine.py, since fixed); this pins what must hold
+    instead, at the edge of the 365-day finding lookback: an instant is an
+    instant, in whatever offset it is written, on every evaluation."""
+    expected = ["PC-SCI-01", "PC-SCI-03"] if fires else []
+    for zone in OFFSETS:
+        written = when.astimezone(zone).isoformat()
+        for _ in range(20):
+            assert _fired(_sciatica(written), engine) == expected, written
+
+
+def test_a_date_without_a_time_keeps_its_day_and_is_not_rewritten_in_another_offset() -> None:
+    """A date-only value has no offset: it is the day that starts at
+    00:00Z (inside the lookback on its 365th day), and the kit's time-zone
+    variant leaves it as it is while rewriting every date-time."""
+    record = [*_sciatica("2025-01-01"), {**_sciatica("2025-06-01T08:00:00Z")[1], "id": "x"}]
+    assert _fired(record, "rete") == ["PC-SCI-01", "PC-SCI-03"]
+    seen: list[list[dict[str, Any]]] = []
+
+    @settings(max_examples=30, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(_in_other_offsets(record))
+    def check(variant: list[dict[str, Any]]) -> None:
+        seen.append(variant)
+        assert [r.get("effectiveDateTime") for r in variant[1:3]] == ["2025-01-01"] * 2
+        moved = variant[3]["effectiveDateTime"]
+        assert parse_time(moved) == parse_time("2025-06-01T08:00:00Z")
+        assert _conclusions(variant) == _conclusions(record)
+
+    check()
+    assert len({v[3]["effectiveDateTime"] for v in seen}) > 1  # several offsets were drawn
+
+
+def test_checking_a_ruleset_leaves_no_thread_that_could_run_engine_actions() -> None:
+    """What lost the firings: durable-rules' Host ran two timer threads that
+    took pending actions out of the C engine behind the engine's lock, so a
+    rule fired on one record and not on an equivalent one (a different rule
+    each run; here PC-SCI-01/03 on the time-zone variant)."""
+    before = set(threading.enumerate())
+    report = check_ruleset("plantar-cramps@1.0.0", max_examples=30, seed=0,
+                           properties=["time-zone-invariance", "determinism"])
+    assert report.ok, _explain(report)
+    assert [t for t in threading.enumerate() if isinstance(t, threading.Timer)] == []
+    assert set(threading.enumerate()) <= before

@@ -279,7 +279,7 @@ class _Outcome:
 
     def full(self) -> bytes:
         if self.assessment is not None:
-            return self.assessment.to_json()
+            return self.assessment.to_json(engine=False)
         return f"raised {type(self.error).__name__}".encode()
 
     def summary(self) -> bytes:

@@ -267,7 +267,9 @@ class _Kit:
         self.terminology = ruleset.terminology
         self.finding_lookback = ruleset.source.finding_lookback_days
         self.kinds: dict[str, str] = {name: c.kind for name, c in vs.concepts.items()}
-        self.kinds.update({name: "derived" for name in ruleset.derived_facts})
+        # derived_facts is a frozenset: sorted, so that nothing here follows the
+        # string hash order of the process (PYTHONHASHSEED)
+        self.kinds.update({name: "derived" for name in sorted(ruleset.derived_facts)})
         self.kinds["patient"] = "patient"
         self.codings: dict[str, list[tuple[str, str, str | None]]] = {
             name: [(vs.systems.get(c.system, c.system), c.code, c.display) for c in concept.codes]
@@ -356,8 +358,19 @@ class _Kit:
         return fitting or neutral or codings
 
 
-@lru_cache(maxsize=64)
 def _kit(ruleset: Ruleset, as_of: datetime, patient_id: str) -> _Kit:
+    """The kit of ``ruleset`` for records dated relative to ``as_of``, built
+    once. ``as_of`` is keyed with its UTC offset: aware datetimes of the same
+    instant compare (and hash) equal whatever their offset, yet a kit's
+    ``as_of`` is written into the records (birth dates are counted from its
+    calendar date), so a kit cached for one offset must not serve another:
+    records would then depend on what the process generated before."""
+    return _cached_kit(ruleset, as_of, as_of.utcoffset(), patient_id)
+
+
+@lru_cache(maxsize=64)
+def _cached_kit(ruleset: Ruleset, as_of: datetime, offset: timedelta | None,
+                patient_id: str) -> _Kit:
     return _Kit(ruleset, as_of, patient_id)
 
 
