@@ -43,9 +43,10 @@ How durable-rules 2.0.28 is wrapped, and why (each measured here):
   written by :func:`_dumps`, which writes such numbers as ``1.0e-05``; those
   are read correctly (checked against Python's comparisons on random values
   over 1e-320..1e308 by a property test).
-* **No deprecated calls.** From Python 3.12 it calls
-  ``datetime.utcfromtimestamp()`` on every firing; its clock is replaced by an
-  equivalent without the deprecated call, so warnings stay errors in tests.
+* **No deprecated calls, no wall clock.** From Python 3.12 it calls
+  ``datetime.utcfromtimestamp()`` on every firing; its clock is replaced by a
+  monotonic one (it measures only elapsed time), so warnings stay errors in
+  tests and a clock step cannot drop firings.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -232,9 +233,12 @@ class _DurableJSON:
 
 
 def _unix_now() -> float:
-    """durable-rules' clock (local wall time as seconds since the epoch, as it
-    computes it), without the deprecated ``datetime.utcfromtimestamp``."""
-    return (datetime.now() - datetime(1970, 1, 1)).total_seconds()
+    """durable-rules' clock. It only measures elapsed time (after 10 s it
+    treats an action as done and drops the rest of its firings), so a
+    monotonic clock is right: its own, local wall time through the deprecated
+    ``datetime.utcfromtimestamp``, jumps with a daylight-saving change or a
+    clock step, which could drop firings mid-evaluation."""
+    return time.monotonic()
 
 
 _host_class: Any = None

@@ -103,6 +103,8 @@ def _parse(unit: str) -> tuple[Any, int] | None:
     registry = _registry()  # outside the try: a broken installation is not a bad unit
     try:
         quantity = registry.from_ucum(text)
+        if isinstance(quantity, (int, float)):  # ucumvert 0.2 returns a bare number for "1"
+            quantity = registry.Quantity(quantity, "dimensionless")
         _ = quantity.dimensionality
     except Exception:  # the parser raises several unrelated types
         return None

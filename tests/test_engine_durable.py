@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import warnings
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -128,9 +127,16 @@ def test_rete_raises_no_warning_on_any_python() -> None:
     assert assessment.trace
 
 
-def test_the_replaced_durable_clock_tells_the_same_time() -> None:
-    expected = (datetime.now() - datetime(1970, 1, 1)).total_seconds()
-    assert math.isclose(cdss_engine._unix_now(), expected, abs_tol=5.0)
+def test_the_replaced_durable_clock_is_monotonic_and_used_by_durable() -> None:
+    import time
+
+    from durable import engine as durable_engine
+
+    cdss_engine._durable()
+    assert durable_engine._unix_now is cdss_engine._unix_now
+    first = cdss_engine._unix_now()
+    assert math.isclose(first, time.monotonic(), abs_tol=5.0)
+    assert cdss_engine._unix_now() >= first
 
 
 @pytest.fixture
