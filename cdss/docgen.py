@@ -24,6 +24,9 @@ def _pattern(p: Pattern) -> str:
     for t in p.tests:
         if (t.field, t.op, t.value) == ("status", "eq", "present"):
             continue
+        if t.op == "exists":
+            tests.append(f"{t.field} {'recorded' if t.value else 'not recorded'}")
+            continue
         sym = {"eq": "=", "ne": "≠", "lt": "<", "le": "≤", "gt": ">", "ge": "≥", "in": "in"}[t.op]
         value = ", ".join(map(str, t.value)) if t.op == "in" else t.value
         tests.append(f"{t.field} {sym} {value}")
