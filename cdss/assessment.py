@@ -63,12 +63,19 @@ class Citation(_Out):
 
 
 class Evidence(_Out):
-    """A fact a conclusion rests on: its values and the resources behind it."""
+    """A fact a conclusion rests on: its values and the resources behind it.
+
+    For a lab, ``values`` holds the converted ``value`` rounded to four
+    significant digits (the rules compared the unrounded value) beside the
+    value and unit as charted (``charted_value``, ``charted_unit``,
+    ``charted_at``), and ``text`` says both in words.
+    """
 
     fact: str
     kind: str
     values: dict[str, str | float | int | bool]
     sources: list[str]
+    text: str | None = None
 
 
 class Flag(_Out):

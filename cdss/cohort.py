@@ -105,6 +105,8 @@ class ScreenSummary:
     errors_by_kind: dict[str, int]
     timings: dict[str, float]
     resumed: bool = False
+    #: codes that matched no value set: ``system|code`` -> patients, most frequent first
+    unmapped_codes: dict[str, int] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
     memory: dict[str, float | None] = field(default_factory=dict)
 
@@ -137,8 +139,8 @@ class ScreenSummary:
                       for code, n in self.flags.items()},
             "highest_severity": self.severity, "referrals": self.referrals,
             "plan": self.plan, "data_requests": self.data_requests,
-            "errors_by_kind": self.errors_by_kind, "timings": self.timings,
-            "memory": self.memory, "resumed": self.resumed,
+            "errors_by_kind": self.errors_by_kind, "unmapped_codes": self.unmapped_codes,
+            "timings": self.timings, "memory": self.memory, "resumed": self.resumed,
         }
 
     @classmethod
@@ -156,6 +158,7 @@ class ScreenSummary:
             errors_by_kind=dict(data["errors_by_kind"]), timings=dict(data["timings"]),
             resumed=bool(data.get("resumed")), inputs=tuple(data.get("inputs", ())),
             memory=dict(data.get("memory", {})),
+            unmapped_codes=dict(data.get("unmapped_codes", {})),
         )
 
 
@@ -1005,8 +1008,10 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
         problems.append(f"patients seen {patients} != assessments {assessed} + errors {failed}")
     if written != assessed:
         problems.append(f"{written} assessments written, {assessed} made")
-    if error_rows != failed:
-        problems.append(f"{error_rows} patient error rows written, {failed} made")
+    left_out = sum(int(c.get("left_out", 0)) for c in counts.values())
+    if error_rows != failed + left_out:
+        problems.append(f"{error_rows} error rows written, {failed} patient errors and "
+                        f"{left_out} resources left out made")
     if rows != patients:
         problems.append(f"{rows} table rows written for {patients} patients")
     if resources != int(spilled.get("attributed", resources)):
@@ -1018,7 +1023,8 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
     summary = ScreenSummary(
         out=out_dir, ruleset=_identity(ruleset), as_of=as_of, mode=mode, engine=engine,
         workers=workers, partitions=partitions, patients=patients, assessed=assessed,
-        patient_errors=failed, resource_errors=int(spilled.get("resource_errors", 0)),
+        patient_errors=failed,
+        resource_errors=int(spilled.get("resource_errors", 0)) + left_out,
         file_errors=int(spilled.get("file_errors", 0)),
         resources={k: v for k, v in spilled.items() if k != "seconds"},
         flags=_sum_counters(counts, "flags"), severity=_sum_counters(counts, "severity"),
@@ -1026,8 +1032,17 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
         data_requests=_sum_counters(counts, "data_requests"),
         errors_by_kind=dict(sorted(errors_by_kind.items())), timings={}, resumed=resumed,
         inputs=tuple(s.label for s in sources),
+        unmapped_codes=_most_frequent(_sum_counters(counts, "unmapped_codes"), UNMAPPED_SHOWN),
     )
     return summary.to_dict()
+
+
+#: How many of the most frequent unmapped codes a screen's summary lists.
+UNMAPPED_SHOWN = 50
+
+
+def _most_frequent(counts: Mapping[str, int], n: int) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
 # --------------------------------------------------------------------------- #

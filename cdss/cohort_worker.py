@@ -218,6 +218,24 @@ def _error_row(task: PartitionTask, key: str, entries: Sequence[Entry],
     return row
 
 
+def _left_out_rows(task: PartitionTask, key: str, entries: Sequence[Entry],
+                   assessment: Any) -> list[dict[str, Any]]:
+    """The error rows of the resources an assessed patient's evaluation left
+    out as unreadable (the patient's assessment is written too)."""
+    rows = []
+    for lo in assessment.left_out:
+        rtype, _, rid = lo.resource.partition("/")
+        row: dict[str, Any] = {"kind": "resource", "patient": key, "error": "left-out",
+                               "resource_type": rtype, "resource_id": rid, "field": lo.field,
+                               "reason": lo.reason}
+        where = _locate(entries, rtype, rid)
+        if where is not None:
+            row["file"] = _source_label(task.sources, where[0])
+            row["line"] = where[1]
+        rows.append(row)
+    return rows
+
+
 def describe_exit(exit_code: int | None) -> tuple[int | None, str | None, str]:
     """``(exit code, signal name, words)`` of a dead worker's exit status as
     :mod:`multiprocessing` gives it (negative: killed by that signal; None:
@@ -435,7 +453,8 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
     plan: Counter[str] = Counter()
     requests: Counter[str] = Counter()
     error_kinds: Counter[str] = Counter()
-    assessed = failed = 0
+    unmapped: Counter[str] = Counter()
+    assessed = failed = left_out = 0
     died = {key: (code, reason) for key, code, reason in task.died}
     try:
         for key in sorted(groups):
@@ -459,6 +478,12 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
                 failed += 1
                 continue
             assessments.write(key, assessment.to_json())
+            for row in _left_out_rows(task, key, entries, assessment):
+                errors.write(key, orjson.dumps(row, option=_SORT))
+                error_kinds["left-out"] += 1
+                left_out += 1
+            unmapped.update({n.coding for n in assessment.data_quality
+                             if n.code == "unmapped-code" and n.coding})
             flat = flat_row(key, assessment)
             rows.write(key, orjson.dumps(flat))
             flags.update(flat["flags"])
@@ -477,7 +502,8 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
             "flags": dict(sorted(flags.items())), "severity": dict(sorted(severity.items())),
             "referrals": dict(sorted(referrals.items())), "plan": dict(sorted(plan.items())),
             "data_requests": dict(sorted(requests.items())),
-            "errors_by_kind": dict(sorted(error_kinds.items()))}
+            "errors_by_kind": dict(sorted(error_kinds.items())),
+            "left_out": left_out, "unmapped_codes": dict(sorted(unmapped.items()))}
 
 
 # --------------------------------------------------------------------------- #

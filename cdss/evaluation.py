@@ -121,8 +121,18 @@ def _evidence(matched: Sequence[str], by_id: dict[str, Fact]) -> list[Evidence]:
     out = []
     for fid in matched:
         fact = by_id[fid]
-        out.append(Evidence(fact=fact.name, kind=fact.kind, values=dict(fact.values),
-                            sources=list(fact.sources)))
+        values = dict(fact.values)
+        text = None
+        if fact.kind == "lab" and isinstance(values.get("value"), float):
+            values["value"] = float(f"{values['value']:.4g}")
+            text = f"{fact.name.replace('_', ' ')} {values['value']} {values.get('unit', '')}"
+            if "charted_value" in values:
+                text += (f" (charted {values['charted_value']} {values['charted_unit']}"
+                         f"{', ' + str(values['charted_at']) if values.get('charted_at') else ''})")
+            elif values.get("computed"):
+                text += " (computed)"
+        out.append(Evidence(fact=fact.name, kind=fact.kind, values=values,
+                            sources=list(fact.sources), text=text))
     return out
 
 

@@ -62,11 +62,13 @@ class Fact(_Frozen):
 
 
 class DataQualityNote(_Frozen):
-    """Something about the data that was ignored or could not be used."""
+    """Something about the data that was ignored or could not be used.
+    ``coding`` (``system|code``) names the code of an ``unmapped-code`` note."""
 
     code: str
     resource: str | None
     message: str
+    coding: str | None = None
 
 
 class LeftOutResource(_Frozen):
@@ -195,8 +197,9 @@ class _Builder:
         self.labs: dict[str, tuple[tuple[Any, ...], Fact]] = {}
         self.findings: dict[str, tuple[tuple[Any, ...], Fact]] = {}
         self.stale: dict[str, tuple[tuple[Any, ...], str, int]] = {}
-        # concept -> (side, resource ref, age in days) of records that state a side
-        self.sides: dict[str, list[tuple[str, str, int]]] = {}
+        # (concept, side) -> the latest record stating it: (recency key, present?,
+        # resource ref, age in days)
+        self.sides: dict[tuple[str, str], tuple[tuple[Any, ...], bool, str, int]] = {}
         # (system, code) -> refs of resources whose codes match no value set
         self.unmapped: dict[tuple[str, str], list[str]] = {}
 
@@ -206,10 +209,18 @@ class _Builder:
         for key in codes or [("", "")]:
             self.unmapped.setdefault(key, []).append(_ref(res))
 
-    def side(self, concept: str, res: Mapping[str, Any], codeable: Any, age: float) -> None:
-        stated, _ = self.term.stated(codeable, concept)
+    def side(self, concept: str, res: Mapping[str, Any], age: float, key: tuple[Any, ...],
+             present: bool) -> None:
+        """Remember the sides a record states; the latest record per side decides
+        (a side later charted absent no longer counts). Records older than the
+        finding lookback state no current side."""
+        if age > self.finding_lookback:
+            return
+        stated, _ = self.term.stated(res.get("code"), concept)
         for side in sorted(stated | self.term.sides_of(res.get("bodySite"))):
-            self.sides.setdefault(concept, []).append((side, _ref(res), max(0, math.floor(age))))
+            prev = self.sides.get((concept, side))
+            if prev is None or key > prev[0]:
+                self.sides[(concept, side)] = (key, present, _ref(res), max(0, math.floor(age)))
 
     def note(self, code: str, resource: Mapping[str, Any] | None, message: str) -> None:
         self.notes.append(
@@ -369,8 +380,7 @@ class _Builder:
             values["site"] = sites[0]
         elif implied is not None:  # the code itself names the site (calf spasm)
             values["site"] = implied
-        if status == "present":
-            self.side(concept, res, res.get("code"), age)
+        self.side(concept, res, age, key, status == "present")
         for component in res.get("component") or []:
             if not isinstance(component, Mapping):
                 continue
@@ -405,8 +415,8 @@ class _Builder:
             kind = self.term.kind(concept)
             if kind == "condition":
                 self.add(concept, "condition", cond, {})
-                self.side(concept, cond, cond.get("code"),
-                          self.age_days(onset) if onset else 0.0)
+                when = onset or self.as_of
+                self.side(concept, cond, self.age_days(when), _recency_key(cond, when), True)
             elif kind == "finding":
                 when = onset or self.as_of
                 self.finding(concept, cond, self.age_days(when), _recency_key(cond, when))
@@ -481,7 +491,7 @@ class _Builder:
             refs = sorted(set(refs))
             more = f" and {len(refs) - 1} more" if len(refs) > 1 else ""
             self.notes.append(DataQualityNote(
-                code="unmapped-code", resource=refs[0],
+                code="unmapped-code", resource=refs[0], coding=what,
                 message=f"{what} matches no value set of the ruleset ({len(refs)} "
                         f"resource{'s' if len(refs) > 1 else ''}: {refs[0]}{more})"))
         for concept, (key, ref, days) in sorted(self.stale.items()):
@@ -499,19 +509,23 @@ class _Builder:
         self.ratios()
 
     def bilateral(self) -> None:
-        """Findings the value sets make present from laterality: a right- and a
-        left-sided record among their source concepts, or a bilateral one."""
+        """Findings the value sets make present from laterality: current records
+        of their source concepts stating a right and a left side, or both. A
+        record of the finding itself that is newer than all of them decides
+        (a clinician who charts it absent after the coded sides is believed)."""
         for target, spec in sorted(self.term.valuesets.bilateral.items()):
-            stated = [s for concept in spec.from_ for s in self.sides.get(concept, ())]
-            sides = {side for side, _, _ in stated}
+            current = [(side, ref, age) for (concept, side), (_, present, ref, age)
+                       in sorted(self.sides.items()) if concept in spec.from_ and present]
+            sides = {side for side, _, _ in current}
             if not ("bilateral" in sides or {"left", "right"} <= sides):
                 continue
-            used = [s for s in stated if s[0] in ("bilateral", "left", "right")]
+            age = min(age for _, _, age in current)
             fid = f"finding:{target}"
             prev = self.facts.get(fid)
-            sources = {ref for _, ref, _ in used} | set(prev.sources if prev else ())
-            age = min(age for _, _, age in used)
-            # present wins over a recorded absence: both sides are charted
+            if prev is not None and prev.values.get("status") == "absent" \
+                    and int(prev.values["age_days"]) < age:
+                continue
+            sources = {ref for _, ref, _ in current} | set(prev.sources if prev else ())
             self.facts[fid] = Fact(
                 id=fid, name=target, kind="finding",
                 values={"status": "present", "age_days": age, "laterality": "bilateral"},
@@ -575,7 +589,8 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
         where = f" ({lo.field})" if lo.field else ""
         builder.notes.append(DataQualityNote(code="left-out", resource=lo.resource,
                                              message=f"left out{where}: {lo.reason}"))
-    notes = sorted(set(builder.notes), key=lambda n: (n.code, n.resource or "", n.message))
+    notes = sorted(set(builder.notes), key=lambda n: (n.code, n.resource or "", n.message,
+                                                      n.coding or ""))
     return Facts(
         as_of=as_of,
         patient=record.patient_ref,

@@ -138,6 +138,11 @@ def render_report(summary: Mapping[str, Any]) -> str:
         _table(list(summary.get("data_requests", {}).items()), ("analyte", "patients")),
         "<h2>Plan items</h2>",
         _table(list(summary.get("plan", {}).items()), ("plan item", "patients")),
+        "<h2>Codes that match no value set</h2>",
+        '<p class="muted">The most frequent codes in the records that the ruleset does not '
+        "map, by the number of patients whose records hold them: candidates for a site "
+        "concept map.</p>",
+        _table(list(summary.get("unmapped_codes", {}).items()), ("system|code", "patients")),
         "<h2>Errors by kind</h2>",
         _table(list(summary.get("errors_by_kind", {}).items()), ("kind", "rows")),
         '<p class="muted">Each error row, with its reason and where it was found, is in '

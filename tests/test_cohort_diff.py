@@ -42,14 +42,16 @@ def versions(tmp_path: Path) -> Path:
 def cohort_in(tmp_path: Path) -> Path:
     data = tmp_path / "in"
     write_ndjson(data / "Patient.ndjson",
-                 [{"resourceType": "Patient", "id": p} for p in ("a", "b", "c", "d")])
+                 [{"resourceType": "Patient", "id": p} for p in ("a", "b", "c")]
+                 # an unreadable Patient: the record is refused under both versions
+                 + [{"resourceType": "Patient", "id": "d", "birthDate": "soon"}])
     write_ndjson(data / "Observation.ndjson", [
         lab("k-a", "2823-3", 3.6, "mmol/L", pid="a"),      # low only under 1.1.0
         finding("cr-a", "leg-cramps", pid="a"),
         lab("k-b", "2823-3", 3.0, "mmol/L", pid="b"),      # low under both
         lab("mg-b", "2601-3", 0.6, "mmol/L", pid="b"),     # moderate -> high
         lab("k-c", "2823-3", 4.5, "mmol/L", pid="c"),      # normal under both
-        lab("k-d", "2823-3", "high", "mmol/L", pid="d"),   # bad in both
+        lab("k-d", "2823-3", 3.0, "mmol/L", pid="d"),
     ])
     return data
 

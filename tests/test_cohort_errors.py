@@ -143,38 +143,46 @@ def test_an_unknown_resource_type(tmp_path: Path) -> None:
         {"resourceType": "Observaton", "id": "x2", "subject": {"reference": "Patient/b"}},
     ])
     summary = _screen(data, tmp_path / "out")
-    errors = {e["kind"]: e for e in _errors(tmp_path / "out")}
-    assert errors["resource"]["error"] == "unknown-resource-type"
-    assert errors["resource"]["line"] == 1
-    patient_error = errors["patient"]
-    assert patient_error["patient"] == "Patient/b" and patient_error["error"] == "input"
-    assert patient_error["resource_type"] == "Observaton"
-    assert patient_error["file"].endswith("Odd.ndjson") and patient_error["line"] == 2
-    assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/c"]
-    assert (summary.patients, summary.assessed, summary.patient_errors) == (3, 2, 1)
+    errors = {e["error"]: e for e in _errors(tmp_path / "out")}
+    assert errors["unknown-resource-type"]["kind"] == "resource"
+    assert errors["unknown-resource-type"]["line"] == 1
+    # the one naming a patient is left out of that patient's record, who is still assessed
+    left_out = errors["left-out"]
+    assert (left_out["kind"], left_out["patient"]) == ("resource", "Patient/b")
+    assert left_out["resource_type"] == "Observaton"
+    assert left_out["file"].endswith("Odd.ndjson") and left_out["line"] == 2
+    assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/b", "Patient/c"]
+    assert (summary.patients, summary.assessed, summary.patient_errors) == (3, 3, 0)
+    assert summary.resource_errors == 2 and summary.balanced
 
 
 @pytest.mark.parametrize("mode", ["lean", "strict"])
-def test_a_bad_resource_makes_its_patients_row_an_error_row(tmp_path: Path,
-                                                            mode: str) -> None:
+def test_a_bad_resource_is_an_error_row_and_its_patient_still_assessed(tmp_path: Path,
+                                                                      mode: str) -> None:
     data = _base(tmp_path / "in")
     write_ndjson(data / "Observation.2.ndjson",
                  [lab("bad", "2823-3", "three", "mmol/L", pid="c")])
     summary = screen(data, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "out", workers=0,
                      mode=mode)
     (error,) = _errors(tmp_path / "out")
-    assert (error["kind"], error["patient"], error["error"]) == ("patient", "Patient/c",
-                                                                 "input")
+    assert (error["kind"], error["patient"], error["error"]) == ("resource", "Patient/c",
+                                                                 "left-out")
     assert (error["resource_type"], error["resource_id"], error["field"]) == (
         "Observation", "bad", "valueQuantity.value")
     assert error["file"].endswith("Observation.2.ndjson") and error["line"] == 1
     assert error["reason"]
-    assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/b"]
-    assert summary.balanced and summary.patient_errors == 1
+    assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/b", "Patient/c"]
+    assert summary.balanced and summary.patient_errors == 0 and summary.resource_errors == 1
+    assert summary.errors_by_kind.get("left-out") == 1
+    assessed_c = [orjson.loads(line) for line in
+                  (tmp_path / "out" / "assessments.ndjson").read_bytes().splitlines()
+                  if orjson.loads(line)["patient"] == "Patient/c"]
+    assert assessed_c[0]["incomplete"] is True
+    assert [lo["resource"] for lo in assessed_c[0]["left_out"]] == ["Observation/bad"]
     table_rows = __import__("pyarrow.parquet").parquet.read_table(
         tmp_path / "out" / "assessments.parquet").to_pylist()
     assert [(r["patient"], r["status"]) for r in table_rows] == [
-        ("Patient/a", "assessed"), ("Patient/b", "assessed"), ("Patient/c", "error")]
+        ("Patient/a", "assessed"), ("Patient/b", "assessed"), ("Patient/c", "assessed")]
 
 
 def test_a_file_that_is_not_ndjson_is_a_file_error(tmp_path: Path) -> None:
@@ -284,3 +292,19 @@ def test_the_command_reports_bad_input_clearly(tmp_path: Path) -> None:
                                       RULESET, "--as-of", AS_OF, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no such file or folder" in result.output
+
+
+def test_the_summary_and_report_list_the_most_frequent_unmapped_codes(tmp_path: Path) -> None:
+    data = _base(tmp_path / "in")
+    write_ndjson(data / "Observation.vitals.ndjson",
+                 [lab(f"hr-{p}-{i}", "8867-4", 70, "/min", pid=p) for p in "abc" for i in (1, 2)]
+                 + [lab("bmi-a", "39156-5", 24.0, "kg/m2", pid="a")])
+    write_ndjson(data / "Condition.ndjson", [condition("x-b", "999999", pid="b")])
+    summary = _screen(data, tmp_path / "out")
+    assert summary.unmapped_codes == {"http://loinc.org|8867-4": 3,
+                                      "http://loinc.org|39156-5": 1,
+                                      "http://snomed.info/sct|999999": 1}
+    written = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert written["unmapped_codes"] == summary.unmapped_codes
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Codes that match no value set" in html and "http://loinc.org|8867-4" in html

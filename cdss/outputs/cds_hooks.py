@@ -621,6 +621,14 @@ def _evidence_md(flag: Flag | Referral) -> list[str]:
                           if k in ("value", "unit", "status", "site", "nocturnal", "age",
                                    "sex"))
         src = ", ".join(_code_span(s) for s in ev.sources)
+        if "charted_value" in ev.values:  # a lab: converted, rounded, and as charted
+            v = ev.values
+            at = f", {v['charted_at']}" if v.get("charted_at") else ""
+            lines.append(f"- {ev.fact.replace('_', ' ')} {_code_span(v['value'])} {v['unit']} "
+                         f"(charted {_code_span(v['charted_value'])} "
+                         f"{_text(str(v['charted_unit']))}{at})"
+                         + (f" from {src}" if src else ""))
+            continue
         lines.append(f"- {ev.fact.replace('_', ' ')}" + (f" ({shown})" if shown else "")
                      + (f" from {src}" if src else ""))
     return lines
@@ -806,9 +814,10 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     warning, low → info), carrying as a suggestion each referral its rule made
     (a ``create`` action with a draft ServiceRequest); a card for any referral
     no flag carries; a warning when resources were left out as unreadable; one
-    for data requests (suggestions order the labs); one for the plan (a suggestion creates a draft CarePlan). ``source.label`` is the
-    ruleset's ``id@version`` and ``source.url`` its canonical URL. Every card
-    and suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
+    for data requests (suggestions order the labs); one for the plan (a
+    suggestion creates a draft CarePlan). ``source.label`` is the ruleset's
+    ``id@version`` and ``source.url`` its canonical URL. Every card and
+    suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
     ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256
     and the engine that ran.
     """

@@ -38,8 +38,8 @@ def render_text(assessment: Assessment) -> str:
         for ev in flag.evidence:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(ev.values.items())
                               if k in ("value", "unit", "status", "site", "nocturnal"))
-            lines.append(f"        evidence: {ev.fact}"
-                         + (f" ({shown})" if shown else "")
+            lines.append(f"        evidence: {ev.text or ev.fact}"
+                         + (f" ({shown})" if shown and not ev.text else "")
                          + (f" from {', '.join(ev.sources)}" if ev.sources else ""))
         lines.append(f"        source: {flag.citation.title}, section {flag.citation.section!r}")
     lines += ["", "Referrals"]
