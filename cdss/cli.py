@@ -9,11 +9,8 @@ from typing import Annotated
 import orjson
 import typer
 
+from cdss.cli_options import ConceptMaps, RulesetFolders, TimeZone, load_cli_ruleset
 from cdss.errors import CDSSError
-
-RulesetFolders = Annotated[
-    list[Path] | None, typer.Option("--rulesets", help="a folder of a site's own rulesets")
-]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Clinical decision support from FHIR R4 data.")
@@ -33,17 +30,21 @@ def evaluate(
     engine: Annotated[str, typer.Option(
         help="auto (rete where durable-rules is installed), rete or reference")] = "auto",
     paths: RulesetFolders = None,
+    concept_maps: ConceptMaps = None,
+    timezone: TimeZone = "UTC",
+    on_invalid: Annotated[str, typer.Option(
+        "--on-invalid", help="leave-out (an unreadable resource is left out, with a note) "
+                             "or refuse (the record is refused)")] = "leave-out",
 ) -> None:
     """Evaluate one patient record per file and print each Assessment."""
     from cdss.evaluation import evaluate as run_evaluate
     from cdss.outputs.text import render_text
-    from cdss.rulesets import load_ruleset
 
     if output not in ("text", "json"):
         raise typer.BadParameter("--format must be text or json")
     status = 0
     try:
-        rs = load_ruleset(ruleset, paths=paths)
+        rs = load_cli_ruleset(ruleset, paths, concept_maps)
     except CDSSError as exc:
         _fail(exc)
     for path in files:
@@ -54,7 +55,8 @@ def evaluate(
             status = 2
             continue
         try:
-            result = run_evaluate(data, ruleset=rs, as_of=as_of, engine=engine)
+            result = run_evaluate(data, ruleset=rs, as_of=as_of, engine=engine,
+                                  timezone=timezone, on_invalid=on_invalid)
         except CDSSError as exc:
             typer.secho(f"error: {path.name}: {exc}", err=True, fg=typer.colors.RED)
             status = 2

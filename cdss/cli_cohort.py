@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from cdss.cli_options import ConceptMaps, load_cli_ruleset
+
 if TYPE_CHECKING:
     from cdss.cohort import DiffReport, ScreenSummary
 
@@ -118,13 +120,15 @@ def register(app: typer.Typer) -> None:
             help="number of partitions (default: by input size)")] = None,
         progress: Annotated[bool | None, typer.Option(
             "--progress/--no-progress", help="progress bar (default: on a terminal)")] = None,
+        concept_maps: ConceptMaps = None,
     ) -> None:
         """Screen a cohort: every patient of a bulk export through a ruleset."""
         from cdss.cohort import screen
         from cdss.errors import CDSSError
 
         try:
-            summary = screen(inputs, ruleset=ruleset, as_of=as_of, out=out, workers=workers,
+            loaded = load_cli_ruleset(ruleset, paths, concept_maps)
+            summary = screen(inputs, ruleset=loaded, as_of=as_of, out=out, workers=workers,
                              mode=mode, engine=engine, scheduler=scheduler, resume=resume,
                              progress=sys.stderr.isatty() if progress is None else progress,
                              paths=paths, partitions=partitions)
@@ -152,6 +156,7 @@ def register(app: typer.Typer) -> None:
             "--rulesets", help="extra ruleset folder")] = None,
         limit: Annotated[int, typer.Option(help="patients shown in the table")] = 50,
         output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+        concept_maps: ConceptMaps = None,
     ) -> None:
         """Which patients' flags and plans change between two ruleset versions."""
         from datetime import datetime, timezone
@@ -163,7 +168,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--format must be table or json")
         when = as_of or datetime.now(timezone.utc).date().isoformat()
         try:
-            report = diff(inputs, from_ruleset=from_spec, to_ruleset=to_spec, as_of=when,
+            report = diff(inputs, from_ruleset=load_cli_ruleset(from_spec, paths, concept_maps),
+                          to_ruleset=load_cli_ruleset(to_spec, paths, concept_maps), as_of=when,
                           workers=workers, mode=mode, engine=engine, scheduler=scheduler,
                           paths=paths, out=out, progress=sys.stderr.isatty())
         except CDSSError as exc:

@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from cdss.cli_options import ConceptMaps
 from cdss.errors import CDSSError
 
 _LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -65,6 +66,10 @@ def register(app: typer.Typer) -> None:
             "--cors-origin", help="browser origin allowed to call, CORS (default: *)")] = None,
         log_level: Annotated[str, typer.Option(
             help="log level: critical, error, warning, info, debug")] = "info",
+        concept_maps: ConceptMaps = None,
+        timezone: Annotated[str | None, typer.Option(
+            "--timezone", help="IANA time zone of times sent without one (default: the "
+                               "configuration's, else UTC)")] = None,
     ) -> None:
         """Run the CDS Hooks 2.0 service (patient-view) over HTTP.
 
@@ -94,6 +99,7 @@ def register(app: typer.Typer) -> None:
             settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
                 rulesets=tuple(ruleset or ("plantar-cramps",)), paths=paths,
+                concept_maps=tuple(concept_maps or ()), timezone=timezone,
                 config=settings, insecure_dev=insecure_dev,
                 allowed_fhir_servers=fhir_server or None,
                 cors_origins=tuple(cor for cor in (cors_origin or ["*"])))

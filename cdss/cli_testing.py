@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cdss.cli_options import ConceptMaps, load_cli_ruleset
 from cdss.errors import CDSSError
 
 if TYPE_CHECKING:
@@ -14,16 +15,6 @@ if TYPE_CHECKING:
 
     from cdss.rulesets import Ruleset
     from cdss.testing import Report
-
-
-def _load(ruleset: str, paths: list[Path] | None) -> Ruleset:
-    """A ruleset file when ``ruleset`` names one, else ``id[@version]``."""
-    from cdss.rulesets import load_ruleset, load_ruleset_file
-
-    path = Path(ruleset)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_ruleset_file(path)
-    return load_ruleset(ruleset, paths=paths)
 
 
 def _print_report(console: Console, report: Report, ruleset: Ruleset) -> None:
@@ -104,6 +95,7 @@ def register(app: typer.Typer) -> None:
             "--json", help="also write the report as JSON to this file")] = None,
         paths: Annotated[list[Path] | None, typer.Option(
             "--rulesets", help="a folder of a site's own rulesets")] = None,
+        concept_maps: ConceptMaps = None,
     ) -> None:
         """Check a ruleset's invariants on generated patient records and show
         which rules fired; a failure prints the shrunk FHIR record (exit 1)."""
@@ -116,7 +108,7 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
         try:
-            loaded = _load(ruleset, paths)
+            loaded = load_cli_ruleset(ruleset, paths, concept_maps)
             report = check_ruleset(loaded, max_examples=max_examples, seed=seed,
                                    as_of=DEFAULT_AS_OF if as_of is None else as_of)
         except CDSSError as exc:

@@ -90,6 +90,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cdss.errors import CDSSError, InvalidArgument
+from cdss.intake import zone
 from cdss.outputs.cds_hooks import (
     FeedbackRequest,
     Fetch,
@@ -299,13 +300,13 @@ def _no_cookies() -> http.cookiejar.CookieJar:
 
 
 def _evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
-                        as_of: datetime | None) -> Any:
+                        as_of: datetime | None, timezone_name: str = "UTC") -> Any:
     """:func:`evaluate_request`, in the evaluation thread. A failure of any kind
     (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
     would stop the event loop) is logged without its message and becomes a
     500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
     try:
-        return evaluate_request(req, rs, fetched=fetched, as_of=as_of)
+        return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name)
     except HookRequestError:
         raise
     except BaseException as exc:
@@ -419,12 +420,14 @@ class _Caller:
 
 
 def _services(rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset],
-              paths: Sequence[str | Path] | None) -> dict[str, Ruleset]:
+              paths: Sequence[str | Path] | None,
+              concept_maps: Sequence[str | Path] = ()) -> dict[str, Ruleset]:
     if isinstance(rulesets, Mapping):
         return service_ids(rulesets)
     if isinstance(rulesets, (str, Ruleset)):
         rulesets = [rulesets]
-    return service_ids([r if isinstance(r, Ruleset) else load_ruleset(r, paths=paths)
+    return service_ids([r if isinstance(r, Ruleset)
+                        else load_ruleset(r, paths=paths, concept_maps=concept_maps)
                         for r in rulesets])
 
 
@@ -432,6 +435,8 @@ def create_app(
     *,
     rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] = ("plantar-cramps",),
     paths: Sequence[str | Path] | None = None,
+    concept_maps: Sequence[str | Path] = (),
+    timezone: str | None = None,
     config: ServiceConfig | str | Path | None = None,
     insecure_dev: bool = False,
     allowed_fhir_servers: Sequence[str] | None = None,
@@ -445,7 +450,10 @@ def create_app(
 
     ``rulesets``: ruleset specs (``id`` or ``id@version``) or loaded rulesets,
     one service each (or a mapping of service id to ruleset); ``paths`` adds
-    ruleset folders. Rulesets are loaded here, so a bad one fails at start.
+    ruleset folders and ``concept_maps`` a site's code maps to the rulesets
+    named by spec (after the configuration's). Rulesets are loaded here, so a
+    bad one fails at start. ``timezone`` (IANA; default the configuration's,
+    else UTC) is the zone of times an EHR sends without one.
 
     ``config`` (a :class:`~cdss.service_config.ServiceConfig` or the path of
     its file) names the trusted CDS clients, their keys and FHIR servers, and
@@ -478,7 +486,11 @@ def create_app(
             [AllowedServer.parse(u) for u in allowed_fhir_servers]
     except ValueError as exc:
         raise ServiceConfigError(str(exc), field="allowed_fhir_servers") from None
-    services = _services(rulesets, paths)
+    if config is not None:
+        concept_maps = (*config.concept_maps, *concept_maps)
+    zone_name = timezone or (config.timezone if config is not None else "UTC")
+    zone(zone_name)  # a bad zone fails at start
+    services = _services(rulesets, paths, concept_maps)
     if not services:
         raise InvalidArgument("the service needs at least one ruleset")
     limit = limits or (config.limits if config is not None else Limits())
@@ -580,7 +592,7 @@ def create_app(
     async def evaluate(req: HookRequest, rs: Ruleset, fetched: dict[str, Any]) -> Any:
         as_of = clock() if clock is not None else None
         work = runtime.worker().submit(
-            functools.partial(_evaluate_in_thread, req, rs, fetched, as_of))
+            functools.partial(_evaluate_in_thread, req, rs, fetched, as_of, zone_name))
         try:
             return await asyncio.wait_for(work, timeout=limit.evaluation_timeout_seconds)
         except asyncio.TimeoutError:

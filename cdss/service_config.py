@@ -289,6 +289,23 @@ class ServiceConfig(_Strict):
     token: TokenPolicy = TokenPolicy()
     jwks: JwksPolicy = JwksPolicy()
     limits: Limits = Limits()
+    #: The site's concept-map files (its local codes onto the rulesets'
+    #: concepts), relative to the configuration file.
+    concept_maps: tuple[str, ...] = ()
+    #: IANA time zone of times the EHR sends without one.
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from cdss.errors import InvalidArgument
+        from cdss.intake import zone
+
+        try:
+            zone(value)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -334,6 +351,10 @@ def _resolve_files(data: Any, base: Path) -> Any:
     """Make the key file paths of ``data`` absolute, relative to ``base``."""
     if not isinstance(data, dict) or not isinstance(data.get("issuers"), list):
         return data
+    maps = data.get("concept_maps")
+    if isinstance(maps, list):
+        data["concept_maps"] = [str(base / m) if isinstance(m, str) and not Path(m).is_absolute()
+                                else m for m in maps]
     for item in data["issuers"]:
         if isinstance(item, dict):
             for key in ("jwks_file", "public_key_file"):

@@ -226,3 +226,20 @@ def test_shipped_rulesets_load() -> None:
         assert rs.spec == spec and rs.rules
         for compiled in rs.rules:
             assert compiled.rule.citation.source in rs.source.sources
+
+
+#: The content hashes of the pinned versions: a pinned version never changes.
+PINNED = {
+    "plantar-cramps@1.0.0": "3cd38bab1c22d367680bdbea569e8f895e288136832c85698a7a44ca41f09ccd",
+    "plantar-cramps@1.1.0": "a5fb0c88168fa5f506f515eb4a86b7f505299622cae324644cbbe424b0e8e14f",
+}
+
+
+@pytest.mark.parametrize(("spec", "sha256"), sorted(PINNED.items()))
+def test_pinned_versions_keep_their_content_hash(spec: str, sha256: str) -> None:
+    assert load_ruleset(spec).sha256 == sha256
+
+
+def test_the_default_version_is_the_newest_active_one() -> None:
+    assert load_ruleset("plantar-cramps").version == "1.2.0"
+    assert load_ruleset("plantar-cramps").sha256 not in PINNED.values()

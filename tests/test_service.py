@@ -537,3 +537,30 @@ def test_prefetch_keys_cover_the_templates(rs: cdss.Ruleset) -> None:
     # the test data helper must satisfy every template, or the HTTP tests above
     # would silently test the fetch path instead of prefetch
     assert set(call(rs, "r1", [])["prefetch"]) == set(prefetch_templates(rs))
+
+
+def test_a_site_concept_map_and_time_zone_apply_and_no_engine_thread_runs(
+        tmp_path: Path) -> None:
+    site_map = Path(__file__).parent.parent / "examples" / "site" / "concept-map.yaml"
+    app = create_app(rulesets=("plantar-cramps",), concept_maps=[site_map],
+                     timezone="Europe/Berlin", clock=lambda: NOW, insecure_dev=True)
+    pid = "site-1"
+    saddle = {"resourceType": "Condition", "id": "sa", "subject": {"reference": f"Patient/{pid}"},
+              "code": {"coding": [{"system": "http://hospital.example/fhir/CodeSystem/symptoms",
+                                   "code": "SA-01"}]}, "recordedDate": "2026-02-27T10:00:00"}
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/u1", "patientId": pid},
+            "prefetch": {"patient": patient(pid), "labs": None, "findings": None,
+                         "conditions": bundle(saddle, kind="searchset"),
+                         "medicationRequests": bundle(kind="searchset"),
+                         "medicationStatements": bundle(kind="searchset"),
+                         "allergies": bundle(kind="searchset")}}
+    with serve_in_background(app) as url:
+        for _ in range(3):
+            r = httpx.post(f"{url}/cds-services/plantar-cramps", json=body)
+            assert r.status_code == 200, r.text
+            assert [t for t in threading.enumerate() if isinstance(t, threading.Timer)] == []
+    cards = assert_spec_cards(r.json())
+    assert cards[0]["indicator"] == "critical"  # the site's saddle-numbness code, mapped
+    with pytest.raises(cdss.CDSSError, match="Mars/Olympus"):
+        create_app(rulesets=("plantar-cramps",), timezone="Mars/Olympus", insecure_dev=True)

@@ -1053,6 +1053,9 @@ def test_logs_of_a_full_run_hold_no_patient_data(
     ({"public_url": "https://cds.example.org", "issuers": [
         {"issuer": ISS_A, "jwks_url": "https://e/j"}], "limits": {"max_json_depth": 4}},
      "limits.max_json_depth", "greater than or equal"),
+    ({"public_url": "https://cds.example.org", "issuers": [
+        {"issuer": ISS_A, "jwks_url": "https://e/j"}], "timezone": "Mars/Olympus"},
+     "timezone", "not a known IANA time zone"),
 ])
 def test_configuration_errors_name_the_field(tmp_path: Path, content: dict[str, Any],
                                              field: str, says: str) -> None:
@@ -1199,3 +1202,16 @@ def test_random_bodies_and_headers_never_get_a_500(service: str, keys: Keys,
         assert r.headers["content-type"] == "application/json"
         assert r.json()["error"]["status"] == r.status_code
         assert "Traceback" not in r.text
+
+
+def test_the_configuration_names_the_sites_concept_maps_and_time_zone(
+        tmp_path: Path, keys: Keys) -> None:
+    (tmp_path / "b.pem").write_bytes(keys.b_pem)
+    (tmp_path / "service.yaml").write_text(
+        "public_url: https://cds.example.org\n"
+        "issuers:\n  - issuer: https://ehr-b.example\n    public_key_file: b.pem\n"
+        "concept_maps: [site/map.yaml]\ntimezone: Europe/Berlin\n")
+    config = load_config(tmp_path / "service.yaml", environ={})
+    assert config is not None
+    assert config.concept_maps == (str(tmp_path / "site" / "map.yaml"),)
+    assert config.timezone == "Europe/Berlin"

@@ -537,15 +537,18 @@ def _check_hook(request: HookRequest) -> None:
 
 def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
                      fetched: Mapping[str, Any] | None = None,
-                     as_of: datetime | date | str | None = None) -> dict[str, Any]:
+                     as_of: datetime | date | str | None = None,
+                     timezone: str = "UTC") -> dict[str, Any]:
     """Evaluate ``request`` with its prefetch plus the ``fetched`` values of
-    the keys it lacked, and return the response body ``{"cards": [...]}``."""
+    the keys it lacked, and return the response body ``{"cards": [...]}``.
+    A resource that cannot be read is left out (a warning card says which);
+    ``timezone`` is the zone of times the EHR sent without one."""
     from cdss.evaluation import evaluate
 
     _check_hook(request)
     record = _record(request, ruleset, fetched or {})
     try:
-        assessment = evaluate(record, ruleset=ruleset, as_of=as_of)
+        assessment = evaluate(record, ruleset=ruleset, as_of=as_of, timezone=timezone)
     except InputError as exc:
         raise HookRequestError(f"the patient's data cannot be used: {exc}") from None
     if assessment.patient not in (None, request.patient_reference):
@@ -556,7 +559,8 @@ def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
 
 def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
                         ruleset: Ruleset, *, fetch: Fetch | None = None,
-                        as_of: datetime | date | str | None = None) -> dict[str, Any]:
+                        as_of: datetime | date | str | None = None,
+                        timezone: str = "UTC") -> dict[str, Any]:
     """Answer a ``patient-view`` call: ``{"cards": [...]}``.
 
     The record comes from ``prefetch``; keys it lacks are fetched from
@@ -576,7 +580,7 @@ def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
         headers = fetch_headers(req)
         for key, url in missing.items():
             fetched[key] = collect_pages(url, headers, get, req.fhirServer)
-    return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of)
+    return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of, timezone=timezone)
 
 
 # --------------------------------------------------------------------------- #

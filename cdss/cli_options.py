@@ -1,0 +1,36 @@
+"""Options and helpers shared by the ``cdss`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from cdss.rulesets import Ruleset
+
+__all__ = ["ConceptMaps", "RulesetFolders", "TimeZone", "load_cli_ruleset"]
+
+RulesetFolders = Annotated[
+    list[Path] | None, typer.Option("--rulesets", help="a folder of a site's own rulesets")
+]
+ConceptMaps = Annotated[
+    list[Path] | None, typer.Option(
+        "--concept-map", help="a site's concept-map file (its codes onto the ruleset's "
+                              "concepts); repeat for several")
+]
+TimeZone = Annotated[str, typer.Option(
+    "--timezone", help="IANA time zone of times recorded without one (default UTC)")]
+
+
+def load_cli_ruleset(spec: str, paths: list[Path] | None,
+                     concept_maps: list[Path] | None) -> Ruleset:
+    """The ruleset a command names: a ruleset file (``<folder>/<id>/<version>.yaml``)
+    or ``id[@version]``, with a site's folders and concept maps."""
+    from cdss.rulesets import load_ruleset, load_ruleset_file
+
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return load_ruleset_file(path, concept_maps=concept_maps or ())
+    return load_ruleset(spec, paths=paths, concept_maps=concept_maps or ())
