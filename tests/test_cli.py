@@ -77,7 +77,8 @@ def test_evaluate_reads_a_sites_codes_through_a_concept_map(tmp_path: Path) -> N
 
 def test_a_bad_concept_map_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("ruleset: plantar-cramps\nmaps:\n  - {system: s, code: c, concept: leg_crampz}\n")
+    bad.write_text("ruleset: plantar-cramps\nmaps:\n"
+                   "  - {system: s, code: c, concept: leg_crampz}\n")
     result = RUNNER.invoke(app, ["evaluate", str(_site_record(tmp_path)), "--concept-map",
                                  str(bad)])
     assert result.exit_code == 2 and "leg_cramps" in result.output

@@ -35,6 +35,8 @@ from cdss.cohort_io import partition_of
 from cdss.cohort_worker import PartitionTask
 from cdss.errors import InvalidArgument
 
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
 _HEALTHY = ("a", "b", "c", "d", "e", "f")
 
 

@@ -31,6 +31,8 @@ from test_cohort_support import (
 from cdss.cohort import CohortError, screen
 from cdss.generate import GeneratedCohort
 
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:

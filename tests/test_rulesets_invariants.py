@@ -34,6 +34,8 @@ from cdss.rulesets import available_rulesets
 from cdss.testing import Report, check_ruleset, clinical_summary
 from cdss.testing.invariants import _in_other_offsets
 
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
 SPECS = sorted(available_rulesets())
 EXAMPLES = 200
 

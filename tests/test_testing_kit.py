@@ -55,6 +55,8 @@ from cdss.testing import (
 from cdss.testing.strategies import _SPELLINGS
 from cdss.units import convert
 
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
 RUNNER = CliRunner()
 VERSIONS = sorted(spec for spec in available_rulesets() if spec.startswith("plantar-cramps@"))
 LATEST = load_ruleset("plantar-cramps")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs in a fresh interpreter: argv[1] fakes "today" (ISO date-time, or "-"),
