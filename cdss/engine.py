@@ -4,28 +4,34 @@ This is the only module that imports ``durable`` (durable-rules). Two engines
 run the same compiled strata and must agree on every patient:
 
 ``rete``
-    durable-rules. Every rule is registered with a *start marker* as its first
-    pattern (a fact ``{t: "$go", r: <rule id>}``). A patient's facts go in as
-    one batch; then, stratum by stratum, the derived facts of the earlier
-    strata go in, followed by the start markers of the stratum's rules. No rule
-    can join before its marker arrives, by which time every fact it tests,
-    negated ones included, is present: durable-rules has no truth maintenance,
-    and without the marker a ``none`` pattern could pass before the fact it
-    negates arrived (measured: the result then depends on input order). One
-    session per patient, always deleted; a catch-all rule keeps every action
-    synchronous; an error inside an action becomes :class:`EngineError`.
+    durable-rules. Every rule is registered with its stratum's *start marker*
+    as its first pattern (a fact ``{t: "$go", s: <stratum>}``). A patient's
+    facts are held back; when a stratum runs, the facts not yet sent (the
+    patient's, then the derived facts of earlier strata) go in one
+    ``assert_facts`` batch with the stratum's marker last. No rule can join
+    before its marker arrives, by which time every fact it tests, negated ones
+    included, is present: durable-rules has no truth maintenance, and without
+    the marker a ``none`` pattern could pass before the fact it negates
+    arrived (measured: the result then depends on input order). A stratum none
+    of whose rules can fire (a fact its ``all`` names is absent) is skipped.
+    Only facts that pass at least one pattern are sent, with only the fields
+    rules test: the others can change no firing, and every fact sent is then
+    handled by a pattern, so no catch-all rule is needed (one fired once per
+    fact and cost most of the engine's time). One session per patient, always
+    deleted; an error inside an action becomes :class:`EngineError`.
     durable-rules is not thread-safe, so one host per process behind a lock.
     durable-rules is an optional dependency where it cannot be built (Python
     3.13+ without a build flag): asking for ``rete`` then raises
     :class:`~cdss.errors.DependencyError` saying how to install it.
 
+``reference``
+    a plain-Python evaluation of the same strata, its patterns compiled once
+    per ruleset into predicates over facts indexed by name: the test oracle,
+    and the engine where durable-rules cannot be installed.
+
 ``auto``
     ``rete`` where durable-rules is installed, else ``reference``; every
     result records which engine ran.
-
-``reference``
-    a plain-Python naive evaluation of the same strata: the test oracle, and
-    the fallback where durable-rules cannot be installed.
 
 Both return the rules that fired with the facts they matched; the derived
 facts of a stratum are made here, once per name, whichever rules derive them.
@@ -54,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import itertools
+import operator
 import os
 import re
 import sys
@@ -120,12 +127,12 @@ def run(ruleset: Ruleset, facts: Sequence[Fact], *, engine: str = "auto") -> tup
     if resolve_engine(engine) == "rete":
         backend: _Backend = _Rete(ruleset)
     else:
-        backend = _Reference()
+        backend = _Reference(ruleset)
     by_id = {f.id: f for f in facts}
     firings: list[Firing] = []
     with backend.session(list(by_id.values())) as sess:
         for stratum in ruleset.strata:
-            fired = sess.run_stratum(stratum)
+            fired = sess.run_stratum(stratum, frozenset(f.name for f in by_id.values()))
             new: dict[str, Fact] = {}
             for rule in stratum:
                 matched = fired.get(rule.id)
@@ -148,7 +155,11 @@ def run(ruleset: Ruleset, facts: Sequence[Fact], *, engine: str = "auto") -> tup
 
 
 class _Session:
-    def run_stratum(self, rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+    def run_stratum(self, rules: Sequence[CompiledRule],
+                    names: frozenset[str]) -> dict[str, set[str]]:
+        """Fire the stratum's rules over the facts so far; ``names`` are the
+        names of those facts (a rule whose ``all`` names a missing fact cannot
+        fire)."""
         raise NotImplementedError
 
     def add(self, facts: Sequence[Fact]) -> None:
@@ -170,30 +181,101 @@ class _Backend:
 # Reference evaluator
 # --------------------------------------------------------------------------- #
 class _Reference(_Backend):
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.plan = _reference_plan(ruleset)
+
     def session(self, facts: Sequence[Fact]) -> _Session:
-        return _ReferenceSession(facts)
+        return _ReferenceSession(self.plan, facts)
+
+
+_Predicate = Callable[[Mapping[str, Any]], bool]
+#: A compiled pattern: the fact name and the predicate its values must pass.
+_Compiled = tuple[str, _Predicate]
+
+
+def _compile_test(test: Test) -> _Predicate:
+    """A closure that holds exactly when :meth:`Test.holds` does (the
+    reference's meaning; a property test compares the two)."""
+    field, op, value = test.field, test.op, test.value
+    if op in ("lt", "le", "gt", "ge"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return lambda values: False
+        compare = {"lt": operator.lt, "le": operator.le, "gt": operator.gt,
+                   "ge": operator.ge}[op]
+
+        def ordered(values: Mapping[str, Any]) -> bool:
+            actual = values.get(field, _MISSING)
+            if actual is _MISSING or isinstance(actual, bool) or \
+                    not isinstance(actual, (int, float)):
+                return False
+            return bool(compare(actual, value))
+
+        return ordered
+    return lambda values: test.holds(values)
+
+
+_MISSING = object()
+
+
+def _compile_pattern(pattern: Pattern) -> _Compiled:
+    tests = [_compile_test(t) for t in pattern.tests]
+    if not tests:
+        return pattern.fact, lambda values: True
+    if len(tests) == 1:
+        return pattern.fact, tests[0]
+    return pattern.fact, lambda values: all(t(values) for t in tests)
+
+
+@dataclass(frozen=True)
+class _ReferencePlan:
+    """A ruleset's rules with their patterns compiled once into predicates."""
+
+    rules: dict[str, tuple[tuple[_Compiled, ...], tuple[_Compiled, ...],
+                           tuple[_Compiled, ...]]]
+
+
+_plans: dict[str, _ReferencePlan] = {}
+
+
+def _reference_plan(ruleset: Ruleset) -> _ReferencePlan:
+    plan = _plans.get(ruleset.key)
+    if plan is None:
+        plan = _ReferencePlan({r.id: (tuple(map(_compile_pattern, r.all)),
+                                      tuple(map(_compile_pattern, r.any)),
+                                      tuple(map(_compile_pattern, r.none)))
+                               for r in ruleset.rules})
+        _plans[ruleset.key] = plan
+    return plan
 
 
 class _ReferenceSession(_Session):
-    def __init__(self, facts: Sequence[Fact]) -> None:
-        self.facts = [f.engine_dict() for f in facts]
+    """A naive fixpoint per stratum, over facts indexed by name."""
+
+    def __init__(self, plan: _ReferencePlan, facts: Sequence[Fact]) -> None:
+        self.plan = plan
+        self.by_name: dict[str, list[Fact]] = {}
+        self.add(facts)
 
     def add(self, facts: Sequence[Fact]) -> None:
-        self.facts.extend(f.engine_dict() for f in facts)
+        for fact in facts:
+            self.by_name.setdefault(fact.name, []).append(fact)
 
-    def _matching(self, pattern: Pattern) -> list[str]:
-        return [f["id"] for f in self.facts if pattern.matches(f)]
+    def _matching(self, compiled: _Compiled) -> list[str]:
+        name, holds = compiled
+        return [f.id for f in self.by_name.get(name, ()) if holds(f.values)]
 
-    def run_stratum(self, rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+    def run_stratum(self, rules: Sequence[CompiledRule],
+                    names: frozenset[str]) -> dict[str, set[str]]:
         fired: dict[str, set[str]] = {}
         for rule in rules:
-            alls = [self._matching(p) for p in rule.all]
+            all_, any_, none_ = self.plan.rules[rule.id]
+            alls = [self._matching(p) for p in all_]
             if not all(alls):
                 continue
-            anys = [self._matching(p) for p in rule.any]
-            if rule.any and not any(anys):
+            anys = [self._matching(p) for p in any_]
+            if any_ and not any(anys):
                 continue
-            if any(self._matching(p) for p in rule.none):
+            if any(self._matching(p) for p in none_):
                 continue
             fired[rule.id] = {fid for group in (*alls, *anys) for fid in group}
         return fired
@@ -203,6 +285,7 @@ class _ReferenceSession(_Session):
 # durable-rules
 # --------------------------------------------------------------------------- #
 _GO = "$go"
+_END = "$end"
 # A number in exponent form whose mantissa has no decimal point, outside strings.
 _BARE_EXPONENT = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![\w.+-])(-?\d+)([eE][+-]?\d+)')
 
@@ -213,10 +296,15 @@ def _fix_number(match: re.Match[bytes]) -> bytes:
     return match.group(1) + b".0" + match.group(2)
 
 
+# A cheap look for a number that may need fixing: a digit run right after a JSON
+# separator and followed by an exponent (the full, string-aware pattern then decides).
+_MAYBE_BARE_EXPONENT = re.compile(rb"[:,\[]-?\d+[eE]")
+
+
 def _dumps(obj: Any, **_: Any) -> str:
     """JSON text durable-rules parses correctly (see the module docstring)."""
     text = orjson.dumps(obj)
-    if b"e" in text or b"E" in text:
+    if _MAYBE_BARE_EXPONENT.search(text):
         text = _BARE_EXPONENT.sub(_fix_number, text)
     return text.decode()
 
@@ -311,8 +399,14 @@ def _action(rule_id: str) -> Callable[[Any], None]:
     return action
 
 
-def _noop(c: Any) -> None:
+def _end(c: Any) -> None:
     return None
+
+
+def _may_fire(rule: CompiledRule, names: frozenset[str]) -> bool:
+    """False when a fact the rule needs is absent by name (it cannot fire)."""
+    return all(p.fact in names for p in rule.all) and (
+        not rule.any or any(p.fact in names for p in rule.any))
 
 
 def _definition(ruleset: Ruleset) -> dict[str, Any]:
@@ -325,7 +419,7 @@ def _definition(ruleset: Ruleset) -> dict[str, Any]:
     """
     definition: dict[str, Any] = {}
     for rule in ruleset.rules:
-        base: list[dict[str, Any]] = [{"go": {"$and": [{"t": _GO}, {"r": rule.id}]}}]
+        base: list[dict[str, Any]] = [{"go": {"$and": [{"t": _GO}, {"s": rule.stratum}]}}]
         base += [{f"c{i}": _durable_pattern(p)} for i, p in enumerate(rule.all)]
         negations = [{f"n{i}$not": _durable_pattern(p)} for i, p in enumerate(rule.none)]
         if not rule.any:
@@ -334,7 +428,11 @@ def _definition(ruleset: Ruleset) -> dict[str, Any]:
         for i, alternative in enumerate(rule.any):
             terms = [*base, {f"a{i}": _durable_pattern(alternative)}, *negations]
             definition[f"{rule.id}#any{i}"] = {"all": terms, "run": _action(rule.id), "dist": 0}
-    definition["$catch-all"] = {"all": [{"m": {"$ex": {"t": 1}}}], "run": _noop}
+    # No catch-all rule: only facts that match a pattern are sent (see _Shape).
+    # A session in which no action ran has no state durable-rules can delete
+    # (delete_state then crashes the process, measured); such a session ends
+    # with an end marker whose rule fires, and is then deleted like any other.
+    definition["$end"] = {"all": [{"e": {"t": _END}}], "run": _end}
     return definition
 
 
@@ -360,11 +458,59 @@ class _Rete(_Backend):
         return _ReteSession(self.ruleset, facts)
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What of a patient's facts durable-rules is given: only facts that pass
+    at least one of the ruleset's patterns (by the same compiled predicates as
+    the reference evaluator), with only the fields rules test. A fact that
+    passes no pattern can neither join a rule nor block a negation, so leaving
+    it out changes no firing; and every fact sent then matches a pattern, so
+    durable-rules handles it without a catch-all rule firing once per fact
+    (a fact no pattern matches raises MessageNotHandledException)."""
+
+    patterns: dict[str, tuple[_Predicate, ...]]
+    fields: frozenset[str]
+
+    def wire(self, fact: Fact) -> dict[str, Any] | None:
+        checks = self.patterns.get(fact.name)
+        if not checks or not any(holds(fact.values) for holds in checks):
+            return None
+        out = {k: v for k, v in fact.values.items() if k in self.fields}
+        out["id"], out["t"] = fact.id, fact.name
+        return out
+
+
+_shapes: dict[str, _Shape] = {}
+
+
+def _shape(ruleset: Ruleset) -> _Shape:
+    shape = _shapes.get(ruleset.key)
+    if shape is None:
+        patterns = [p for r in ruleset.rules for p in (*r.all, *r.any, *r.none)]
+        checks: dict[str, list[_Predicate]] = {}
+        for name, holds in map(_compile_pattern, patterns):
+            checks.setdefault(name, []).append(holds)
+        shape = _Shape({name: tuple(preds) for name, preds in checks.items()},
+                       frozenset(t.field for p in patterns for t in p.tests))
+        _shapes[ruleset.key] = shape
+    return shape
+
+
 class _ReteSession(_Session):
+    """One patient on durable-rules. Facts are held until a stratum runs and go
+    in one ``assert_facts`` batch with that stratum's start marker last, so
+    every fact a rule tests is present before any rule of the stratum can join;
+    a stratum none of whose rules can fire (a fact its ``all`` names is absent)
+    is not run at all."""
+
     def __init__(self, ruleset: Ruleset, facts: Sequence[Fact]) -> None:
         self.ruleset = ruleset
-        self.initial = facts
+        self.shape = _shape(ruleset)
+        self.pending: list[dict[str, Any]] = []
+        self.add(facts)
         self.sid = f"{os.getpid()}-{next(_counter)}"
+        self.started = False  # a batch went in: the session exists
+        self.acted = False  # an action ran: durable-rules holds its state
 
     def __enter__(self) -> _Session:
         _HOST_LOCK.acquire()
@@ -372,7 +518,6 @@ class _ReteSession(_Session):
             self.host = _get_host(self.ruleset)
             _sink.clear()
             _errors.clear()
-            self.add(self.initial)
         except BaseException:
             self.__exit__()
             raise
@@ -380,9 +525,11 @@ class _ReteSession(_Session):
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if getattr(self, "host", None) is not None:
-                # a session never created has nothing to delete
+            if self.started:  # a session never created has nothing to delete
                 with contextlib.suppress(Exception):
+                    if not self.acted:
+                        self.host.assert_facts(self.ruleset.key, [
+                            {"sid": self.sid, "id": _END, "t": _END}])
                     self.host.delete_state(self.ruleset.key, self.sid)
             _sink.clear()
             _errors.clear()
@@ -390,10 +537,12 @@ class _ReteSession(_Session):
             _HOST_LOCK.release()
 
     def _assert(self, facts: list[dict[str, Any]]) -> None:
-        if not facts:
-            return
+        """One batch. An action never raises (it records its error), so a
+        failure either raises here or is in ``_errors``: the state need not be
+        read back after each batch."""
         for fact in facts:
             fact["sid"] = self.sid
+        self.started = True
         try:
             self.host.assert_facts(self.ruleset.key, facts)
         except Exception as exc:
@@ -401,16 +550,22 @@ class _ReteSession(_Session):
         if _errors:
             rule_id, error = _errors[0]
             raise EngineError(f"action failed: {error!r}", rule_id=rule_id)
-        state = self.host.get_state(self.ruleset.key, self.sid)
-        if isinstance(state, Mapping) and state.get("exception"):
-            raise EngineError(f"durable-rules reported: {state['exception']}")
 
     def add(self, facts: Sequence[Fact]) -> None:
-        self._assert([f.engine_dict() for f in facts])
+        for fact in facts:
+            wired = self.shape.wire(fact)
+            if wired is not None:
+                self.pending.append(wired)
 
-    def run_stratum(self, rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+    def run_stratum(self, rules: Sequence[CompiledRule],
+                    names: frozenset[str]) -> dict[str, set[str]]:
+        if not any(_may_fire(r, names) for r in rules):
+            return {}
         _sink.clear()
-        self._assert([{"id": f"{_GO}:{r.id}", "t": _GO, "r": r.id} for r in rules])
+        stratum = rules[0].stratum
+        self._assert([*self.pending, {"id": f"{_GO}:{stratum}", "t": _GO, "s": stratum}])
+        self.pending = []
+        self.acted = self.acted or bool(_sink)
         fired: dict[str, set[str]] = {}
         for rule_id, matched in _sink:
             ids = fired.setdefault(rule_id, set())

@@ -114,3 +114,4 @@ def test_regression_any_alternative_after_the_first_with_a_threshold_fires_on_re
     reference = cdss.evaluate(record, ruleset="plantar-cramps@1.0.0", as_of=AS_OF,
                               engine="reference")
     assert rete.to_json(engine=False) == reference.to_json(engine=False)
+

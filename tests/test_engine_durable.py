@@ -170,3 +170,28 @@ def test_without_durable_rules_asking_for_rete_says_how_to_install_it() -> None:
 def test_with_durable_rules_auto_runs_rete() -> None:
     assessment = cdss.evaluate([patient()], ruleset="plantar-cramps", as_of=AS_OF)
     assert assessment.engine == "rete"
+
+
+def test_regression_a_patient_on_whom_no_rule_fires_does_not_crash_a_fresh_process() -> None:
+    # Without a catch-all rule, a session in which no action ran made delete_state
+    # crash the process (SIGSEGV); seen first in a screen worker's first patient.
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import cdss;"
+        "from builders import lab, patient;"
+        "record = [patient(), lab('k', '2823-3', 4.2, 'mmol/L', when='2026-02-20')];"
+        "a = cdss.evaluate(record, ruleset='plantar-cramps@1.0.0', as_of='2026-03-01',"
+        " engine='rete'); print(len(a.trace))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+
+
+def test_sessions_on_which_no_rule_fires_are_deleted_too() -> None:
+    record = [patient(), lab("k", "2823-3", 4.2, "mmol/L", when="2026-02-20")]
+    facts = cdss.extract_facts(record, ruleset="plantar-cramps@1.0.0", as_of=AS_OF)
+    rs = cdss.load_ruleset("plantar-cramps@1.0.0")
+    for _ in range(1100):  # more than the 1,024 live sessions durable-rules allows
+        firings, _ = cdss_engine.run(rs, facts.items, engine="rete")
+        assert firings == []
