@@ -227,11 +227,23 @@ def _compile_pattern(pattern: Pattern) -> _Compiled:
 
 
 @dataclass(frozen=True)
-class _ReferencePlan:
-    """A ruleset's rules with their patterns compiled once into predicates."""
+class _RulePlan:
+    """One rule, compiled: its id, the fact names it needs, its patterns."""
 
-    rules: dict[str, tuple[tuple[_Compiled, ...], tuple[_Compiled, ...],
-                           tuple[_Compiled, ...]]]
+    id: str
+    needs: frozenset[str]
+    any_names: frozenset[str]
+    all: tuple[_Compiled, ...]
+    any: tuple[_Compiled, ...]
+    none: tuple[_Compiled, ...]
+
+
+@dataclass(frozen=True)
+class _ReferencePlan:
+    """A ruleset's rules with their patterns compiled once into predicates,
+    by rule index."""
+
+    rules: tuple[_RulePlan, ...]
 
 
 _plans: dict[str, _ReferencePlan] = {}
@@ -240,16 +252,20 @@ _plans: dict[str, _ReferencePlan] = {}
 def _reference_plan(ruleset: Ruleset) -> _ReferencePlan:
     plan = _plans.get(ruleset.key)
     if plan is None:
-        plan = _ReferencePlan({r.id: (tuple(map(_compile_pattern, r.all)),
-                                      tuple(map(_compile_pattern, r.any)),
-                                      tuple(map(_compile_pattern, r.none)))
-                               for r in ruleset.rules})
+        plan = _ReferencePlan(tuple(
+            _RulePlan(r.id, frozenset(p.fact for p in r.all),
+                      frozenset(p.fact for p in r.any),
+                      tuple(map(_compile_pattern, r.all)), tuple(map(_compile_pattern, r.any)),
+                      tuple(map(_compile_pattern, r.none)))
+            for r in sorted(ruleset.rules, key=lambda r: r.index)))
         _plans[ruleset.key] = plan
     return plan
 
 
 class _ReferenceSession(_Session):
-    """A naive fixpoint per stratum, over facts indexed by name."""
+    """A naive evaluation per stratum, over facts indexed by name: a rule
+    fires when each ``all`` pattern and one ``any`` alternative match a fact
+    and no ``none`` pattern does, with every fact its patterns match."""
 
     def __init__(self, plan: _ReferencePlan, facts: Sequence[Fact]) -> None:
         self.plan = plan
@@ -267,17 +283,26 @@ class _ReferenceSession(_Session):
     def run_stratum(self, rules: Sequence[CompiledRule],
                     names: frozenset[str]) -> dict[str, set[str]]:
         fired: dict[str, set[str]] = {}
-        for rule in rules:
-            all_, any_, none_ = self.plan.rules[rule.id]
-            alls = [self._matching(p) for p in all_]
-            if not all(alls):
-                continue
-            anys = [self._matching(p) for p in any_]
-            if any_ and not any(anys):
-                continue
-            if any(self._matching(p) for p in none_):
-                continue
-            fired[rule.id] = {fid for group in (*alls, *anys) for fid in group}
+        for compiled_rule in rules:
+            rule = self.plan.rules[compiled_rule.index]
+            if not rule.needs <= names or (rule.any and rule.any_names.isdisjoint(names)):
+                continue  # a fact it needs is absent by name
+            matched: set[str] = set()
+            for pattern in rule.all:
+                ids = self._matching(pattern)
+                if not ids:
+                    break
+                matched.update(ids)
+            else:
+                if rule.any:
+                    alternatives = [self._matching(p) for p in rule.any]
+                    if not any(alternatives):
+                        continue
+                    for ids in alternatives:
+                        matched.update(ids)
+                if any(self._matching(p) for p in rule.none):
+                    continue
+                fired[rule.id] = matched
         return fired
 
 
