@@ -47,19 +47,22 @@ def _egfr_record(value: float) -> list[dict[str, Any]]:
             finding("c", "leg-cramps", when="2026-02-01")]
 
 
-def test_regression_an_egfr_of_1e_05_does_not_crash_the_process() -> None:
-    # durable-rules' C parser segfaulted on 1e-05 (a plausible eGFR of almost 0);
-    # in a subprocess so that a crash fails this test instead of the run.
-    code = (
-        "import sys; sys.path.insert(0, 'tests'); import cdss;"
-        "from test_engine_durable import _egfr_record;"
-        "a = cdss.evaluate(_egfr_record(1e-05), ruleset='plantar-cramps', as_of='2026-03-01',"
-        " engine='rete'); print(sorted(f.code for f in a.flags))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False, timeout=120)
+def _in_a_fresh_process(code: str) -> str:
+    """Run ``code`` in a new interpreter (so that a crash fails the test, not the
+    run, and no earlier session warms durable-rules up); return what it printed."""
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'tests'); "
+                           + code], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "hyperkalemia-risk" in done.stdout
+    return done.stdout.strip()
+
+
+def test_regression_an_egfr_of_1e_05_does_not_crash_the_process() -> None:
+    # durable-rules' C parser segfaulted on 1e-05 (a plausible eGFR of almost 0)
+    printed = _in_a_fresh_process(
+        "import cdss; from test_engine_durable import _egfr_record;"
+        "a = cdss.evaluate(_egfr_record(1e-05), ruleset='plantar-cramps', as_of='2026-03-01',"
+        " engine='rete'); print(sorted(f.code for f in a.flags))")
+    assert "hyperkalemia-risk" in printed
 
 
 @settings(max_examples=60, deadline=None)
@@ -175,17 +178,12 @@ def test_with_durable_rules_auto_runs_rete() -> None:
 def test_regression_a_patient_on_whom_no_rule_fires_does_not_crash_a_fresh_process() -> None:
     # Without a catch-all rule, a session in which no action ran made delete_state
     # crash the process (SIGSEGV); seen first in a screen worker's first patient.
-    code = (
-        "import sys; sys.path.insert(0, 'tests'); import cdss;"
-        "from builders import lab, patient;"
+    printed = _in_a_fresh_process(
+        "import cdss; from builders import lab, patient;"
         "record = [patient(), lab('k', '2823-3', 4.2, 'mmol/L', when='2026-02-20')];"
         "a = cdss.evaluate(record, ruleset='plantar-cramps@1.0.0', as_of='2026-03-01',"
-        " engine='rete'); print(len(a.trace))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0"
+        " engine='rete'); print(len(a.trace))")
+    assert printed == "0"
 
 
 def test_sessions_on_which_no_rule_fires_are_deleted_too() -> None:

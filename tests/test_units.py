@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from cdss.schema import Analyte
@@ -99,52 +101,48 @@ def test_the_registry_converts_every_unit_a_shipped_ruleset_accepts(
         assert result.value is not None and result.value > 0, (spec, name, unit, result.reason)
 
 
-def test_a_unit_library_that_cannot_load_is_a_dependency_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def broken_unit_library(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """ucumvert's registry refusing its definitions, as it does under Pint 0.26."""
     import ucumvert
 
     from cdss import units
-    from cdss.errors import CDSSError, DependencyError
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("Cannot define 'international_unit' (the alias i.U. is not valid)")
 
-    for cache in (units._registry, units._parse, units._factor):
+    caches = (units._registry, units._parse, units._factor)
+    for cache in caches:
         cache.cache_clear()
     monkeypatch.setattr(ucumvert, "PintUcumRegistry", broken)
-    try:
-        with pytest.raises(DependencyError) as info:
-            convert(3.2, "mmol/L", K)
-        assert isinstance(info.value, CDSSError)
-        assert "pint" in str(info.value) and "ucumvert" in str(info.value)
-        assert "international_unit" in str(info.value)
-    finally:
-        monkeypatch.undo()
-        for cache in (units._registry, units._parse, units._factor):
-            cache.cache_clear()
-    assert convert(3.2, "mmol/L", K).value == pytest.approx(3.2)
+    yield
+    monkeypatch.undo()
+    for cache in caches:
+        cache.cache_clear()
 
 
-def test_a_broken_unit_library_fails_the_evaluation_not_each_lab(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import ucumvert
+@pytest.mark.usefixtures("broken_unit_library")
+def test_a_unit_library_that_cannot_load_is_a_dependency_error() -> None:
+    from cdss.errors import CDSSError, DependencyError
+
+    with pytest.raises(DependencyError) as info:
+        convert(3.2, "mmol/L", K)
+    assert isinstance(info.value, CDSSError)
+    assert "pint" in str(info.value) and "ucumvert" in str(info.value)
+    assert "international_unit" in str(info.value)
+
+
+@pytest.mark.usefixtures("broken_unit_library")
+def test_a_broken_unit_library_fails_the_evaluation_not_each_lab() -> None:
     from builders import lab, patient
 
     import cdss
-    from cdss import units
     from cdss.errors import DependencyError
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise ValueError("definitions refused")
+    with pytest.raises(DependencyError):
+        cdss.evaluate([patient(), lab("k", "2823-3", 3.2, "mmol/L", when="2026-02-01")],
+                      ruleset="plantar-cramps", as_of="2026-03-01")
 
-    for cache in (units._registry, units._parse, units._factor):
-        cache.cache_clear()
-    monkeypatch.setattr(ucumvert, "PintUcumRegistry", broken)
-    try:
-        with pytest.raises(DependencyError):
-            cdss.evaluate([patient(), lab("k", "2823-3", 3.2, "mmol/L", when="2026-02-01")],
-                          ruleset="plantar-cramps", as_of="2026-03-01")
-    finally:
-        monkeypatch.undo()
-        for cache in (units._registry, units._parse, units._factor):
-            cache.cache_clear()
+
+def test_units_convert_after_the_broken_library_is_gone() -> None:
+    assert convert(3.2, "mmol/L", K).value == pytest.approx(3.2)
