@@ -375,7 +375,7 @@ class _Builder:
         values: dict[str, Scalar] = {"status": status, "age_days": max(0, math.floor(age))}
         sites = sorted(c for c in self.term.concepts_of(res.get("bodySite"))
                        if self.term.kind(c) == "body_site")
-        implied = self.term.stated(res.get("code"), concept)[1]
+        _, implied, implied_nocturnal = self.term.statements(res.get("code"), concept)
         if sites:
             values["site"] = sites[0]
         elif implied is not None:  # the code itself names the site (calf spasm)
@@ -388,6 +388,8 @@ class _Builder:
             nocturnal = _boolean(component.get("valueBoolean"))
             if "nocturnal" in names and nocturnal is not None:
                 values["nocturnal"] = nocturnal
+        if "nocturnal" not in values and implied_nocturnal is not None:
+            values["nocturnal"] = implied_nocturnal  # the code means it (sleep-related)
         fact = Fact(id=f"finding:{concept}", name=concept, kind="finding", values=values,
                     sources=(_ref(res),))
         prev = self.findings.get(concept)

@@ -77,8 +77,8 @@ _FACT_KINDS = frozenset({"lab", "finding", "condition", "medication", "allergy"}
 _OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "exists")
 #: Fields added to the file formats after rulesets were first pinned: left out
 #: of the content hash while unset, so that older files keep their hashes.
-_LATER_FIELDS = frozenset({"exists", "laterality", "site", "extends", "bilateral",
-                           "qualifiers"})
+_LATER_FIELDS = frozenset({"exists", "laterality", "site", "nocturnal", "extends",
+                           "bilateral", "qualifiers"})
 
 
 # --------------------------------------------------------------------------- #

@@ -264,6 +264,9 @@ class Code(_Strict):
     #: The body site (a ``body_site`` concept) the code itself implies
     #: (``M62.831`` Muscle spasm of calf: ``calf``), read when no bodySite is given.
     site: Annotated[str | None, Field(pattern=NAME)] = None
+    #: The code itself means the finding happens at night (``G47.62`` Sleep
+    #: related leg cramps), read when no component records it.
+    nocturnal: bool | None = None
 
 
 class ConceptExtension(_Strict):

@@ -47,7 +47,7 @@ class Terminology:
             for code in concept.codes:
                 system = valuesets.systems.get(code.system, code.system)
                 key = _norm(system, code.code)
-                if code.laterality or code.site:
+                if code.laterality or code.site or code.nocturnal is not None:
                     self._entries[(system, key, name)] = code
                 if code.prefix:
                     self._prefix.append((system, key, name))
@@ -86,8 +86,16 @@ class Terminology:
         """What the codes of ``codeable`` that map to ``concept`` state
         themselves: their sides (``left``, ``right``, ``bilateral``) and the
         body site they imply (the first in code order), if any."""
+        sides, site, _ = self.statements(codeable, concept)
+        return sides, site
+
+    def statements(self, codeable: Any, concept: str) -> tuple[set[str], str | None,
+                                                                bool | None]:
+        """:meth:`stated`, and whether the codes say the finding is nocturnal
+        (``None`` when none says)."""
         sides: set[str] = set()
         site: str | None = None
+        nocturnal: bool | None = None
         for system, code in codings(codeable):
             key = _norm(system, code)
             entries = [self._entries.get((system, key, concept))]
@@ -101,7 +109,9 @@ class Terminology:
                     sides.add(entry.laterality)
                 if entry.site and site is None:
                     site = entry.site
-        return sides, site
+                if entry.nocturnal is not None and nocturnal is None:
+                    nocturnal = entry.nocturnal
+        return sides, site, nocturnal
 
     def sides_of(self, codeable: Any) -> set[str]:
         """The sides a bodySite states: body-site qualifier codes (right, left,

@@ -99,3 +99,13 @@ def test_a_lab_carries_its_value_as_charted() -> None:
     assert (values["charted_value"], values["charted_unit"], values["charted_at"]) == \
         (1.5, "mg/dL", "2026-02-14")
     assert values["value"] == float(f"{1.5 / 2.4305:.10g}")  # rules see full precision
+
+
+def test_a_sleep_related_cramp_code_is_nocturnal_unless_a_component_says_otherwise() -> None:
+    coded = condition("c", "G47.62", system=ICD10CM, onset="2026-02-01")
+    assert dict(facts(patient(), coded).get("leg_cramps").values)["nocturnal"] is True
+    observed = {**finding("o", "leg-cramps", nocturnal=False, when="2026-02-01"),
+                "code": {"coding": [{"system": ICD10CM, "code": "G47.62"}]}}
+    assert dict(facts(patient(), observed).get("leg_cramps").values)["nocturnal"] is False
+    plain = condition("c", "R25.2", system=ICD10CM, onset="2026-02-01")
+    assert "nocturnal" not in dict(facts(patient(), plain).get("leg_cramps").values)
