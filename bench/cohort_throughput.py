@@ -49,7 +49,7 @@ RULESET = "plantar-cramps@1.0.0"
 # --------------------------------------------------------------------------- #
 def cohort(folder: Path, patients: int, seed: int) -> Path:
     """A generated cohort in ``folder``, reused when it is already there."""
-    from cdss.generate import generate_cohort
+    from cdss.cohort import generate_cohort
 
     manifest = folder / "manifest.json"
     request = f"cdss generate --patients {patients} --seed {seed}"

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdss.assessment import Assessment, DataRequest, Evidence, Flag, PlanItem, Referral
-from cdss.errors import CDSSError, InvalidArgument, RulesetError
+from cdss.errors import FhirOutputError, InvalidArgument, RulesetError
 from cdss.rulesets import Ruleset
 from cdss.terminology import LOINC, SNOMED, UCUM
 
@@ -55,7 +55,6 @@ __all__ = [
     "NAMESPACE",
     "RULESET_IDENTIFIER_SYSTEM",
     "RULESET_SHA256_SYSTEM",
-    "FhirOutputError",
     "care_plan",
     "code_system",
     "fhir_instant",
@@ -84,17 +83,6 @@ _DETECTED_ISSUE_SEVERITY = {"critical": "high", "high": "high", "moderate": "mod
                             "low": "low"}
 #: A relative literal reference ``Type/id`` (FHIR id syntax).
 _RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
-
-
-class FhirOutputError(CDSSError, ValueError):
-    """Raised when a Bundle does not validate as FHIR R4 or a reference inside
-    it does not resolve. ``resource`` names the offending entry
-    (``Type/id``) when known."""
-
-    def __init__(self, message: str, *, resource: str | None = None) -> None:
-        self.resource = resource
-        self.reason = message
-        super().__init__(f"{resource}: {message}" if resource else message)
 
 
 # --------------------------------------------------------------------------- #

@@ -10,10 +10,10 @@
     feedback on cards (accepted / overridden), validated, logged as counts,
     and passed to an optional callback.
 
-**Who may call.** With a :class:`~cdss.service_config.ServiceConfig` every
+**Who may call.** With a :class:`~cdss.service.ServiceConfig` every
 call must carry the CDS client's signed JWT, in exactly one ``Authorization``
 header, checked as the specification's "Trusting CDS Clients" section says
-(see :mod:`cdss.service_auth`); any failure is a 401 with one generic message,
+(see :mod:`cdss.service._auth`); any failure is a 401 with one generic message,
 the reason going to the log only.
 Without a configuration the app is only created when ``insecure_dev=True``,
 and then it logs a warning on every call.
@@ -89,13 +89,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cdss.errors import CDSSError, InvalidArgument
-from cdss.intake import zone
-from cdss.outputs.cds_hooks import (
+from cdss.errors import (
+    AuthenticationFailed,
+    CDSSError,
+    HookRequestError,
+    InvalidArgument,
+    ReplayCacheFull,
+    ServiceConfigError,
+)
+from cdss.hooks import (
     FeedbackRequest,
     Fetch,
     HookRequest,
-    HookRequestError,
     collect_pages_async,
     discovery,
     evaluate_request,
@@ -106,14 +111,14 @@ from cdss.outputs.cds_hooks import (
     validate_feedback,
     validate_request,
 )
+from cdss.intake import zone
 from cdss.rulesets import Ruleset, load_ruleset
-from cdss.service_auth import AuthenticationFailed, ClientAuthenticator, ReplayCacheFull
-from cdss.service_config import (
+from cdss.service._auth import ClientAuthenticator
+from cdss.service._config import (
     ASYMMETRIC_ALGORITHMS,
     AllowedServer,
     Limits,
     ServiceConfig,
-    ServiceConfigError,
     load_config,
 )
 
@@ -455,12 +460,12 @@ def create_app(
     bad one fails at start. ``timezone`` (IANA; default the configuration's,
     else UTC) is the zone of times an EHR sends without one.
 
-    ``config`` (a :class:`~cdss.service_config.ServiceConfig` or the path of
+    ``config`` (a :class:`~cdss.service.ServiceConfig` or the path of
     its file) names the trusted CDS clients, their keys and FHIR servers, and
     the service's public URL; every call must then carry a valid JWT. Without
     it, ``insecure_dev=True`` is required: no authentication, a warning logged
     on every call, and FHIR reads limited to ``allowed_fhir_servers`` (base
-    URLs; ``None``: any). :class:`~cdss.service_config.ServiceConfigError`
+    URLs; ``None``: any). :class:`~cdss.errors.ServiceConfigError`
     when neither or both are given.
 
     ``limits`` overrides the configuration's limits. ``clock`` gives the
