@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.cli._app import app, main
 
 __all__ = ["app", "main"]
 
-claim(globals())
+_exports.claim(globals())

@@ -10,7 +10,7 @@ modules are the only importers of dask and pyarrow.
 
 from __future__ import annotations
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.cohort._generate import GeneratedCohort, generate_cohort
 from cdss.cohort._inputs import partition_of
 from cdss.cohort._screen import ENGINES, DiffReport, ScreenSummary, diff, screen
@@ -28,4 +28,4 @@ __all__ = [
     "screen",
 ]
 
-claim(globals())
+_exports.claim(globals())

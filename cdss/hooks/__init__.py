@@ -8,7 +8,7 @@ the cards are rendered by :func:`cdss.outputs.cds_hooks.cards`.
 
 from __future__ import annotations
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.errors import HookRequestError
 from cdss.hooks._protocol import (
     HOOK,
@@ -51,4 +51,4 @@ __all__ = [
     "validate_request",
 ]
 
-claim(globals())
+_exports.claim(globals())

@@ -9,7 +9,7 @@ the facts read, straight from JSON bytes (for cohort screens).
 
 from __future__ import annotations
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.intake._lean import RESOURCE_TYPES, is_resource_type
 from cdss.intake._shapes import MODES, ON_INVALID, USED_TYPES, LeftOut, Record, zone
 from cdss.intake._strict import read_record
@@ -26,4 +26,4 @@ __all__ = [
     "zone",
 ]
 
-claim(globals())
+_exports.claim(globals())

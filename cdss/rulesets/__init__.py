@@ -12,7 +12,7 @@ JSON Schema (:func:`ruleset_json_schema`).
 
 from __future__ import annotations
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.rulesets._docgen import render_ruleset_doc
 from cdss.rulesets._loading import (
     FIELD_TYPES,
@@ -89,4 +89,4 @@ __all__ = [
     "ruleset_json_schema",
 ]
 
-claim(globals())
+_exports.claim(globals())

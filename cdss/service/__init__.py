@@ -11,7 +11,7 @@ uvicorn, httpx and PyJWT; ``import cdss`` imports none of them.
 
 from __future__ import annotations
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.errors import AuthenticationFailed, ReplayCacheFull, ServiceConfigError
 from cdss.service._app import (
     AUTH_FAILED,
@@ -62,4 +62,4 @@ __all__ = [
     "serve_in_background",
 ]
 
-claim(globals())
+_exports.claim(globals())

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "cdss.testing needs hypothesis: install the extra with pip install 'cdss[testing]'"
     ) from exc
 
-from cdss._exports import claim
+from cdss import _exports
 from cdss.testing._invariants import PROPERTIES, check_ruleset, clinical_summary
 from cdss.testing._report import Failure, PropertyResult, Report
 from cdss.testing.strategies import (
@@ -62,4 +62,4 @@ __all__ = [
     "unit_factors",
 ]
 
-claim(globals())
+_exports.claim(globals())
