@@ -287,7 +287,7 @@ def test_internal_failure_is_500_json_without_details(base: str, rs: cdss.Rulese
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret-internal-detail")
 
-    monkeypatch.setattr(cdss.service._app, "evaluate_request", explode)
+    monkeypatch.setattr(cdss.service._runtime, "evaluate_request", explode)
     r = httpx.post(f"{base}/cds-services/plantar-cramps", json=call(rs, "r1", []))
     assert r.status_code == 500
     assert r.json()["error"]["status"] == 500

@@ -13,16 +13,7 @@ from __future__ import annotations
 
 from cdss import _exports
 from cdss.errors import AuthenticationFailed, ReplayCacheFull, ServiceConfigError
-from cdss.service._app import (
-    AUTH_FAILED,
-    base_url,
-    bind,
-    create_app,
-    disable_access_log,
-    json_depth,
-    json_too_deep,
-    serve_in_background,
-)
+from cdss.service._app import AUTH_FAILED, create_app
 from cdss.service._config import (
     ASYMMETRIC_ALGORITHMS,
     CONFIG_ENV,
@@ -36,6 +27,9 @@ from cdss.service._config import (
     TokenPolicy,
     load_config,
 )
+from cdss.service._limits import json_depth, json_too_deep
+from cdss.service._logging import disable_access_log
+from cdss.service._server import base_url, bind, serve_in_background
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
