@@ -132,3 +132,53 @@ def test_the_version_is_written_once() -> None:
     from importlib.metadata import version
 
     assert cdss.__version__ == version("cdss")
+
+
+def _imports_at_load() -> dict[str, set[str]]:
+    """``{module: modules of cdss it imports when loaded}``: module-level imports
+    only (not those inside functions or under ``TYPE_CHECKING``)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(cdss.__file__).parent
+    names = {".".join(("cdss", *p.relative_to(root).with_suffix("").parts)).removesuffix(
+        ".__init__"): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found: set[str] = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in names else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[name] = {m for m in found if m in names and m != name}
+    return graph
+
+
+def test_no_import_cycle() -> None:
+    graph = _imports_at_load()
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            cycles.append([*path[path.index(node):], node])
+            return
+        for nxt in sorted(graph[node]):
+            visit(nxt, [*path, node])
+
+    for start in sorted(graph):
+        visit(start, [])
+    assert cycles == []
+
+
+def test_outputs_know_only_the_assessment() -> None:
+    graph = _imports_at_load()
+    for name in ("cdss.outputs.text", "cdss.outputs.fhir", "cdss.outputs.cds_hooks"):
+        assert not graph[name] & {"cdss.evaluation", "cdss.engine", "cdss.hooks"}
+    import inspect as _inspect
+
+    import cdss.outputs.fhir
+
+    assert "load_ruleset" not in _inspect.getsource(cdss.outputs.fhir)
