@@ -1,6 +1,6 @@
 """Cohort screen throughput and memory, measured in one run.
 
-Generates a synthetic bulk export (``cdss.generate``) and measures, on this
+Generates a synthetic bulk export (``cdss.cohort.generate_cohort``) and measures, on this
 machine:
 
 * the floor: only reading the NDJSON files and parsing every line with orjson;
