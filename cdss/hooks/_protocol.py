@@ -21,9 +21,10 @@ CDS client's FHIR server, through a callable that callers may inject.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
@@ -34,26 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cdss.errors import HookRequestError, InputError, InvalidArgument
 from cdss.outputs.cds_hooks import cards
 from cdss.rulesets import Ruleset
-
-__all__ = [
-    "HOOK",
-    "FeedbackRequest",
-    "Fetch",
-    "HookRequest",
-    "collect_pages",
-    "collect_pages_async",
-    "discovery",
-    "evaluate_request",
-    "fetch_headers",
-    "handle_patient_view",
-    "http_fetch",
-    "missing_prefetch",
-    "prefetch_templates",
-    "read_fhir_json",
-    "service_ids",
-    "validate_feedback",
-    "validate_request",
-]
 
 #: The one hook these services answer.
 HOOK = "patient-view"
@@ -403,51 +384,62 @@ def _merge(pages: list[Any]) -> Any:
     return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
 
 
-def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str) -> Any:
-    """GET ``url`` and the ``next`` pages of a search (on ``base``'s host only);
-    one Bundle with every page's entries."""
+@contextlib.contextmanager
+def _read_errors() -> Iterator[None]:
+    """An injected fetch failing in its own way becomes a 412 naming the failure's type."""
+    try:
+        yield
+    except HookRequestError:
+        raise
+    except Exception as exc:
+        raise HookRequestError(f"the FHIR server could not be read: {type(exc).__name__}",
+                               status=412) from None
+
+
+def _paging(url: str, base: str) -> Generator[str, Any, Any]:
+    """The paging of a search, for either kind of fetch: yields each URL to GET
+    (``url``, then the ``next`` pages on ``base``'s host only, at most
+    :data:`MAX_PAGES`), is sent its page, and returns one Bundle with every
+    page's entries."""
     pages: list[Any] = []
     next_url: str | None = url
     while next_url is not None:
         if len(pages) >= MAX_PAGES:
             raise HookRequestError(f"the FHIR search has more than {MAX_PAGES} pages",
                                    status=412)
-        page = _call(fetch, next_url, headers)
+        page = yield next_url
         pages.append(page)
         next_url = _next_link(page, base)
     return _merge(pages)
+
+
+def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str) -> Any:
+    """GET ``url`` and the ``next`` pages of a search (on ``base``'s host only);
+    one Bundle with every page's entries."""
+    core = _paging(url, base)
+    try:
+        target = next(core)
+        while True:
+            with _read_errors():
+                page = fetch(target, headers)
+            target = core.send(page)
+    except StopIteration as done:
+        return done.value
 
 
 async def collect_pages_async(url: str, headers: Mapping[str, str],
                               fetch: Callable[[str, Mapping[str, str]], Awaitable[Any]],
                               base: str) -> Any:
     """:func:`collect_pages` with an asynchronous ``fetch``."""
-    pages: list[Any] = []
-    next_url: str | None = url
-    while next_url is not None:
-        if len(pages) >= MAX_PAGES:
-            raise HookRequestError(f"the FHIR search has more than {MAX_PAGES} pages",
-                                   status=412)
-        try:
-            page = await fetch(next_url, headers)
-        except HookRequestError:
-            raise
-        except Exception as exc:  # an injected fetch failing in its own way
-            raise HookRequestError(f"the FHIR server could not be read: {type(exc).__name__}",
-                                   status=412) from None
-        pages.append(page)
-        next_url = _next_link(page, base)
-    return _merge(pages)
-
-
-def _call(fetch: Fetch, url: str, headers: Mapping[str, str]) -> Any:
+    core = _paging(url, base)
     try:
-        return fetch(url, headers)
-    except HookRequestError:
-        raise
-    except Exception as exc:  # an injected fetch failing in its own way
-        raise HookRequestError(f"the FHIR server could not be read: {type(exc).__name__}",
-                               status=412) from None
+        target = next(core)
+        while True:
+            with _read_errors():
+                page = await fetch(target, headers)
+            target = core.send(page)
+    except StopIteration as done:
+        return done.value
 
 
 def _resources(key: str, value: Any) -> list[Mapping[str, Any]]:

@@ -24,16 +24,8 @@ __all__ = [
 ]
 
 #: The resource types whose content becomes facts.
-USED_TYPES = frozenset(
-    {
-        "AllergyIntolerance",
-        "Condition",
-        "MedicationRequest",
-        "MedicationStatement",
-        "Observation",
-        "Patient",
-    }
-)
+USED_TYPES = frozenset({"AllergyIntolerance", "Condition", "MedicationRequest",
+                        "MedicationStatement", "Observation", "Patient"})
 #: Intake modes. ``strict`` validates with fhir.resources; ``lean`` validates
 #: only the fields the facts read, with the schemas of :mod:`cdss.lean`.
 MODES = ("strict", "lean")
