@@ -38,9 +38,8 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import cdss
-from cdss.outputs.cds_hooks import handle_patient_view, prefetch_templates
-from cdss.service import base_url, bind, create_app, serve_in_background
-from cdss.service_config import load_config
+from cdss.hooks import handle_patient_view, prefetch_templates
+from cdss.service import base_url, bind, create_app, load_config, serve_in_background
 
 AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
 PID = "bench-1"

@@ -1,6 +1,6 @@
 """Cohort screen throughput and memory, measured in one run.
 
-Generates a synthetic bulk export (``cdss.generate``) and measures, on this
+Generates a synthetic bulk export (``cdss.cohort.generate_cohort``) and measures, on this
 machine:
 
 * the floor: only reading the NDJSON files and parsing every line with orjson;
@@ -49,7 +49,7 @@ RULESET = "plantar-cramps@1.0.0"
 # --------------------------------------------------------------------------- #
 def cohort(folder: Path, patients: int, seed: int) -> Path:
     """A generated cohort in ``folder``, reused when it is already there."""
-    from cdss.generate import generate_cohort
+    from cdss.cohort import generate_cohort
 
     manifest = folder / "manifest.json"
     request = f"cdss generate --patients {patients} --seed {seed}"

@@ -47,6 +47,10 @@ class RulesetIdentity(_Out):
     version: str
     sha256: str
     title: str
+    #: The ruleset's canonical URL (``canonical_url`` of its file), for the
+    #: outputs that name it. Known where the Assessment was made; not part of
+    #: its JSON, whose bytes stay those of the versions already recorded.
+    url: str | None = Field(default=None, exclude=True)
 
     @property
     def spec(self) -> str:
@@ -120,11 +124,17 @@ class Suppressed(_Out):
 
 
 class DataRequest(_Out):
+    """A lab result the ruleset needs and the record lacks (or holds only stale):
+    the ``analyte``, the ``loinc`` code to order, why, and the rule asking."""
+
     analyte: str
     display: str
     loinc: str | None
     reason: str
     rule_id: str
+    #: How recent a result must be to count (the analyte's lookback), for the
+    #: outputs that ask for it. Like ``RulesetIdentity.url``, not in the JSON.
+    lookback_days: int | None = Field(default=None, exclude=True)
 
 
 class TraceEntry(_Out):

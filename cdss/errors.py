@@ -1,22 +1,45 @@
-"""The error hierarchy of cdss.
+"""Every error cdss raises on purpose, in one tree.
 
-Every error cdss raises on purpose is a :class:`CDSSError`. Each branch also
-subclasses the matching built-in exception, so callers that already catch
-``ValueError`` or ``LookupError`` keep working. Errors carry the data a caller
-needs to point at the problem (resource type, id and field; rule file, rule id
-and field) as attributes, not only inside the message.
+Each error is a :class:`CDSSError`; most also subclass the matching built-in
+exception, so callers that already catch ``ValueError`` or ``LookupError``
+keep working. Errors carry the data a caller needs to point at the problem
+(resource type, id and field; rule file, rule id and field) as attributes,
+not only inside the message. A test keeps this tree and the classes below
+the same::
+
+    CDSSError
+    ├── InvalidArgument (TypeError)       a public function called with a bad argument
+    ├── InputError (ValueError)           patient data that cannot be used
+    ├── RulesetError (ValueError)         a ruleset file that cannot load
+    │   └── RulesetNotFoundError (LookupError)
+    ├── EngineError (RuntimeError)        the rule engine failed on a patient
+    ├── DependencyError (ImportError)     a library cdss needs is missing or broken
+    ├── FhirOutputError (ValueError)      a Bundle that does not validate
+    ├── HookRequestError (ValueError)     a CDS Hooks call that gets no cards
+    ├── ServiceError                      the CDS Hooks service (extra ``service``)
+    │   ├── ServiceConfigError (ValueError)
+    │   ├── AuthenticationFailed
+    │   └── ReplayCacheFull
+    └── CohortError                       a cohort screen that cannot run (extra ``cohort``)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "CDSSError",
+    "CohortError",
     "DependencyError",
     "EngineError",
+    "FhirOutputError",
+    "HookRequestError",
     "InputError",
     "InvalidArgument",
+    "ReplayCacheFull",
     "RulesetError",
     "RulesetNotFoundError",
+    "ServiceConfigError",
+    "ServiceError",
 ]
 
 
@@ -109,3 +132,66 @@ class DependencyError(CDSSError, ImportError):
     def __init__(self, message: str, *, package: str) -> None:
         self.package = package
         super().__init__(message)
+
+
+class FhirOutputError(CDSSError, ValueError):
+    """Raised when a Bundle does not validate as FHIR R4 or a reference inside
+    it does not resolve. ``resource`` names the offending entry
+    (``Type/id``) when known."""
+
+    def __init__(self, message: str, *, resource: str | None = None) -> None:
+        self.resource = resource
+        self.reason = message
+        super().__init__(f"{resource}: {message}" if resource else message)
+
+
+class HookRequestError(CDSSError, ValueError):
+    """A CDS Hooks request that cannot be answered with cards. ``status`` is the
+    HTTP status to answer with: 400 for a malformed request or unusable data,
+    404 for an unknown service, 412 when the patient's data can be had neither
+    from ``prefetch`` nor from the FHIR server."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        self.status = status
+        self.reason = message
+        super().__init__(message)
+
+
+class ServiceError(CDSSError):
+    """Raised by the CDS Hooks service (extra ``service``) before any patient is
+    evaluated: an unusable configuration, a caller that is not trusted, a
+    replay cache that is full."""
+
+
+class ServiceConfigError(ServiceError, ValueError):
+    """The service's configuration is missing or unusable. ``field`` names the
+    offending setting (``issuers.0.jwks_url``) when one is to blame."""
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 source: str | None = None) -> None:
+        self.field = field
+        self.source = source
+        self.reason = message
+        where = ": ".join(p for p in (source, f"field {field!r}" if field else None) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class AuthenticationFailed(ServiceError):
+    """A call's JWT is missing or not acceptable. ``reason`` says why, for the
+    service log only: it never reaches the caller, and never holds the token."""
+
+    def __init__(self, reason: str, *, issuer: str | None = None) -> None:
+        self.reason = reason
+        self.issuer = issuer
+        super().__init__(reason)
+
+
+class ReplayCacheFull(ServiceError):
+    """The replay cache holds as many unexpired ``jti`` as it may: the call is
+    refused (503) rather than forgetting a ``jti`` that could then be replayed."""
+
+
+class CohortError(CDSSError):
+    """Raised when a cohort screen cannot run: no input, a missing file, an
+    output folder holding another screen, worker processes that keep dying
+    on no patient in particular."""

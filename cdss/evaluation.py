@@ -136,6 +136,11 @@ def _evidence(matched: Sequence[str], by_id: dict[str, Fact]) -> list[Evidence]:
     return out
 
 
+def _lookback(ruleset: Ruleset, analyte: str) -> int | None:
+    found = ruleset.valuesets.analytes.get(analyte)
+    return found.lookback_days if found else None
+
+
 def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessment:
     """Run ``ruleset`` over already extracted ``facts``."""
     engine = resolve_engine(engine)
@@ -191,7 +196,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
                     requests[analyte] = DataRequest(
                         analyte=analyte, display=concept.display,
                         loinc=ruleset.order_loinc(analyte), reason=action.request.reason,
-                        rule_id=rule.id)
+                        rule_id=rule.id, lookback_days=_lookback(ruleset, analyte))
 
     catalogue = {item.code: (i, item) for i, item in enumerate(ruleset.source.plan_items)}
     removed: dict[str, Suppressed] = {}
@@ -222,7 +227,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
     rs = ruleset.source
     return Assessment(
         ruleset=RulesetIdentity(id=rs.id, version=rs.version, sha256=ruleset.sha256,
-                                title=rs.title),
+                                title=rs.title, url=rs.canonical_url),
         as_of=facts.as_of,
         engine=engine,
         patient=facts.patient,

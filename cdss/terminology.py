@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cdss.schema import Code, ConceptMapEntry, ValueSetFile
+if TYPE_CHECKING:  # the file formats are types here, so terminology does not load rulesets
+    from cdss.rulesets import Code, ConceptMapEntry, ValueSetFile
 
 __all__ = ["ICD10CM", "LOCAL", "LOINC", "RXNORM", "SNOMED", "UCUM", "Terminology", "codings"]
 

@@ -16,10 +16,12 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdss.errors import DependencyError
-from cdss.schema import Analyte
+
+if TYPE_CHECKING:  # a type only: units need no ruleset loading
+    from cdss.rulesets import Analyte
 
 __all__ = ["Conversion", "convert"]
 

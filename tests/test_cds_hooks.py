@@ -15,10 +15,9 @@ from fhir.resources.R4B import get_fhir_model_class
 
 import cdss
 from cdss.errors import CDSSError
-from cdss.outputs.cds_hooks import (
+from cdss.hooks import (
     HookRequest,
     HookRequestError,
-    cards,
     discovery,
     handle_patient_view,
     prefetch_templates,
@@ -26,6 +25,7 @@ from cdss.outputs.cds_hooks import (
     validate_feedback,
     validate_request,
 )
+from cdss.outputs.cds_hooks import cards
 
 AS_OF = "2026-03-01"
 SPEC = "plantar-cramps@1.0.0"

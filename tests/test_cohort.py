@@ -32,10 +32,9 @@ from test_cohort_support import (
 )
 
 import cdss
-from cdss import cohort as cohort_mod
-from cdss.cohort import CohortError, screen
-from cdss.cohort_io import discover, partition_of, patient_key
-from cdss.generate import GeneratedCohort
+from cdss.cohort import CohortError, GeneratedCohort, screen
+from cdss.cohort import _screen as cohort_mod
+from cdss.cohort._inputs import discover, partition_of, patient_key
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +255,7 @@ def test_a_new_screen_replaces_the_results_of_an_old_one(tmp_path: Path) -> None
 def test_partitions_are_stable_across_processes() -> None:
     keys = ["Patient/pt0000001", "Patient/ä", "urn:uuid:1234"]
     here = [partition_of(k, 97) for k in keys]
-    code = ("from cdss.cohort_io import partition_of;"
+    code = ("from cdss.cohort._inputs import partition_of;"
             f"print([partition_of(k, 97) for k in {keys!r}])")
     for seed in ("1", "2"):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -274,7 +273,7 @@ def test_patient_keys() -> None:
 
 
 def test_importing_cdss_imports_no_cohort_packages() -> None:
-    code = ("import sys, cdss, cdss.cohort, cdss.generate, cdss.report_html;"
+    code = ("import sys, cdss, cdss.cohort, cdss.cohort._generate, cdss.cohort._report;"
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'dask', 'distributed', 'pyarrow', 'typer'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -29,10 +29,10 @@ from test_cohort_support import (
     write_ndjson,
 )
 
-from cdss import cohort as cohort_mod
 from cdss.cohort import CohortError, diff, screen
-from cdss.cohort_io import partition_of
-from cdss.cohort_worker import PartitionTask
+from cdss.cohort import _screen as cohort_mod
+from cdss.cohort._inputs import partition_of
+from cdss.cohort._worker import PartitionTask
 from cdss.errors import InvalidArgument
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'

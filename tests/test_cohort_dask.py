@@ -28,8 +28,7 @@ from test_cohort_support import (
     write_ndjson,
 )
 
-from cdss.cohort import CohortError, screen
-from cdss.generate import GeneratedCohort
+from cdss.cohort import CohortError, GeneratedCohort, screen
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cdss.cli import app
 from cdss.cohort import diff
-from cdss.cohort_worker import compare
+from cdss.cohort._worker import compare
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_the_diff_command(versions: Path, cohort_in: Path, tmp_path: Path) -> No
 def test_the_shipped_versions_can_be_compared(tmp_path: Path) -> None:
     """plantar-cramps 1.0.0 -> 1.1.0 over a generated cohort: every patient is
     accounted for once (the content of 1.1.0 is tested with the ruleset)."""
-    from cdss.generate import generate_cohort
+    from cdss.cohort import generate_cohort
 
     cohort = generate_cohort(80, seed=2, out=tmp_path / "in")
     report = diff(cohort.out, from_ruleset="plantar-cramps@1.0.0",

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import cdss
-from cdss.generate import GeneratedCohort, generate_cohort
+from cdss.cohort import GeneratedCohort, generate_cohort
 
 AS_OF = "2026-03-01"
 RULESET = "plantar-cramps@1.0.0"

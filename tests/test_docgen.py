@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cdss
-from cdss.docgen import render_ruleset_doc
+from cdss.rulesets import render_ruleset_doc
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "rulesets" / "plantar-cramps.md"
 
@@ -37,7 +37,7 @@ def test_unknown_ruleset_gives_a_short_document() -> None:
 def test_shipped_json_schema_is_current() -> None:
     import orjson
 
-    from cdss.schema import ruleset_json_schema
+    from cdss.rulesets import ruleset_json_schema
 
     shipped = DOC.parent.parent / "ruleset.schema.json"
     assert orjson.loads(shipped.read_bytes()) == ruleset_json_schema(), (

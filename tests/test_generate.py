@@ -14,8 +14,8 @@ import pytest
 from test_cohort_support import group_by_patient, read_ndjson
 
 import cdss
+from cdss.cohort import generate_cohort
 from cdss.errors import InvalidArgument
-from cdss.generate import generate_cohort
 
 AS_OF = date(2026, 3, 1)
 

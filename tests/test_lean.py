@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 import cdss
 from cdss.errors import CDSSError, InputError
-from cdss.intake import read_record
-from cdss.lean import RESOURCE_TYPES, entries, is_resource_type
+from cdss.intake import RESOURCE_TYPES, is_resource_type, read_record
+from cdss.intake._lean import entries
 
 AS_OF = "2026-03-01"
 RULESET = cdss.load_ruleset("plantar-cramps@1.0.0")

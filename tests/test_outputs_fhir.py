@@ -289,3 +289,24 @@ def test_example_patient(rs: cdss.Ruleset) -> None:
     for file in sorted(path.glob("*.json")):
         a = cdss.evaluate(file.read_bytes(), ruleset=rs, as_of=AS_OF)
         validate_bundle(to_fhir_bundle(a, ruleset=rs))
+
+
+def test_a_site_copy_of_a_ruleset_keeps_its_canonical_url(tmp_path: Path) -> None:
+    """The Bundle names the module by the canonical URL of the ruleset that made
+    the Assessment, even when that ruleset is not the built-in one (a site's
+    copy with other content once gave a thinner Bundle, silently)."""
+    import shutil
+
+    from cdss.rulesets import builtin_folder, load_ruleset_file
+
+    folder = tmp_path / "site" / "plantar-cramps"
+    shutil.copytree(builtin_folder() / "plantar-cramps", folder,
+                    ignore=shutil.ignore_patterns("cases"))
+    text = (folder / "1.0.0.yaml").read_text(encoding="utf-8")
+    (folder / "1.0.0.yaml").write_text(text.replace("title:", "title: Site", 1), encoding="utf-8")
+    site = load_ruleset_file(folder / "1.0.0.yaml")
+    assert site.sha256 != cdss.load_ruleset(SPEC).sha256
+    a = assess(site, data_requests())
+    guidance = entries(to_fhir_bundle(a), "GuidanceResponse")[0]
+    assert guidance["moduleCanonical"] == f"{CANONICAL}|1.0.0"
+    assert guidance["dataRequirement"][0]["dateFilter"]

@@ -12,8 +12,7 @@ from conftest import MINI_RULESET, write_ruleset
 
 import cdss
 from cdss.errors import InvalidArgument, RulesetError, RulesetNotFoundError
-from cdss.rulesets import available_rulesets, load_ruleset, load_ruleset_file
-from cdss.schema import ruleset_json_schema
+from cdss.rulesets import available_rulesets, load_ruleset, load_ruleset_file, ruleset_json_schema
 
 
 def mutate(change: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import cdss
 from cdss.facts import parse_time
 from cdss.rulesets import available_rulesets
 from cdss.testing import Report, check_ruleset, clinical_summary
-from cdss.testing.invariants import _in_other_offsets
+from cdss.testing._invariants import _in_other_offsets
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 

@@ -33,9 +33,8 @@ from typer.testing import CliRunner
 
 import cdss
 from cdss import cli
-from cdss.outputs.cds_hooks import discovery, handle_patient_view, prefetch_templates
-from cdss.service import create_app, serve_in_background
-from cdss.service_config import ServiceConfigError
+from cdss.hooks import discovery, handle_patient_view, prefetch_templates
+from cdss.service import ServiceConfigError, create_app, serve_in_background
 
 SPEC = "plantar-cramps@1.0.0"
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -288,7 +287,7 @@ def test_internal_failure_is_500_json_without_details(base: str, rs: cdss.Rulese
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret-internal-detail")
 
-    monkeypatch.setattr(cdss.service, "evaluate_request", explode)
+    monkeypatch.setattr(cdss.service._runtime, "evaluate_request", explode)
     r = httpx.post(f"{base}/cds-services/plantar-cramps", json=call(rs, "r1", []))
     assert r.status_code == 500
     assert r.json()["error"]["status"] == 500

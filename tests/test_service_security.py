@@ -47,22 +47,22 @@ import cdss.service
 from cdss.errors import EngineError
 from cdss.service import (
     AUTH_FAILED,
+    AllowedServer,
+    AuthenticationFailed,
+    JwksPolicy,
+    Limits,
+    ReplayCacheFull,
+    ServiceConfig,
+    ServiceConfigError,
     base_url,
     bind,
     create_app,
     json_depth,
     json_too_deep,
+    load_config,
     serve_in_background,
 )
-from cdss.service_auth import AuthenticationFailed, JwksCache, ReplayCache, ReplayCacheFull
-from cdss.service_config import (
-    AllowedServer,
-    JwksPolicy,
-    Limits,
-    ServiceConfig,
-    ServiceConfigError,
-    load_config,
-)
+from cdss.service._auth import JwksCache, ReplayCache
 
 SPEC = "plantar-cramps@1.0.0"
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -765,7 +765,7 @@ def test_an_evaluation_over_its_time_is_503(config_file: Path, keys: Keys, rs: c
         release.wait(timeout=30)
         return {"cards": []}
 
-    monkeypatch.setattr(cdss.service, "evaluate_request", stuck)
+    monkeypatch.setattr(cdss.service._runtime, "evaluate_request", stuck)
     stack, service_url, _ = start(config_file, limits=Limits(evaluation_timeout_seconds=0.3))
     url = f"{service_url}{SERVICE}"
     try:
@@ -847,7 +847,7 @@ def test_a_client_leaving_before_its_body_arrived_is_no_failure(
 def test_a_failing_evaluation_fails_only_its_call(config_file: Path, keys: Keys,
                                                   rs: cdss.Ruleset, kind: type[BaseException],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cdss.service.evaluate_request
+    real = cdss.service._runtime.evaluate_request
     failures = [kind]
 
     def fails_once(*args: Any, **kwargs: Any) -> Any:
@@ -855,7 +855,7 @@ def test_a_failing_evaluation_fails_only_its_call(config_file: Path, keys: Keys,
             raise failures.pop()(f"failed on {NAMED_VALUES[0]} {NAMED_VALUES[2]} 3.137")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cdss.service, "evaluate_request", fails_once)
+    monkeypatch.setattr(cdss.service._runtime, "evaluate_request", fails_once)
     stack, service_url, _ = start(config_file)
     url = f"{service_url}{SERVICE}"
     body = hook_body(rs, "pat-e1zq", low_k("pat-e1zq"))
@@ -887,7 +887,7 @@ def test_a_wedged_evaluation_does_not_hold_up_the_next_calls(
         config_file: Path, keys: Keys, rs: cdss.Ruleset,
         monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-    real = cdss.service.evaluate_request
+    real = cdss.service._runtime.evaluate_request
     wedged = [True]
 
     def wedged_once(*args: Any, **kwargs: Any) -> Any:
@@ -896,7 +896,7 @@ def test_a_wedged_evaluation_does_not_hold_up_the_next_calls(
             release.wait(timeout=30)  # an evaluation that never ends, as far as calls can tell
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cdss.service, "evaluate_request", wedged_once)
+    monkeypatch.setattr(cdss.service._runtime, "evaluate_request", wedged_once)
     stack, service_url, _ = start(config_file, limits=Limits(evaluation_timeout_seconds=0.3))
     url = f"{service_url}{SERVICE}"
     try:
@@ -989,7 +989,7 @@ def test_logs_of_a_full_run_hold_no_patient_data(
         def explode(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError(f"failed on {pid} {NAMED_VALUES[0]} 3.137")
 
-        monkeypatch.setattr(cdss.service, "evaluate_request", explode)
+        monkeypatch.setattr(cdss.service._runtime, "evaluate_request", explode)
         r = httpx.post(url, json=body, headers=token())
         assert r.status_code == 500 and pid not in r.text and "RuntimeError" not in r.text
     text = "\n".join(logs.lines)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from cdss.schema import ConceptMapEntry, ValueSetFile
+from cdss.rulesets import ConceptMapEntry, ValueSetFile
 from cdss.terminology import ICD10CM, SNOMED, Terminology
 
 VS = ValueSetFile.model_validate({

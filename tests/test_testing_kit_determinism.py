@@ -69,7 +69,7 @@ if fake != "-":
 
 import datetime
 import orjson
-import cdss.testing.invariants as inv
+import cdss.testing._invariants as inv
 from cdss.rulesets import available_rulesets
 from cdss.testing import DEFAULT_AS_OF, from_ruleset, records
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdss.schema import Analyte
+from cdss.rulesets import Analyte
 from cdss.units import convert
 
 MG = Analyte(canonical_unit="mmol/L", lookback_days=90, molar_mass_g_per_mol=24.305, valence=2)

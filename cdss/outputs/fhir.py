@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdss.assessment import Assessment, DataRequest, Evidence, Flag, PlanItem, Referral
-from cdss.errors import CDSSError, InvalidArgument, RulesetError
+from cdss.errors import FhirOutputError, InvalidArgument
 from cdss.rulesets import Ruleset
 from cdss.terminology import LOINC, SNOMED, UCUM
 
@@ -55,7 +55,6 @@ __all__ = [
     "NAMESPACE",
     "RULESET_IDENTIFIER_SYSTEM",
     "RULESET_SHA256_SYSTEM",
-    "FhirOutputError",
     "care_plan",
     "code_system",
     "fhir_instant",
@@ -84,17 +83,6 @@ _DETECTED_ISSUE_SEVERITY = {"critical": "high", "high": "high", "moderate": "mod
                             "low": "low"}
 #: A relative literal reference ``Type/id`` (FHIR id syntax).
 _RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
-
-
-class FhirOutputError(CDSSError, ValueError):
-    """Raised when a Bundle does not validate as FHIR R4 or a reference inside
-    it does not resolve. ``resource`` names the offending entry
-    (``Type/id``) when known."""
-
-    def __init__(self, message: str, *, resource: str | None = None) -> None:
-        self.resource = resource
-        self.reason = message
-        super().__init__(f"{resource}: {message}" if resource else message)
 
 
 # --------------------------------------------------------------------------- #
@@ -146,10 +134,8 @@ def _text(value: str) -> str:
     return " ".join(value.split())
 
 
-def _module_canonical(ruleset: Ruleset | None, assessment: Assessment) -> str | None:
-    if ruleset is None or not ruleset.source.canonical_url:
-        return None
-    return f"{ruleset.source.canonical_url}|{assessment.ruleset.version}"
+def _module_canonical(url: str | None, assessment: Assessment) -> str | None:
+    return f"{url}|{assessment.ruleset.version}" if url else None
 
 
 # --------------------------------------------------------------------------- #
@@ -285,15 +271,11 @@ def _evidence_text(ev: Evidence) -> str:
     return f"{ev.fact} ({ev.kind}{': ' + shown if shown else ''})"
 
 
-def _data_requirement(request: DataRequest, ruleset: Ruleset | None) -> dict[str, Any]:
+def _data_requirement(request: DataRequest, lookback: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "Observation"}
     if request.loinc:
         out["codeFilter"] = [{"path": "code",
                               "code": [_coding(LOINC, request.loinc, request.display)]}]
-    lookback = None
-    if ruleset is not None:
-        analyte = ruleset.valuesets.analytes.get(request.analyte)
-        lookback = analyte.lookback_days if analyte else None
     if lookback:
         # A Duration means "within this long before now" (DataRequirement.dateFilter).
         out["dateFilter"] = [{"path": "effective", "valueDuration": {
@@ -353,38 +335,40 @@ def _parameters(assessment: Assessment, rid: str, refs: Mapping[str, str],
     return {"resourceType": "Parameters", "id": rid, "parameter": params}
 
 
-def _resolve_ruleset(assessment: Assessment, ruleset: Ruleset | None) -> Ruleset | None:
+def _check_ruleset(assessment: Assessment, ruleset: Ruleset | None) -> None:
     rs = assessment.ruleset
-    if ruleset is not None:
-        if not isinstance(ruleset, Ruleset):
-            raise InvalidArgument(f"ruleset must be a loaded Ruleset, not {ruleset!r}")
-        if (ruleset.id, ruleset.version, ruleset.sha256) != (rs.id, rs.version, rs.sha256):
-            raise InvalidArgument(
-                f"the assessment was made with {rs.spec} (sha256 {rs.sha256[:12]}), not with "
-                f"{ruleset.spec} (sha256 {ruleset.sha256[:12]})")
-        return ruleset
-    from cdss.rulesets import load_ruleset
+    if ruleset is None:
+        return
+    if not isinstance(ruleset, Ruleset):
+        raise InvalidArgument(f"ruleset must be a loaded Ruleset, not {ruleset!r}")
+    if (ruleset.id, ruleset.version, ruleset.sha256) != (rs.id, rs.version, rs.sha256):
+        raise InvalidArgument(
+            f"the assessment was made with {rs.spec} (sha256 {rs.sha256[:12]}), not with "
+            f"{ruleset.spec} (sha256 {ruleset.sha256[:12]})")
 
-    try:
-        found = load_ruleset(rs.spec)
-    except RulesetError:
-        return None
-    # A ruleset with the same id@version but other content (a site's copy) is not ours.
-    return found if found.sha256 == rs.sha256 else None
+
+def _lookback(request: DataRequest, ruleset: Ruleset | None) -> int | None:
+    if ruleset is None:
+        return request.lookback_days
+    analyte = ruleset.valuesets.analytes.get(request.analyte)
+    return analyte.lookback_days if analyte else None
 
 
 def to_fhir_bundle(assessment: Assessment, *, ruleset: Ruleset | None = None) -> dict[str, Any]:
     """``assessment`` as an R4 Bundle (type ``collection``) of plain JSON.
 
-    ``ruleset`` is the loaded ruleset the assessment was made with; it supplies
-    the canonical URL and the lookbacks of data requirements. When omitted, the
-    built-in ruleset with the same id, version and sha256 is used if there is
-    one; otherwise the GuidanceResponse names the module by ``id@version``
-    only. Deterministic: the same Assessment gives the same Bundle.
+    The canonical URL and the lookbacks of data requirements come from the
+    Assessment (``assessment.ruleset.url``, ``DataRequest.lookback_days``),
+    set where it was made; ``ruleset``, the loaded ruleset the assessment was
+    made with, may supply them instead (an Assessment read back from JSON
+    lacks them) and must then be that ruleset. Without a canonical URL the
+    GuidanceResponse names the module by ``id@version`` only. Deterministic:
+    the same Assessment gives the same Bundle.
     """
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
-    rs_loaded = _resolve_ruleset(assessment, ruleset)
+    _check_ruleset(assessment, ruleset)
+    url = ruleset.source.canonical_url if ruleset is not None else assessment.ruleset.url
     ids = _Ids(assessment)
     subject = patient_reference(assessment)
     when = fhir_instant(assessment.as_of)
@@ -409,7 +393,7 @@ def to_fhir_bundle(assessment: Assessment, *, ruleset: Ruleset | None = None) ->
         "occurrenceDateTime": when,
         "outputParameters": _urn(params_id),
     }
-    module = _module_canonical(rs_loaded, assessment)
+    module = _module_canonical(url, assessment)
     if module:
         guidance["moduleCanonical"] = module
     else:
@@ -421,7 +405,7 @@ def to_fhir_bundle(assessment: Assessment, *, ruleset: Ruleset | None = None) ->
     if outcome_id:
         guidance["evaluationMessage"] = [_urn(outcome_id)]
     if assessment.data_requests:
-        guidance["dataRequirement"] = [_data_requirement(d, rs_loaded)
+        guidance["dataRequirement"] = [_data_requirement(d, _lookback(d, ruleset))
                                        for d in assessment.data_requests]
     resources.append(guidance)
     resources.append(_parameters(assessment, params_id, refs, plan_id))

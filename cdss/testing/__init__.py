@@ -25,8 +25,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "cdss.testing needs hypothesis: install the extra with pip install 'cdss[testing]'"
     ) from exc
 
-from cdss.testing.invariants import PROPERTIES, check_ruleset, clinical_summary
-from cdss.testing.report import Failure, PropertyResult, Report
+from cdss import _exports
+from cdss.testing._invariants import PROPERTIES, check_ruleset, clinical_summary
+from cdss.testing._report import Failure, PropertyResult, Report
 from cdss.testing.strategies import (
     DEFAULT_AS_OF,
     PATIENT_ID,
@@ -60,3 +61,5 @@ __all__ = [
     "records",
     "unit_factors",
 ]
+
+_exports.claim(globals())

@@ -37,8 +37,7 @@ from hypothesis import strategies as st
 
 from cdss.errors import InvalidArgument
 from cdss.evaluation import resolve_as_of, resolve_ruleset
-from cdss.rulesets import CompiledRule, Pattern, Ruleset, Test
-from cdss.schema import Analyte
+from cdss.rulesets import Analyte, CompiledRule, Pattern, Ruleset, Test
 from cdss.terminology import LOINC, SNOMED, UCUM
 from cdss.units import convert
 

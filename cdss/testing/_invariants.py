@@ -43,10 +43,9 @@ from cdss.assessment import Assessment
 from cdss.errors import CDSSError, InvalidArgument
 from cdss.evaluation import evaluate, extract_facts
 from cdss.facts import Facts, parse_time
-from cdss.rulesets import CompiledRule, Ruleset
-from cdss.schema import Invariant
+from cdss.rulesets import CompiledRule, Invariant, Ruleset
 from cdss.terminology import UCUM
-from cdss.testing.report import Failure, PropertyResult, Report
+from cdss.testing._report import Failure, PropertyResult, Report
 from cdss.testing.strategies import (
     _BOOLEANS,
     _SPELLINGS,

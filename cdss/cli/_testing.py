@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cdss.cli_options import ConceptMaps, load_cli_ruleset
+from cdss.cli._options import ConceptMaps, load_cli_ruleset
 from cdss.errors import CDSSError
 
 if TYPE_CHECKING:

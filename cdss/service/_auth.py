@@ -47,7 +47,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from cdss.service_config import (
+from cdss.errors import AuthenticationFailed, ReplayCacheFull
+from cdss.service._config import (
     ASYMMETRIC_ALGORITHMS,
     IssuerConfig,
     JwksPolicy,
@@ -55,11 +56,9 @@ from cdss.service_config import (
 )
 
 __all__ = [
-    "AuthenticationFailed",
     "ClientAuthenticator",
     "JwksCache",
     "ReplayCache",
-    "ReplayCacheFull",
     "VerificationKey",
     "key_fits",
     "keys_from_jwks",
@@ -70,21 +69,6 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _MIN_RSA_BITS = 2048
 _MAX_JTI = 256
-
-
-class AuthenticationFailed(Exception):
-    """A call's JWT is missing or not acceptable. ``reason`` says why, for the
-    service log only: it never reaches the caller, and never holds the token."""
-
-    def __init__(self, reason: str, *, issuer: str | None = None) -> None:
-        self.reason = reason
-        self.issuer = issuer
-        super().__init__(reason)
-
-
-class ReplayCacheFull(Exception):
-    """The replay cache holds as many unexpired ``jti`` as it may: the call is
-    refused (503) rather than forgetting a ``jti`` that could then be replayed."""
 
 
 # --------------------------------------------------------------------------- #

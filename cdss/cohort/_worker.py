@@ -1,6 +1,6 @@
 """The per-partition function of a cohort screen, run in worker processes.
 
-:func:`run_partition` reads one spilled partition (see :mod:`cdss.cohort_io`),
+:func:`run_partition` reads one spilled partition (see :mod:`cdss.cohort._inputs`),
 groups its lines by patient, evaluates every patient and writes the
 partition's results next to it; the same function runs in local worker
 processes and on Dask workers, so both give identical results.

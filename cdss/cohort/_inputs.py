@@ -40,11 +40,10 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
-from cdss.errors import CDSSError
-from cdss.lean import RESOURCE_TYPES
+from cdss.errors import CohortError
+from cdss.intake import RESOURCE_TYPES
 
 __all__ = [
-    "CohortError",
     "Source",
     "SpillStats",
     "discover",
@@ -68,12 +67,6 @@ _OTHER_REF = re.compile(r"^(?:.*/)?([A-Z][A-Za-z]+)/[^/]+(?:/_history/[^/]*)?$")
 MAX_LINE = 64 * 1024 * 1024
 _NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 _JSON_SUFFIXES = (".json", ".json.gz")
-
-
-class CohortError(CDSSError):
-    """Raised when a cohort screen cannot run: no input, a missing file, an
-    output folder holding another screen, worker processes that keep dying
-    on no patient in particular."""
 
 
 @dataclass(frozen=True)

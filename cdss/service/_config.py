@@ -35,7 +35,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cdss.errors import CDSSError
+from cdss.errors import ServiceConfigError
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -47,7 +47,6 @@ __all__ = [
     "JwksPolicy",
     "Limits",
     "ServiceConfig",
-    "ServiceConfigError",
     "TokenPolicy",
     "is_loopback_host",
     "load_config",
@@ -66,19 +65,6 @@ Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                     "ES256", "ES384", "ES512", "EdDSA"]
 #: The algorithms the specification recommends, accepted unless an issuer says otherwise.
 DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("ES384", "RS384")
-
-
-class ServiceConfigError(CDSSError, ValueError):
-    """The service's configuration is missing or unusable. ``field`` names the
-    offending setting (``issuers.0.jwks_url``) when one is to blame."""
-
-    def __init__(self, message: str, *, field: str | None = None,
-                 source: str | None = None) -> None:
-        self.field = field
-        self.source = source
-        self.reason = message
-        where = ": ".join(p for p in (source, f"field {field!r}" if field else None) if p)
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 # --------------------------------------------------------------------------- #
@@ -418,7 +404,7 @@ def load_config(path: str | Path | None = None, *, public_url: str | None = None
         config = ServiceConfig.model_validate({**content, "public_url": url})
     except ValidationError as exc:
         raise _from_validation(exc, source) from None
-    from cdss.service_auth import load_static_keys
+    from cdss.service._auth import load_static_keys
 
     for i, item in enumerate(config.issuers):
         try:

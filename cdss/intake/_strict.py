@@ -5,7 +5,7 @@ single resource, a list of resources, or JSON text/bytes of any of those. In
 ``strict`` mode every resource of a type the facts use is validated with
 fhir.resources (R4B models, which read R4 JSON for these resource types);
 resource types the facts do not use are counted and skipped, never fatal.
-In ``lean`` mode (:mod:`cdss.lean`) only the fields the facts read are
+In ``lean`` mode (:mod:`cdss.intake._lean`) only the fields the facts read are
 validated, straight from JSON bytes; both modes give the same facts on valid
 input.
 
@@ -22,38 +22,28 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import datetime, tzinfo
 from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 from pydantic import ValidationError
 
 from cdss.errors import InputError, InvalidArgument
-
-__all__ = ["MODES", "ON_INVALID", "USED_TYPES", "LeftOut", "Record", "read_record", "zone"]
-
-#: The resource types whose content becomes facts.
-USED_TYPES = frozenset(
-    {
-        "AllergyIntolerance",
-        "Condition",
-        "MedicationRequest",
-        "MedicationStatement",
-        "Observation",
-        "Patient",
-    }
+from cdss.intake import _lean as lean_intake
+from cdss.intake._shapes import (
+    MODES,
+    ON_INVALID,
+    USED_TYPES,
+    LeftOut,
+    Record,
+    record_entries,
+    str_id,
+    zone,
 )
-#: Intake modes. ``strict`` validates with fhir.resources; ``lean`` validates
-#: only the fields the facts read, with the schemas of :mod:`cdss.lean`.
-MODES = ("strict", "lean")
-#: What to do with a resource that cannot be read: leave it out with the
-#: reason, or refuse the whole record (InputError).
-ON_INVALID = ("leave-out", "refuse")
-_BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "document"})
+
+__all__ = ["read_record"]
+
 # A FHIR dateTime with a time but no zone (invalid FHIR, common in feeds).
 _NAIVE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 _TIME_KEYS = frozenset({"issued", "recordedDate", "authoredOn", "start", "end", "dateAsserted",
@@ -65,53 +55,6 @@ _SUBJECT_FIELD = {
     "MedicationStatement": "subject",
     "AllergyIntolerance": "patient",
 }
-
-
-@dataclass(frozen=True)
-class LeftOut:
-    """A resource left out of a record because it cannot be read: which
-    (``Observation/o1``), the field when known, and why."""
-
-    resource: str
-    field: str | None
-    reason: str
-
-    @classmethod
-    def from_error(cls, exc: InputError, fallback: str) -> LeftOut:
-        ref = f"{exc.resource_type or 'resource'}/{exc.resource_id or '?'}" \
-            if exc.resource_type or exc.resource_id else fallback
-        return cls(resource=ref, field=exc.field, reason=exc.reason)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One patient's resources after intake.
-
-    ``resources`` holds the used, validated resources other than the Patient,
-    in input order, as plain JSON dicts. ``skipped`` counts resources of types
-    the facts do not use, by type. ``left_out`` lists the resources that could
-    not be read (``on_invalid="leave-out"``); ``notes`` are (code, resource,
-    message) of what was read with an assumption (a time without a zone).
-    """
-
-    patient: Mapping[str, Any] | None
-    patient_ref: str | None
-    resources: tuple[Mapping[str, Any], ...]
-    skipped: Mapping[str, int] = field(default_factory=dict)
-    left_out: tuple[LeftOut, ...] = ()
-    notes: tuple[tuple[str, str, str], ...] = ()
-
-
-def zone(name: str | tzinfo) -> tzinfo:
-    """A time zone from an IANA name (``"UTC"``, ``"Europe/Berlin"``) or a tzinfo."""
-    if isinstance(name, tzinfo):
-        return name
-    if not isinstance(name, str):
-        raise InvalidArgument(f"timezone must be an IANA name or a tzinfo, not {name!r}")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidArgument(f"timezone {name!r} is not a known IANA time zone") from None
 
 
 def _localized(resource: Mapping[str, Any], tz: tzinfo,
@@ -162,67 +105,6 @@ def _model_class(resource_type: str) -> Any:
         return None
 
 
-def _loads(data: str | bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"malformed JSON: {exc}") from None
-
-
-def _entries(record: Any) -> Iterable[tuple[int, Any, str | None]]:
-    """Yield (position, resource, fullUrl) from any accepted record shape."""
-    if isinstance(record, (str, bytes, bytearray, memoryview)):
-        record = _loads(bytes(record) if not isinstance(record, str) else record)
-    if isinstance(record, Mapping):
-        if record.get("resourceType") == "Bundle":
-            btype = record.get("type")
-            if not isinstance(btype, str) or btype not in _BUNDLE_TYPES:
-                raise InputError(
-                    f"Bundle type {btype!r} is not one of {sorted(_BUNDLE_TYPES)}",
-                    resource_type="Bundle",
-                    resource_id=_str_id(record),
-                    field="type",
-                )
-            entries = record.get("entry") or []
-            if not isinstance(entries, list):
-                raise InputError(
-                    "entry must be a list",
-                    resource_type="Bundle",
-                    resource_id=_str_id(record),
-                    field="entry",
-                )
-            for i, entry in enumerate(entries):
-                if not isinstance(entry, Mapping) or not isinstance(
-                    entry.get("resource"), Mapping
-                ):
-                    raise InputError(
-                        "entry has no resource object",
-                        resource_type="Bundle",
-                        resource_id=_str_id(record),
-                        field=f"entry[{i}].resource",
-                    )
-                full_url = entry.get("fullUrl")
-                yield i, entry["resource"], full_url if isinstance(full_url, str) else None
-            return
-        yield 0, record, None
-        return
-    if isinstance(record, Sequence):
-        for i, item in enumerate(record):
-            if isinstance(item, (str, bytes)):
-                item = _loads(item)
-            yield i, item, None
-        return
-    raise InvalidArgument(
-        "record must be a FHIR Bundle, a resource, a list of resources, or JSON text/bytes; "
-        f"got {type(record).__name__}"
-    )
-
-
-def _str_id(resource: Mapping[str, Any]) -> str | None:
-    rid = resource.get("id")
-    return rid if isinstance(rid, str) else (None if rid is None else str(rid))
-
-
 def _validate(resource: Mapping[str, Any], resource_type: str) -> None:
     model = _model_class(resource_type)
     try:
@@ -231,16 +113,16 @@ def _validate(resource: Mapping[str, Any], resource_type: str) -> None:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or None
         raise InputError(
-            err["msg"], resource_type=resource_type, resource_id=_str_id(resource), field=loc
+            err["msg"], resource_type=resource_type, resource_id=str_id(resource), field=loc
         ) from None
     except RecursionError:
         raise InputError(
             "the resource is nested too deeply to validate (an extension or value chain)",
-            resource_type=resource_type, resource_id=_str_id(resource)
+            resource_type=resource_type, resource_id=str_id(resource)
         ) from None
     except (TypeError, ValueError) as exc:  # defensive: a model that raises plainly
         raise InputError(
-            str(exc), resource_type=resource_type, resource_id=_str_id(resource)
+            str(exc), resource_type=resource_type, resource_id=str_id(resource)
         ) from None
 
 
@@ -259,11 +141,11 @@ def _json_types(resource: Mapping[str, Any], resource_type: str) -> None:
         value = quantity.get("value") if isinstance(quantity, Mapping) else None
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise InputError(f"value {value!r} is not a JSON number", resource_type=resource_type,
-                             resource_id=_str_id(resource), field=f"{prefix}valueQuantity.value")
+                             resource_id=str_id(resource), field=f"{prefix}valueQuantity.value")
         flag = place.get("valueBoolean")
         if flag is not None and not isinstance(flag, bool):
             raise InputError(f"valueBoolean {flag!r} is not a JSON boolean",
-                             resource_type=resource_type, resource_id=_str_id(resource),
+                             resource_type=resource_type, resource_id=str_id(resource),
                              field=f"{prefix}valueBoolean")
 
 
@@ -284,11 +166,9 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
     tz = zone(timezone)
     lean = mode == "lean"
     if lean:
-        from cdss import lean as lean_intake
-
         source: Iterable[tuple[int, Any, str | None, bool]] = lean_intake.entries(record)
     else:
-        source = ((pos, res, url, False) for pos, res, url in _entries(record))
+        source = ((pos, res, url, False) for pos, res, url in record_entries(record))
     patients: list[tuple[Mapping[str, Any], str | None]] = []
     used: list[Mapping[str, Any]] = []
     skipped: Counter[str] = Counter()
@@ -312,7 +192,7 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
             if rtype == "Bundle" or not known:
                 leave_out(InputError(
                     f"{rtype!r} is not a FHIR R4 resource type cdss can read here",
-                    resource_type=rtype, resource_id=_str_id(resource), field="resourceType",
+                    resource_type=rtype, resource_id=str_id(resource), field="resourceType",
                 ), f"item {pos}")
                 continue
             skipped[rtype] += 1
@@ -326,7 +206,7 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
                     _validate(resource, rtype)
                     _json_types(resource, rtype)
         except InputError as exc:
-            leave_out(exc, f"{rtype}/{_str_id(resource) or '?'}", patient=rtype == "Patient")
+            leave_out(exc, f"{rtype}/{str_id(resource) or '?'}", patient=rtype == "Patient")
             continue
         if rtype == "Patient":
             patients.append((resource, full_url))
@@ -341,7 +221,7 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         fname = _SUBJECT_FIELD[rtype]
         subject = resource.get(fname)
         ref = subject.get("reference") if isinstance(subject, Mapping) else None
-        where = {"resource_type": rtype, "resource_id": _str_id(resource),
+        where = {"resource_type": rtype, "resource_id": str_id(resource),
                  "field": f"{fname}.reference"}
         if not isinstance(ref, str) or not ref:
             leave_out(InputError("no patient reference", **where), f"{rtype}/?")
@@ -357,7 +237,7 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         raise InputError(f"the record refers to {len(refs)} patients: {sorted(refs)}; one expected")
     patient_ref: str | None
     if patient is not None:
-        patient_ref = f"Patient/{_str_id(patient)}"
+        patient_ref = f"Patient/{str_id(patient)}"
     else:
         patient_ref = next(iter(refs)) if refs else None
     return Record(
@@ -376,7 +256,7 @@ def _resource_type(pos: int, resource: Any) -> str:
     if not isinstance(rtype, str) or not rtype:
         raise InputError(
             "missing or non-text resourceType",
-            resource_id=_str_id(resource),
+            resource_id=str_id(resource),
             field="resourceType",
         )
     return rtype
@@ -385,7 +265,7 @@ def _resource_type(pos: int, resource: Any) -> str:
 def _the_patient(
     patients: list[tuple[Mapping[str, Any], str | None]],
 ) -> tuple[Mapping[str, Any] | None, frozenset[str]]:
-    ids = {_str_id(p) for p, _ in patients}
+    ids = {str_id(p) for p, _ in patients}
     if len(ids) > 1:
         raise InputError(
             f"the record holds {len(ids)} patients ({sorted(str(i) for i in ids)}); one expected",
@@ -396,6 +276,6 @@ def _the_patient(
     if not patients:
         return None, frozenset()
     patient = patients[0][0]
-    refs = {f"Patient/{_str_id(patient)}"}
+    refs = {f"Patient/{str_id(patient)}"}
     refs.update(url for _, url in patients if url)
     return patient, frozenset(refs)

@@ -9,7 +9,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from cdss.cli_options import ConceptMaps, RulesetFolders, TimeZone, load_cli_ruleset
+from cdss.cli._options import ConceptMaps, RulesetFolders, TimeZone, load_cli_ruleset
 from cdss.errors import CDSSError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -88,7 +88,7 @@ def list_rulesets(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of ruleset files."""
-    from cdss.schema import ruleset_json_schema
+    from cdss.rulesets import ruleset_json_schema
 
     sys.stdout.write(orjson.dumps(ruleset_json_schema(), option=orjson.OPT_INDENT_2
                                   | orjson.OPT_SORT_KEYS).decode() + "\n")
@@ -100,7 +100,7 @@ def docs(
     out: Annotated[Path | None, typer.Option(help="write to this file")] = None,
 ) -> None:
     """Generate the reference document of a ruleset from its files."""
-    from cdss.docgen import render_ruleset_doc
+    from cdss.rulesets import render_ruleset_doc
 
     try:
         text = render_ruleset_doc(ruleset_id)
@@ -116,9 +116,9 @@ def docs(
 def _register_commands() -> None:
     # Commands of the optional parts live beside them; each module imports its
     # extra packages only when its command runs.
-    from cdss import cli_cohort, cli_service, cli_testing
+    from cdss.cli import _cohort, _service, _testing
 
-    for module in (cli_service, cli_cohort, cli_testing):
+    for module in (_service, _cohort, _testing):
         module.register(app)
 
 
@@ -129,6 +129,3 @@ def main() -> None:
     """Entry point of the ``cdss`` script."""
     app()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

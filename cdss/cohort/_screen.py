@@ -2,11 +2,11 @@
 
 :func:`screen` runs in three steps, each bounded in memory:
 
-1. **Spill** (:mod:`cdss.cohort_io`): stream every resource of the inputs
+1. **Spill** (:mod:`cdss.cohort._inputs`): stream every resource of the inputs
    once and append it to one of ``N`` partition files by a stable hash of its
    patient reference, so that a partition holds whole patients. Resources that
    belong to no patient become error rows.
-2. **Evaluate** (:mod:`cdss.cohort_worker`): one task per partition, run in
+2. **Evaluate** (:mod:`cdss.cohort._worker`): one task per partition, run in
    worker processes (one per core, ``spawn`` context: durable-rules is not
    thread-safe) or on a Dask cluster; each writes its results atomically and
    then a done marker. A worker process that dies while evaluating a patient
@@ -48,8 +48,8 @@ from typing import IO, Any
 
 import orjson
 
-from cdss.cohort_io import CohortError, Source, SpillStats, discover, input_bytes, spill
-from cdss.cohort_worker import (
+from cdss.cohort._inputs import Source, SpillStats, discover, input_bytes, spill
+from cdss.cohort._worker import (
     PartitionTask,
     describe_exit,
     in_flight,
@@ -57,9 +57,9 @@ from cdss.cohort_worker import (
     run_partition,
     write_atomic,
 )
-from cdss.errors import InvalidArgument
+from cdss.errors import CohortError, InvalidArgument
 
-__all__ = ["ENGINES", "CohortError", "DiffReport", "ScreenSummary", "diff", "screen"]
+__all__ = ["ENGINES", "DiffReport", "ScreenSummary", "diff", "screen"]
 
 #: Where partitions are evaluated.
 ENGINES = ("local", "dask")
@@ -412,10 +412,10 @@ def _run_tasks(tasks: Sequence[PartitionTask], *, engine: str, workers: int, cli
 
 
 class _LocalWorker:
-    """One worker process running :func:`cdss.cohort_worker.worker_loop`."""
+    """One worker process running :func:`cdss.cohort._worker.worker_loop`."""
 
     def __init__(self, context: Any) -> None:
-        from cdss.cohort_worker import worker_loop
+        from cdss.cohort._worker import worker_loop
 
         self.conn, child = context.Pipe()
         self.process = context.Process(target=worker_loop, args=(child,), daemon=True,
@@ -965,7 +965,7 @@ def screen(
                          "worker_peak_mb": max(worker_peaks) if worker_peaks else None}
     write_atomic(out_dir / "summary.json", orjson.dumps(summary, option=_SORT
                                                         | orjson.OPT_INDENT_2) + b"\n")
-    from cdss.report_html import render_report
+    from cdss.cohort._report import render_report
 
     write_atomic(out_dir / "report.html", render_report(summary).encode("utf-8"))
     write_atomic(work.state, orjson.dumps({**(work.read_state() or {}), "complete": True},

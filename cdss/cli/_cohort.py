@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from cdss.cli_options import ConceptMaps, load_cli_ruleset
+from cdss.cli._options import ConceptMaps, load_cli_ruleset
 
 if TYPE_CHECKING:
     from cdss.cohort import DiffReport, ScreenSummary
@@ -191,8 +191,8 @@ def register(app: typer.Typer) -> None:
         gzip_files: Annotated[bool, typer.Option("--gzip", help="write .ndjson.gz")] = False,
     ) -> None:
         """Write a synthetic cohort as a FHIR bulk export (NDJSON and manifest)."""
+        from cdss.cohort import generate_cohort
         from cdss.errors import CDSSError
-        from cdss.generate import generate_cohort
 
         try:
             cohort = generate_cohort(patients, seed=seed, out=out, as_of=as_of,

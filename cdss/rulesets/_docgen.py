@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cdss.rulesets import CompiledRule, Pattern, Ruleset, available_rulesets, load_ruleset
+from cdss.rulesets._loading import CompiledRule, Pattern, Ruleset, available_rulesets, load_ruleset
 
 __all__ = ["render_ruleset_doc"]
 

@@ -3,7 +3,7 @@
 A ruleset version lives in ``<folder>/<id>/<version>.yaml`` next to the
 value-set files it names. Files are YAML read with a safe loader (no code is
 ever executed from a rule file; duplicate keys are refused) and validated
-against :mod:`cdss.schema` at load time, so a ruleset that loads is a ruleset
+against :mod:`cdss.rulesets` (its file models) at load time, so a ruleset that loads is a ruleset
 that runs. Errors name the file, the rule id and the field, with a suggestion
 for a misspelt name.
 
@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cdss.errors import InvalidArgument, RulesetError, RulesetNotFoundError
-from cdss.schema import (
+from cdss.rulesets._schema import (
     Comparison,
     ConceptMapFile,
     Condition,
@@ -620,9 +620,9 @@ def _compile(source: RulesetFile, valuesets: ValueSetFile, path: Path) -> list[C
 # --------------------------------------------------------------------------- #
 def builtin_folder() -> Path:
     """The folder of the rulesets shipped with cdss."""
-    here = Path(__file__).resolve().parent
-    installed = here / "_rulesets"
-    return installed if installed.is_dir() else here.parent / "rulesets"
+    package = Path(__file__).resolve().parent.parent  # the cdss package
+    installed = package / "_rulesets"  # a wheel ships them inside the package
+    return installed if installed.is_dir() else package.parent / "rulesets"
 
 
 def _version_key(version: str) -> tuple[int, ...]:

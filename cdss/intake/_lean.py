@@ -16,7 +16,7 @@ the facts require marked ``Required``), so "a field was not sent" still reads
 as missing, exactly as in strict mode.
 
 The fields and their types follow what :mod:`cdss.facts` and
-:mod:`cdss.intake` read; a test checks that both modes give the same facts on
+:mod:`cdss.intake._strict` read; a test checks that both modes give the same facts on
 generated valid records. Values keep their JSON types where the facts look at
 them (a quantity's value stays a JSON number, dates stay text and are checked
 against the FHIR regular expressions). JSON that FHIR does not allow (a
@@ -42,6 +42,7 @@ from pydantic import AfterValidator, Field, StrictBool, TypeAdapter, ValidationE
 from typing_extensions import Required, TypedDict
 
 from cdss.errors import InputError
+from cdss.intake._shapes import record_entries
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -363,8 +364,6 @@ def entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
 
 
 def _slow_entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
-    from cdss.intake import _entries
-
     if isinstance(record, memoryview):
         record = bytes(record)
     if isinstance(record, (bytes, bytearray, str)):
@@ -379,5 +378,5 @@ def _slow_entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
         raise InputError(f"Bundle type {record.get('type')!r} is not a code",
                          resource_type="Bundle", resource_id=rid if isinstance(rid, str) else None,
                          field="type")
-    for pos, resource, full_url in _entries(record):
+    for pos, resource, full_url in record_entries(record):
         yield pos, resource, full_url, False

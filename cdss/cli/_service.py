@@ -14,7 +14,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from cdss.cli_options import ConceptMaps
+from cdss.cli._options import ConceptMaps
 from cdss.errors import CDSSError
 
 _LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -82,8 +82,7 @@ def register(app: typer.Typer) -> None:
         try:
             import uvicorn
 
-            from cdss.service import create_app, disable_access_log
-            from cdss.service_config import load_config
+            from cdss.service import create_app, disable_access_log, load_config
         except ImportError as exc:
             _fail(f"the service needs the 'service' extra (pip install 'cdss[service]'): {exc}")
         if insecure_dev and config is not None:

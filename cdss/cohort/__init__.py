@@ -1,0 +1,31 @@
+"""Cohort screens (extra ``cohort``: dask, pyarrow): many patients, bounded memory.
+
+:func:`screen` runs a ruleset over FHIR bulk exports (NDJSON, Bundles) in
+local worker processes or on a Dask cluster and writes one result per
+patient, error rows, a summary and a report; :func:`diff` compares two
+ruleset versions on the same patients; :func:`generate_cohort` writes a
+deterministic synthetic export from a ruleset's own files. The package's
+modules are the only importers of dask and pyarrow.
+"""
+
+from __future__ import annotations
+
+from cdss import _exports
+from cdss.cohort._generate import GeneratedCohort, generate_cohort
+from cdss.cohort._inputs import partition_of
+from cdss.cohort._screen import ENGINES, DiffReport, ScreenSummary, diff, screen
+from cdss.errors import CohortError
+
+__all__ = [
+    "ENGINES",
+    "CohortError",
+    "DiffReport",
+    "GeneratedCohort",
+    "ScreenSummary",
+    "diff",
+    "generate_cohort",
+    "partition_of",
+    "screen",
+]
+
+_exports.claim(globals())

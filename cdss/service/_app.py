@@ -1,0 +1,423 @@
+"""The CDS Hooks 2.0 HTTP service (extra ``service``: starlette, uvicorn, httpx, PyJWT).
+
+:func:`create_app` returns a Starlette application:
+
+``GET /cds-services``
+    the discovery document, one ``patient-view`` service per ruleset;
+``POST /cds-services/{id}``
+    a ``patient-view`` call, answered with cards;
+``POST /cds-services/{id}/feedback``
+    feedback on cards (accepted / overridden), validated, logged as counts,
+    and passed to an optional callback.
+
+**Who may call.** With a :class:`~cdss.service.ServiceConfig` every
+call must carry the CDS client's signed JWT, in exactly one ``Authorization``
+header, checked as the specification's "Trusting CDS Clients" section says
+(see :mod:`cdss.service._auth`); any failure is a 401 with one generic message,
+the reason going to the log only.
+Without a configuration the app is only created when ``insecure_dev=True``,
+and then it logs a warning on every call.
+
+**What the service reads.** Data missing from ``prefetch`` is fetched from
+``fhirServer`` only when that server is one configured for the calling
+issuer (scheme, host, port and path prefix compared exactly; every URL
+fetched, next pages included, is checked again), without following
+redirects, with a timeout per request and for all reads of a call, and a cap
+on the size of each answer (read as a stream and abandoned past the cap).
+
+**What a call may cost.** A body larger than ``max_body_bytes`` is a 413
+(read as a stream, never buffered beyond the limit), and one that has not
+all arrived ``body_timeout_seconds`` after its reading began is a 408 (the
+connection is then closed); arrays and objects
+nested deeper than ``max_json_depth`` are a 400 before the JSON is parsed
+(bodies over 256 KB are checked and validated in a worker thread, so that
+they do not hold up the event loop);
+an evaluation that does not finish within ``evaluation_timeout_seconds``
+is a 503. Errors are JSON (``{"error": {"status": ..., "message": ...}}``)
+and never carry a traceback; unexpected failures are a 500 whose details
+(exception type and stack, no message) go to the log only. An evaluation
+that fails in any way, even with ``SystemExit``, fails its call only.
+
+**Logs.** One JSON line per call on the ``cdss.service`` logger: event,
+service id, hook instance, issuer, status, duration, ruleset ``id@version``,
+number of cards, and for refusals a category (for 401 the internal reason).
+A client that disconnects before its body has arrived is logged with status
+499 and ``"error": "client disconnected"`` at INFO: it is not a failure.
+No patient data, no tokens, no request or error messages. The ``httpx`` and
+``httpcore`` loggers, which would log the URLs (patient ids) of FHIR reads,
+are set to WARNING when they are not configured.
+
+Data is fetched on the event loop (httpx), so slow servers do not hold up
+other calls; evaluation runs in one dedicated worker thread, because
+durable-rules is not thread-safe. When an evaluation is still running after
+its call has timed out, the next call gets a new thread (a few at most are
+left behind), so that one wedged evaluation does not stop the service.
+
+This package is imported only when the service is used: ``import cdss`` never
+imports starlette, uvicorn, httpx or PyJWT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cdss.errors import (
+    AuthenticationFailed,
+    HookRequestError,
+    InvalidArgument,
+    ReplayCacheFull,
+    ServiceConfigError,
+)
+from cdss.hooks import (
+    FeedbackRequest,
+    Fetch,
+    HookRequest,
+    discovery,
+    service_ids,
+    validate_feedback,
+    validate_request,
+)
+from cdss.intake import zone
+from cdss.rulesets import Ruleset, load_ruleset
+from cdss.service._auth import ClientAuthenticator
+from cdss.service._config import AllowedServer, Limits, ServiceConfig, load_config
+from cdss.service._fhir_client import Caller, fetch_missing
+from cdss.service._limits import check_depth, checked, read_body
+from cdss.service._logging import INSECURE, emit, log_failure, quiet_http_loggers
+from cdss.service._responses import CATEGORY, INTERNAL, HTTPError, error_response, json_response
+from cdss.service._runtime import Runtime, evaluate_in_thread
+
+__all__ = ["AUTH_FAILED", "create_app"]
+
+#: The one message every refused token gets (details go to the log only).
+AUTH_FAILED = "authentication failed"
+_CORS_EXPOSE = ["Origin", "Accept", "Content-Location", "Location", "X-Requested-With"]
+
+
+def _services(rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset],
+              paths: Sequence[str | Path] | None,
+              concept_maps: Sequence[str | Path] = ()) -> dict[str, Ruleset]:
+    if isinstance(rulesets, Mapping):
+        return service_ids(rulesets)
+    if isinstance(rulesets, (str, Ruleset)):
+        rulesets = [rulesets]
+    return service_ids([r if isinstance(r, Ruleset)
+                        else load_ruleset(r, paths=paths, concept_maps=concept_maps)
+                        for r in rulesets])
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What :func:`create_app` was asked for, checked: the services, the
+    configuration (``None``: an unauthenticated ``--insecure-dev`` service and
+    its ``dev_servers``), the time zone and the limits."""
+
+    services: dict[str, Ruleset]
+    config: ServiceConfig | None
+    dev_servers: list[AllowedServer] | None
+    zone_name: str
+    limit: Limits
+
+
+def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset],
+              paths: Sequence[str | Path] | None, concept_maps: Sequence[str | Path],
+              timezone: str | None, config: ServiceConfig | str | Path | None,
+              insecure_dev: bool, allowed_fhir_servers: Sequence[str] | None,
+              limits: Limits | None) -> _Settings:
+    """The settings, or the error that stops the service at start."""
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    if config is None and not insecure_dev:
+        raise ServiceConfigError(
+            "the service has no configuration of trusted CDS clients: give a configuration "
+            "file (--config or CDSS_SERVICE_CONFIG), or run an unauthenticated local demo "
+            "with --insecure-dev")
+    if config is not None and insecure_dev:
+        raise ServiceConfigError("give a configuration or insecure_dev, not both")
+    if config is not None and allowed_fhir_servers is not None:
+        raise ServiceConfigError("with a configuration, FHIR servers are allowed per issuer "
+                                 "(issuers[].fhir_servers), not with allowed_fhir_servers")
+    try:
+        dev_servers = None if allowed_fhir_servers is None else \
+            [AllowedServer.parse(u) for u in allowed_fhir_servers]
+    except ValueError as exc:
+        raise ServiceConfigError(str(exc), field="allowed_fhir_servers") from None
+    if config is not None:
+        concept_maps = (*config.concept_maps, *concept_maps)
+    zone_name = timezone or (config.timezone if config is not None else "UTC")
+    zone(zone_name)  # a bad zone fails at start
+    services = _services(rulesets, paths, concept_maps)
+    if not services:
+        raise InvalidArgument("the service needs at least one ruleset")
+    limit = limits or (config.limits if config is not None else Limits())
+    return _Settings(services, config, dev_servers, zone_name, limit)
+
+
+def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
+    """The answer to a call that raised ``exc``, its reason noted in ``record``."""
+    if isinstance(exc, AuthenticationFailed):
+        record["issuer"] = exc.issuer
+        record["error"] = f"authentication: {exc.reason}"
+        return error_response(401, AUTH_FAILED, {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, ReplayCacheFull):
+        record["error"] = "replay cache full"
+        return error_response(503, "the service is busy; try again later", {"Retry-After": "30"})
+    if isinstance(exc, HookRequestError):
+        record["error"] = CATEGORY.get(exc.status, "refused")
+        return error_response(exc.status, exc.reason)
+    if isinstance(exc, HTTPError):
+        record["error"] = CATEGORY.get(exc.status, "refused")
+        return error_response(exc.status, exc.message, exc.headers)
+    if isinstance(exc, ClientDisconnect):  # gone before its body arrived: nobody to answer
+        record["error"] = "client disconnected"
+        return Response(status_code=499)
+    log_failure(exc, event)
+    record["error"] = CATEGORY[500]
+    return error_response(500, INTERNAL)
+
+
+_Handler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
+
+
+class _Service:
+    """The endpoints and what they share between calls. Each endpoint returns
+    its response and fills the call's log record; :meth:`logged` answers what
+    they raise and writes the record."""
+
+    def __init__(self, settings: _Settings, *, clock: Callable[[], datetime] | None,
+                 fetch: Fetch | None,
+                 on_feedback: Callable[[str, dict[str, Any]], None] | None) -> None:
+        self.settings = settings
+        self.limit = settings.limit
+        self.clock = clock
+        self.fetch = fetch
+        self.on_feedback = on_feedback
+        self.document = discovery(settings.services)
+        self.runtime = Runtime(self.limit.fhir_timeout_seconds,
+                               self.limit.evaluation_timeout_seconds)
+        config = settings.config
+        self.authenticator = ClientAuthenticator(config, self.runtime.http) \
+            if config is not None else None
+        self.servers = {i.issuer: i.allowed_servers for i in config.issuers} if config else {}
+        self.feedback_log: deque[dict[str, Any]] = deque(maxlen=1000)
+
+    # -- what every endpoint needs ------------------------------------------- #
+    async def caller_of(self, request: Request, path: str) -> Caller:
+        """The authenticated caller (or the unauthenticated one of a dev service)."""
+        if self.authenticator is None:
+            return Caller(None, self.settings.dev_servers)
+        values = request.headers.getlist("authorization")
+        if len(values) > 1:  # which one a proxy or a client library would use is anyone's guess
+            raise AuthenticationFailed("more than one Authorization header")
+        issuer = await self.authenticator.authenticate(values[0] if values else None, path)
+        return Caller(issuer.issuer, self.servers[issuer.issuer])
+
+    def ruleset_of(self, request: Request, record: dict[str, Any]) -> tuple[str, Ruleset]:
+        """The service the path names and its ruleset (404 for an unknown one)."""
+        sid = request.path_params["service_id"]
+        rs = self.settings.services.get(sid)
+        if rs is None:
+            raise HookRequestError(f"no CDS service {sid!r}; see GET /cds-services", status=404)
+        record["service"], record["ruleset"] = sid, rs.spec
+        return sid, rs
+
+    async def parsed(self, request: Request, what: str, validate: Callable[[bytes], Any]) -> Any:
+        """The body read within the size limit, its depth checked before parsing,
+        then validated; large bodies are handled in a worker thread."""
+        body = await read_body(request, self.limit.max_body_bytes,
+                               self.limit.body_timeout_seconds)
+
+        def check_and_validate() -> Any:
+            check_depth(body, self.limit.max_json_depth, what)
+            return validate(body)
+
+        return await checked(body, check_and_validate)
+
+    async def evaluate(self, req: HookRequest, rs: Ruleset, fetched: dict[str, Any]) -> Any:
+        """The cards, from the evaluation thread within the evaluation timeout (else 503)."""
+        as_of = self.clock() if self.clock is not None else None
+        work = self.runtime.worker().submit(functools.partial(
+            evaluate_in_thread, req, rs, fetched, as_of, self.settings.zone_name))
+        try:
+            return await asyncio.wait_for(work, timeout=self.limit.evaluation_timeout_seconds)
+        except asyncio.TimeoutError:
+            raise HTTPError(503, "the evaluation did not finish in time; try again later",
+                            {"Retry-After": "5"}) from None
+
+    # -- the endpoints --------------------------------------------------------- #
+    async def list_services(self, request: Request, record: dict[str, Any]) -> Response:
+        """``GET /cds-services``: the discovery document."""
+        record["issuer"] = (await self.caller_of(request, "/cds-services")).issuer
+        return json_response(self.document)
+
+    async def call_service(self, request: Request, record: dict[str, Any]) -> Response:
+        """``POST /cds-services/{id}``: a ``patient-view`` call, answered with cards."""
+        sid = request.path_params["service_id"]
+        caller = await self.caller_of(request, f"/cds-services/{sid}")
+        record["issuer"] = caller.issuer
+        _, rs = self.ruleset_of(request, record)
+        req: HookRequest = await self.parsed(request, "request body", validate_request)
+        record["hookInstance"] = str(req.hookInstance)
+        fetched = await fetch_missing(req, rs, caller, self.limit, client=self.runtime.http,
+                                      fetch=self.fetch)
+        result = await self.evaluate(req, rs, fetched)
+        record["cards"] = len(result["cards"])
+        return json_response(result)
+
+    async def feedback(self, request: Request, record: dict[str, Any]) -> Response:
+        """``POST /cds-services/{id}/feedback``: validated, counted, passed on."""
+        sid = request.path_params["service_id"]
+        caller = await self.caller_of(request, f"/cds-services/{sid}/feedback")
+        record["issuer"] = caller.issuer
+        self.ruleset_of(request, record)
+        body: FeedbackRequest = await self.parsed(request, "feedback body", validate_feedback)
+        outcomes = [entry.outcome for entry in body.feedback]
+        record["accepted"] = outcomes.count("accepted")
+        record["overridden"] = outcomes.count("overridden")
+        for entry in body.feedback:
+            kept = entry.model_dump(mode="json", exclude_none=True)
+            self.feedback_log.append({"service": sid, **kept})
+            if self.on_feedback is not None:
+                try:
+                    self.on_feedback(sid, kept)
+                except Exception as exc:
+                    log_failure(exc, "feedback callback")
+                    raise HTTPError(500, "feedback could not be stored") from None
+        return json_response({"received": len(body.feedback)})
+
+    # -- around every call ----------------------------------------------------- #
+    def logged(self, event: str, handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` as an endpoint: its refusals answered, one log line written."""
+        async def run(request: Request) -> Response:
+            record: dict[str, Any] = {"event": event, "service": None, "hookInstance": None,
+                                      "issuer": None}
+            start = time.perf_counter()
+            try:
+                response = await handler(request, record)
+            except Exception as exc:
+                response = _refusal(exc, record, event)
+            record["status"] = response.status_code
+            record["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
+            if self.authenticator is None:
+                record["warning"] = INSECURE
+                level = logging.WARNING
+            else:
+                level = logging.ERROR if response.status_code >= 500 else logging.INFO
+            emit(level, record)
+            return response
+
+        return run
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """The evaluation thread started with the app; the thread and client closed after."""
+        self.runtime.worker()
+        if self.authenticator is None:
+            emit(logging.WARNING, {"event": "start", "warning": INSECURE})
+        try:
+            yield
+        finally:
+            await self.runtime.close()
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(404, "no such endpoint")
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+
+async def _on_any_error(request: Request, exc: Exception) -> Response:
+    log_failure(exc, "request")
+    return error_response(500, INTERNAL)
+
+
+def _starlette(service: _Service, cors_origins: Sequence[str]) -> Starlette:
+    """The routes, CORS and error handlers around ``service``'s endpoints."""
+    return Starlette(
+        routes=[
+            Route("/cds-services", service.logged("discovery", service.list_services),
+                  methods=["GET"]),
+            Route("/cds-services/{service_id}",
+                  service.logged("patient-view", service.call_service), methods=["POST"]),
+            Route("/cds-services/{service_id}/feedback",
+                  service.logged("feedback", service.feedback), methods=["POST"]),
+        ],
+        middleware=[Middleware(
+            CORSMiddleware, allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=_CORS_EXPOSE, allow_credentials=False, max_age=600)],
+        exception_handlers={HTTPException: _on_http_error, Exception: _on_any_error},
+        lifespan=service.lifespan,
+    )
+
+
+def create_app(
+    *,
+    rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] = ("plantar-cramps",),
+    paths: Sequence[str | Path] | None = None,
+    concept_maps: Sequence[str | Path] = (),
+    timezone: str | None = None,
+    config: ServiceConfig | str | Path | None = None,
+    insecure_dev: bool = False,
+    allowed_fhir_servers: Sequence[str] | None = None,
+    limits: Limits | None = None,
+    clock: Callable[[], datetime] | None = None,
+    fetch: Fetch | None = None,
+    cors_origins: Sequence[str] = ("*",),
+    on_feedback: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Starlette:
+    """The CDS Hooks service as a Starlette app.
+
+    ``rulesets``: ruleset specs (``id`` or ``id@version``) or loaded rulesets,
+    one service each (or a mapping of service id to ruleset); ``paths`` adds
+    ruleset folders and ``concept_maps`` a site's code maps to the rulesets
+    named by spec (after the configuration's). Rulesets are loaded here, so a
+    bad one fails at start. ``timezone`` (IANA; default the configuration's,
+    else UTC) is the zone of times an EHR sends without one.
+
+    ``config`` (a :class:`~cdss.service.ServiceConfig` or the path of
+    its file) names the trusted CDS clients, their keys and FHIR servers, and
+    the service's public URL; every call must then carry a valid JWT. Without
+    it, ``insecure_dev=True`` is required: no authentication, a warning logged
+    on every call, and FHIR reads limited to ``allowed_fhir_servers`` (base
+    URLs; ``None``: any). :class:`~cdss.errors.ServiceConfigError`
+    when neither or both are given.
+
+    ``limits`` overrides the configuration's limits. ``clock`` gives the
+    evaluation time (default: now). ``fetch`` replaces the httpx client used
+    to read FHIR servers (a blocking ``fetch(url, headers) -> JSON``, run off
+    the event loop; the allow-list still applies). ``on_feedback(service_id,
+    entry)`` receives each feedback entry.
+    """
+    settings = _settings(rulesets=rulesets, paths=paths, concept_maps=concept_maps,
+                         timezone=timezone, config=config, insecure_dev=insecure_dev,
+                         allowed_fhir_servers=allowed_fhir_servers, limits=limits)
+    quiet_http_loggers()
+    service = _Service(settings, clock=clock, fetch=fetch, on_feedback=on_feedback)
+    app = _starlette(service, cors_origins)
+    app.state.services = settings.services
+    app.state.feedback = service.feedback_log
+    app.state.config = settings.config
+    app.state.authenticator = service.authenticator
+    app.state.insecure_dev = service.authenticator is None
+    return app

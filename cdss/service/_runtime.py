@@ -1,0 +1,142 @@
+"""What the app holds between calls: one evaluation thread (durable-rules is not
+thread-safe), replaced when it is wedged, and one HTTP client without cookies."""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from cdss.errors import HookRequestError
+from cdss.hooks import HookRequest, evaluate_request
+from cdss.rulesets import Ruleset
+from cdss.service._logging import emit, log_failure
+from cdss.service._responses import INTERNAL, HTTPError
+
+__all__ = ["Runtime", "Worker", "evaluate_in_thread", "no_cookies"]
+
+#: Evaluation threads left running past their timeout at most; past that, no new one.
+_MAX_STUCK = 2
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing: no state may pass between calls."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(
+        allowed_domains=[]))
+
+
+def evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
+                        as_of: datetime | None, timezone_name: str = "UTC") -> Any:
+    """:func:`evaluate_request`, in the evaluation thread. A failure of any kind
+    (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
+    would stop the event loop) is logged without its message and becomes a
+    500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
+    try:
+        return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name)
+    except HookRequestError:
+        raise
+    except BaseException as exc:
+        log_failure(exc, "evaluation")
+        raise HTTPError(500, INTERNAL) from None
+
+
+class Worker:
+    """One evaluation thread and its queue of jobs, and since when
+    (``time.monotonic()``) it has been running its current job (``None``:
+    idle). A daemon thread, so that one left stuck does not hold up the
+    process's exit; it survives whatever a job raises."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self.since: float | None = None
+        self.reported: float | None = None  # the ``since`` of the job last logged as stuck
+        threading.Thread(target=self._serve, name="cdss-eval", daemon=True).start()
+
+    def submit(self, job: Callable[[], Any]) -> asyncio.Future[Any]:
+        future: Future[Any] = Future()
+        self.jobs.put((future, job))
+        return asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        """End the thread once it has run the jobs it holds."""
+        self.jobs.put(None)
+
+    def _serve(self) -> None:
+        while (item := self.jobs.get()) is not None:
+            future, job = item
+            if not future.set_running_or_notify_cancel():
+                continue  # its call stopped waiting (a 503)
+            self.since = time.monotonic()
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                self.since = None
+
+    def overran(self, timeout: float) -> float | None:
+        """When the job it runs began, if that was more than ``timeout`` seconds ago."""
+        since = self.since
+        return since if since is not None and time.monotonic() - since > timeout else None
+
+
+class Runtime:
+    """What the app holds between calls: the evaluation thread (one:
+    durable-rules is not thread-safe, and cdss.engine also locks) and an HTTP client."""
+
+    def __init__(self, timeout: float, evaluation_timeout: float) -> None:
+        self.timeout = timeout
+        self.evaluation_timeout = evaluation_timeout
+        self.current: Worker | None = None
+        self.stuck: list[Worker] = []
+        self.client: httpx.AsyncClient | None = None
+
+    def worker(self) -> Worker:
+        """The evaluation thread. One still running a job begun longer ago than
+        the evaluation timeout (whose call has had its 503) is wedged or about
+        to be wasted: it is left to finish, and a new thread takes the next
+        calls, unless ``_MAX_STUCK`` threads are left behind already."""
+        current = self.current
+        if current is None:
+            current = self.current = Worker()
+            return current
+        since = current.overran(self.evaluation_timeout)
+        if since is None:
+            return current
+        self.stuck = [w for w in self.stuck if w.since is not None]
+        replace = len(self.stuck) < _MAX_STUCK
+        if replace or current.reported != since:
+            current.reported = since
+            emit(logging.ERROR, {"event": "evaluation thread stuck", "replaced": replace,
+                                  "stuck_threads": len(self.stuck) + 1})
+        if replace:
+            current.stop()
+            self.stuck.append(current)
+            current = self.current = Worker()
+        return current
+
+    def http(self) -> httpx.AsyncClient:
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False,
+                                            cookies=no_cookies())
+        return self.client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+        for worker in (self.current, *self.stuck):
+            if worker is not None:
+                worker.stop()
+        self.current = None
+        self.stuck = []
