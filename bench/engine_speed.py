@@ -22,10 +22,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
+from cdss.cohort import generate_cohort
 
 import cdss
 from cdss.engine import run
-from cdss.generate import generate_cohort
 
 
 def _patients(count: int, as_of: str) -> list[list[dict[str, object]]]:
