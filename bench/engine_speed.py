@@ -22,9 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
-from cdss.cohort import generate_cohort
 
 import cdss
+from cdss.cohort import generate_cohort
 from cdss.engine import run
 
 
