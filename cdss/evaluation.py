@@ -22,7 +22,7 @@ from cdss.assessment import (
 )
 from cdss.engine import Firing, resolve_engine, run
 from cdss.errors import InvalidArgument
-from cdss.facts import Fact, Facts, build_facts, parse_time
+from cdss.facts import Fact, Facts, build_facts, contributes, parse_time
 from cdss.intake import read_record
 from cdss.rulesets import Ruleset, load_ruleset
 
@@ -74,7 +74,9 @@ def extract_facts(
     (arguments as for :func:`evaluate`)."""
     rs = resolve_ruleset(ruleset, paths, concept_maps)
     when = resolve_as_of(as_of)
-    parsed = read_record(record, mode=mode, on_invalid=on_invalid, timezone=timezone)
+    terminology = rs.terminology
+    parsed = read_record(record, mode=mode, on_invalid=on_invalid, timezone=timezone,
+                         relevant=lambda resource: contributes(resource, terminology))
     return build_facts(parsed, rs.terminology, as_of=when,
                        finding_lookback_days=rs.source.finding_lookback_days,
                        on_invalid=on_invalid)

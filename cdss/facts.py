@@ -32,7 +32,15 @@ from cdss.intake import Record
 from cdss.terminology import Terminology, codings
 from cdss.units import convert
 
-__all__ = ["DataQualityNote", "Fact", "Facts", "LeftOutResource", "build_facts", "parse_time"]
+__all__ = [
+    "DataQualityNote",
+    "Fact",
+    "Facts",
+    "LeftOutResource",
+    "build_facts",
+    "contributes",
+    "parse_time",
+]
 
 Scalar = str | float | int | bool
 
@@ -428,12 +436,8 @@ class _Builder:
         concepts = {c for c in self.term.concepts_of(codeable)
                     if self.term.kind(c) == "medication"}
         by_name = False
-        if not concepts and isinstance(codeable, Mapping):
-            texts = [codeable.get("text")] + [
-                c.get("display") for c in codeable.get("coding") or [] if isinstance(c, Mapping)]
-            for text in texts:
-                if isinstance(text, str):
-                    concepts |= self.term.medications_named_in(text)
+        if not concepts:
+            concepts = _named_medications(codeable, self.term)
             by_name = bool(concepts)
         if not concepts:
             self.no_concept(med, codeable)
@@ -452,10 +456,7 @@ class _Builder:
             self.add(concept, "medication", med, {})
 
     def allergy(self, allergy: Mapping[str, Any]) -> None:
-        codes = [allergy.get("code")]
-        for reaction in allergy.get("reaction") or []:
-            if isinstance(reaction, Mapping):
-                codes.append(reaction.get("substance"))
+        codes = _allergy_codes(allergy)
         concepts = {c for c in self.term.concepts_of(codes) if self.term.kind(c) == "allergy"}
         if not concepts:
             self.no_concept(allergy, *codes)
@@ -555,6 +556,47 @@ class _Builder:
                         "status": "determinate", "computed": True, "age_days": age},
                 sources=tuple(sorted({*top.sources, *bottom.sources})),
             )
+
+
+def contributes(resource: Mapping[str, Any], terminology: Terminology) -> bool:
+    """Whether ``resource`` can become a fact: its codes (or, for a
+    medication, its ingredient names) map to a concept of the right kind. The
+    same looks the facts take, cheap enough to decide what intake validates."""
+    rtype = resource.get("resourceType")
+    if rtype in ("Observation", "Condition"):
+        return bool(terminology.concepts_of(resource.get("code")))
+    if rtype in ("MedicationRequest", "MedicationStatement"):
+        codeable = resource.get("medicationCodeableConcept")
+        if any(terminology.kind(c) == "medication" for c in terminology.concepts_of(codeable)):
+            return True
+        return bool(_named_medications(codeable, terminology))
+    if rtype == "AllergyIntolerance":
+        return any(terminology.kind(c) == "allergy"
+                   for c in terminology.concepts_of(_allergy_codes(resource)))
+    return True
+
+
+def _items(value: Any) -> list[Any]:
+    """The items of a JSON array; nothing for anything else (unvalidated input)."""
+    return value if isinstance(value, list) else []
+
+
+def _named_medications(codeable: Any, terminology: Terminology) -> set[str]:
+    """Medication concepts named by ingredient in a CodeableConcept's text or displays."""
+    if not isinstance(codeable, Mapping):
+        return set()
+    texts = [codeable.get("text")] + [c.get("display") for c in _items(codeable.get("coding"))
+                                      if isinstance(c, Mapping)]
+    found: set[str] = set()
+    for text in texts:
+        if isinstance(text, str):
+            found |= terminology.medications_named_in(text)
+    return found
+
+
+def _allergy_codes(allergy: Mapping[str, Any]) -> list[Any]:
+    return [allergy.get("code")] + [r.get("substance") for r in _items(allergy.get("reaction"))
+                                    if isinstance(r, Mapping)]
 
 
 def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,

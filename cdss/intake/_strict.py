@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, tzinfo
 from functools import cache
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from cdss.errors import InputError, InvalidArgument
@@ -46,6 +47,8 @@ __all__ = ["read_record"]
 
 # A FHIR dateTime with a time but no zone (invalid FHIR, common in feeds).
 _NAIVE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+# The same, as a JSON string anywhere in a resource's serialised form.
+_NAIVE_TIME_TEXT = re.compile(rb'"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?"')
 _TIME_KEYS = frozenset({"issued", "recordedDate", "authoredOn", "start", "end", "dateAsserted",
                         "lastOccurrence", "lastUpdated", "recorded", "date"})
 _SUBJECT_FIELD = {
@@ -88,6 +91,11 @@ def _localized(resource: Mapping[str, Any], tz: tzinfo,
             return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
         return node
 
+    try:  # a look at the whole resource in C first: most hold no such time
+        if not _NAIVE_TIME_TEXT.search(orjson.dumps(resource)):
+            return resource
+    except (TypeError, ValueError):
+        pass  # what orjson will not write (a huge integer): walk it
     try:
         result = walk(resource, "")
     except RecursionError:
@@ -150,7 +158,8 @@ def _json_types(resource: Mapping[str, Any], resource_type: str) -> None:
 
 
 def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse",
-                timezone: str | tzinfo = "UTC") -> Record:
+                timezone: str | tzinfo = "UTC",
+                relevant: Callable[[Mapping[str, Any]], bool] | None = None) -> Record:
     """Read one patient's record.
 
     ``on_invalid="refuse"`` raises :class:`InputError` on the first resource
@@ -158,6 +167,11 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
     it in :attr:`Record.left_out` (the Patient is never left out: a record whose
     Patient cannot be read is refused). ``timezone`` is the zone of dateTimes
     written with a time and no zone.
+
+    ``relevant`` (a cheap look at a resource's codes: can it contribute to a
+    fact?) spares the validation of resources that cannot: they are kept as
+    they are, so that the facts note their codes as unmapped, and only their
+    patient reference is checked. The Patient is always validated.
     """
     if mode not in MODES:
         raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
@@ -196,6 +210,10 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
                 ), f"item {pos}")
                 continue
             skipped[rtype] += 1
+            continue
+        if relevant is not None and rtype != "Patient" and not validated \
+                and not relevant(resource):
+            used.append(resource)  # codes only: noted as unmapped, never a fact
             continue
         try:
             if not validated:
