@@ -126,3 +126,18 @@ def test_unknown_code_changes_nothing(mini: cdss.Ruleset) -> None:
     assert "http://snomed.info/sct|999999" in unmapped[0].message
     strip = {"data_quality"}
     assert base.model_dump(exclude=strip) == more.model_dump(exclude=strip)
+
+
+@pytest.mark.parametrize("mode", ["strict", "lean"])
+def test_only_resources_that_can_become_facts_are_validated(mode: str) -> None:
+    # A vital sign no value set maps is noted by its code, not validated: a flaw in
+    # it costs nothing; the same flaw in a potassium leaves that potassium out.
+    flaw = {"issued": "soon"}
+    vital = {**lab("hr", "8867-4", 70, "/min", when="2026-02-20"), **flaw}
+    potassium = {**lab("k", "2823-3", 3.1, "mmol/L", when="2026-02-20"), **flaw}
+    a = cdss.evaluate([patient(), vital], ruleset="plantar-cramps", as_of=AS_OF, mode=mode)
+    assert not a.incomplete
+    assert [n.coding for n in a.data_quality if n.code == "unmapped-code"] == [
+        "http://loinc.org|8867-4"]
+    b = cdss.evaluate([patient(), potassium], ruleset="plantar-cramps", as_of=AS_OF, mode=mode)
+    assert [lo.resource for lo in b.left_out] == ["Observation/k"]
