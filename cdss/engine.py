@@ -67,6 +67,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,34 +130,52 @@ def run(ruleset: Ruleset, facts: Sequence[Fact], *, engine: str = "auto") -> tup
     else:
         backend = _Reference(ruleset)
     by_id = {f.id: f for f in facts}
+    names = {f.name for f in facts}
     firings: list[Firing] = []
     with backend.session(list(by_id.values())) as sess:
-        for stratum in ruleset.strata:
-            fired = sess.run_stratum(stratum, frozenset(f.name for f in by_id.values()))
+        for stratum, plan in zip(ruleset.strata, _derivations(ruleset), strict=True):
+            fired = sess.run_stratum(stratum, names)
+            if not fired:
+                continue
             new: dict[str, Fact] = {}
-            for rule in stratum:
-                matched = fired.get(rule.id)
+            for rule, rule_id, derives in plan:
+                matched = fired.get(rule_id)
                 if matched is None:
                     continue
                 firings.append(Firing(rule=rule, matched=tuple(sorted(matched))))
-                sources = sorted({s for fid in matched for s in by_id[fid].sources})
-                for action in rule.rule.then:
-                    if not action.derive:
-                        continue
-                    fid = f"derived:{action.derive}"
+                if not derives:
+                    continue
+                sources = {s for fid in matched for s in by_id[fid].sources}
+                for name in derives:
+                    fid = f"derived:{name}"
                     old = new.get(fid) or by_id.get(fid)
                     merged = tuple(sorted({*(old.sources if old else ()), *sources}))
-                    new[fid] = Fact(id=fid, name=action.derive, kind="derived", values={},
+                    new[fid] = Fact(id=fid, name=name, kind="derived", values={},
                                     sources=merged)
             fresh = [f for fid, f in new.items() if fid not in by_id]
             by_id.update(new)
+            names.update(f.name for f in fresh)
             sess.add(fresh)
     return firings, by_id
 
 
+_DerivationPlan = tuple[tuple[tuple[CompiledRule, str, tuple[str, ...]], ...], ...]
+_derivation_plans: dict[str, _DerivationPlan] = {}
+
+
+def _derivations(ruleset: Ruleset) -> _DerivationPlan:
+    """Per stratum, in rule order: each rule, its id and the facts it derives."""
+    plan = _derivation_plans.get(ruleset.key)
+    if plan is None:
+        plan = tuple(tuple((rule, rule.id, tuple(a.derive for a in rule.rule.then if a.derive))
+                           for rule in stratum) for stratum in ruleset.strata)
+        _derivation_plans[ruleset.key] = plan
+    return plan
+
+
 class _Session:
     def run_stratum(self, rules: Sequence[CompiledRule],
-                    names: frozenset[str]) -> dict[str, set[str]]:
+                    names: AbstractSet[str]) -> dict[str, set[str]]:
         """Fire the stratum's rules over the facts so far; ``names`` are the
         names of those facts (a rule whose ``all`` names a missing fact cannot
         fire)."""
@@ -281,7 +300,7 @@ class _ReferenceSession(_Session):
         return [f.id for f in self.by_name.get(name, ()) if holds(f.values)]
 
     def run_stratum(self, rules: Sequence[CompiledRule],
-                    names: frozenset[str]) -> dict[str, set[str]]:
+                    names: AbstractSet[str]) -> dict[str, set[str]]:
         fired: dict[str, set[str]] = {}
         for compiled_rule in rules:
             rule = self.plan.rules[compiled_rule.index]
@@ -428,7 +447,7 @@ def _end(c: Any) -> None:
     return None
 
 
-def _may_fire(rule: CompiledRule, names: frozenset[str]) -> bool:
+def _may_fire(rule: CompiledRule, names: AbstractSet[str]) -> bool:
     """False when a fact the rule needs is absent by name (it cannot fire)."""
     return all(p.fact in names for p in rule.all) and (
         not rule.any or any(p.fact in names for p in rule.any))
@@ -583,7 +602,7 @@ class _ReteSession(_Session):
                 self.pending.append(wired)
 
     def run_stratum(self, rules: Sequence[CompiledRule],
-                    names: frozenset[str]) -> dict[str, set[str]]:
+                    names: AbstractSet[str]) -> dict[str, set[str]]:
         if not any(_may_fire(r, names) for r in rules):
             return {}
         _sink.clear()
