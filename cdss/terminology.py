@@ -25,6 +25,7 @@ UCUM = "http://unitsofmeasure.org"
 #: cdss's own code system for findings that have no confirmed standard code.
 LOCAL = "https://cdss.dev/fhir/CodeSystem/findings"
 _DOTLESS = frozenset({ICD10CM, "http://www.whocc.no/atc"})
+_MEMO_LIMIT = 65536
 
 
 def _norm(system: str, code: str) -> str:
@@ -63,17 +64,28 @@ class Terminology:
             system = valuesets.systems.get(entry.system, entry.system)
             self._exact.setdefault((system, _norm(system, entry.code)), set()).add(entry.concept)
         self._prefix.sort(key=lambda p: (p[0], p[1], p[2]))
+        self._prefix_by_system: dict[str, list[tuple[str, str]]] = {}
+        for psystem, prefix, name in self._prefix:
+            self._prefix_by_system.setdefault(psystem, []).append((prefix, name))
+        # (system, code) -> concepts: codes repeat across a record's resources
+        self._memo: dict[tuple[str, str], frozenset[str]] = {}
 
     def kind(self, concept: str) -> str | None:
         found = self.valuesets.concepts.get(concept)
         return found.kind if found else None
 
     def concepts_of_coding(self, system: str, code: str) -> set[str]:
+        memo = self._memo.get((system, code))
+        if memo is not None:
+            return set(memo)
         key = _norm(system, code)
         found = set(self._exact.get((system, key), ()))
-        for psystem, prefix, name in self._prefix:
-            if psystem == system and key.startswith(prefix):
+        for prefix, name in self._prefix_by_system.get(system, ()):
+            if key.startswith(prefix):
                 found.add(name)
+        if len(self._memo) >= _MEMO_LIMIT:  # bounded, whatever codes a feed sends
+            self._memo.clear()
+        self._memo[(system, code)] = frozenset(found)
         return found
 
     def concepts_of(self, codeable: Any) -> set[str]:
