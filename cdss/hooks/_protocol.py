@@ -202,6 +202,8 @@ class Feedback(_Model):
 
 
 class FeedbackRequest(_Model):
+    """The body of a feedback call: the client's feedback on one or more cards."""
+
     feedback: list[Feedback] = Field(min_length=1)
 
 

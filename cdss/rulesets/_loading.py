@@ -93,6 +93,7 @@ class Test:
     value: Any
 
     def holds(self, values: Mapping[str, Any]) -> bool:
+        """Whether the fact's ``values`` pass the test."""
         if self.op == "exists":
             return (self.field in values) is bool(self.value)
         if self.field not in values:
@@ -131,11 +132,15 @@ class Pattern:
     tests: tuple[Test, ...]
 
     def matches(self, fact: Mapping[str, Any]) -> bool:
+        """Whether ``fact`` is of this name and passes every test."""
         return fact.get("t") == self.fact and all(t.holds(fact) for t in self.tests)
 
 
 @dataclass(frozen=True)
 class CompiledRule:
+    """A rule as both engines run it: its stratum, its place in the file
+    (``index``, which breaks ties) and its patterns, thresholds resolved."""
+
     rule: Rule
     index: int
     stratum: int
@@ -145,6 +150,7 @@ class CompiledRule:
 
     @property
     def id(self) -> str:
+        """The rule's id."""
         return self.rule.id
 
 
@@ -271,17 +277,22 @@ class Ruleset:
 
     @cached_property
     def terminology(self) -> Terminology:
+        """Codings → concepts, from the value sets and the site concept maps."""
         maps = [entry for cmap in self.concept_maps for entry in cmap.maps]
         return Terminology(self.valuesets, maps)
 
     @cached_property
     def derived_facts(self) -> frozenset[str]:
+        """The names of the facts the rules derive."""
         return frozenset(a.derive for r in self.source.rules for a in r.then if a.derive)
 
     def threshold(self, name: str) -> float:
+        """The value of the named threshold."""
         return self.source.thresholds[name].value
 
     def order_loinc(self, analyte: str) -> str | None:
+        """The LOINC code to order for ``analyte``: its ``order_loinc``, else its
+        first LOINC code, else None."""
         spec = self.valuesets.analytes.get(analyte)
         if spec is not None and spec.order_loinc:
             return spec.order_loinc
