@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cdss.rulesets._loading import CompiledRule, Pattern, Ruleset, available_rulesets, load_ruleset
+from cdss.rulesets._compiled import CompiledRule, Pattern
+from cdss.rulesets._registry import available_rulesets, load_ruleset
+from cdss.rulesets._ruleset import Ruleset
 
 __all__ = ["render_ruleset_doc"]
 
