@@ -17,7 +17,7 @@ from typing import Any
 from cdss.errors import RulesetError
 from cdss.rulesets._schema import (
     Comparison,
-    Condition,
+    PatternDef,
     Rule,
     RulesetFile,
     ThresholdRef,
@@ -154,7 +154,7 @@ def operations(test: Any) -> list[tuple[str, Any]]:
     return [("eq", test)]
 
 
-def _pattern(cond: Condition, kind: str, rfile: RulesetFile) -> Pattern:
+def _pattern(cond: PatternDef, kind: str, rfile: RulesetFile) -> Pattern:
     tests = []
     for fname, test in sorted(cond.where.items()):
         for op, operand in operations(test):

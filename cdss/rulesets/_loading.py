@@ -43,7 +43,7 @@ def load_ruleset_file(path: str | Path, *, concept_maps: Sequence[str | Path] = 
     check_ruleset_file(rfile, valuesets, path)
     compiled = compile_rules(rfile, valuesets, path)
     return Ruleset(
-        source=rfile, valuesets=valuesets, concept_maps=tuple(maps), path=path,
+        file=rfile, valuesets=valuesets, concept_maps=tuple(maps), path=path,
         sha256=content_hash(rfile, valuesets, maps), rules=tuple(compiled),
         strata=strata(compiled),
     )
@@ -87,11 +87,11 @@ def _merge_valuesets(parts: Sequence[tuple[Path, ValueSetFile]], path: Path) -> 
         concept = concepts[name]
         concepts[name] = concept.model_copy(update={"codes": [*concept.codes, *ext.codes]})
     for name, spec in bilateral.items():
-        for source in [name, *spec.from_]:
-            if source not in concepts:
-                raise RulesetError(f"bilateral {name!r} names {source!r}, which no value-set "
+        for from_concept in [name, *spec.from_]:
+            if from_concept not in concepts:
+                raise RulesetError(f"bilateral {name!r} names {from_concept!r}, which no value-set "
                                    "file defines", path=str(path), field=f"bilateral.{name}",
-                                   suggestion=suggest(source, concepts))
+                                   suggestion=suggest(from_concept, concepts))
         if concepts[name].kind != "finding":
             raise RulesetError(f"bilateral {name!r} must be a finding concept",
                                path=str(path), field=f"bilateral.{name}")

@@ -93,7 +93,7 @@ def load_ruleset(
         if len(files) > 1:
             raise RulesetError(f"{rid}@{candidate} is defined in more than one folder")
         ruleset = _load_cached(files[0], concept_maps)
-        if ruleset.source.status == "active":
+        if ruleset.file.status == "active":
             return ruleset
     raise RulesetNotFoundError(f"ruleset {rid!r} has no active version; pin one with id@version")
 

@@ -33,7 +33,7 @@ _LATER_FIELDS = frozenset({"exists", "laterality", "site", "nocturnal", "extends
 class Ruleset:
     """A loaded, validated and compiled ruleset version."""
 
-    source: RulesetFile
+    file: RulesetFile
     valuesets: ValueSetFile
     concept_maps: tuple[ConceptMapFile, ...]
     path: Path
@@ -42,17 +42,22 @@ class Ruleset:
     strata: tuple[tuple[CompiledRule, ...], ...] = field(repr=False)
 
     @property
+    def source(self) -> RulesetFile:
+        """The old name of :attr:`file`, the parsed ruleset file."""
+        return self.file
+
+    @property
     def id(self) -> str:
-        return self.source.id
+        return self.file.id
 
     @property
     def version(self) -> str:
-        return self.source.version
+        return self.file.version
 
     @property
     def spec(self) -> str:
         """``id@version``."""
-        return f"{self.source.id}@{self.source.version}"
+        return f"{self.file.id}@{self.file.version}"
 
     @property
     def key(self) -> str:
@@ -68,11 +73,11 @@ class Ruleset:
     @cached_property
     def derived_facts(self) -> frozenset[str]:
         """The names of the facts the rules derive."""
-        return frozenset(a.derive for r in self.source.rules for a in r.then if a.derive)
+        return frozenset(a.derive for r in self.file.rules for a in r.then if a.derive)
 
     def threshold(self, name: str) -> float:
         """The value of the named threshold."""
-        return self.source.thresholds[name].value
+        return self.file.thresholds[name].value
 
     def order_loinc(self, analyte: str) -> str | None:
         """The LOINC code to order for ``analyte``: its ``order_loinc``, else its

@@ -15,14 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "Action",
     "Analyte",
-    "Citation",
+    "CitationDef",
     "Code",
     "Concept",
     "ConceptMapFile",
-    "Condition",
     "EmphasizeAction",
     "FlagAction",
     "Invariant",
+    "PatternDef",
     "PlanItemDef",
     "ReferralAction",
     "RequestAction",
@@ -90,8 +90,9 @@ class Comparison(_Strict):
         return self
 
 
-class Condition(_Strict):
-    """One fact pattern: the fact's name and tests on its fields.
+class PatternDef(_Strict):
+    """One fact pattern as the file writes it: the fact's name and tests on its
+    fields (compiled into a :class:`cdss.rulesets.Pattern`).
 
     A bare value in ``where`` means equality. For findings, a condition without
     a ``status`` test matches only findings recorded as present.
@@ -110,11 +111,11 @@ class When(_Strict):
     """``all`` must each match a fact, at least one of ``any`` must (when
     given), and none of ``none`` may. ``none`` means "not known to be true"."""
 
-    all: list[Condition] = Field(default_factory=list, description=(
+    all: list[PatternDef] = Field(default_factory=list, description=(
         "Patterns that must each match a fact."))
-    any: list[Condition] = Field(default_factory=list, description=(
+    any: list[PatternDef] = Field(default_factory=list, description=(
         "Patterns of which at least one must match a fact (when any are given)."))
-    none: list[Condition] = Field(default_factory=list, description=(
+    none: list[PatternDef] = Field(default_factory=list, description=(
         "Patterns none of which may match a fact: \"not known to be true\"."))
 
     @model_validator(mode="after")
@@ -208,10 +209,11 @@ class Action(_Strict):
         return self
 
 
-class Citation(_Strict):
+class CitationDef(_Strict):
     """Where a rule comes from: ``source`` is a key of the ruleset's
     ``sources`` (its source text, or a guideline) and ``section`` the heading
-    or section cited."""
+    or section cited. Outputs cite with :class:`cdss.assessment.Citation`,
+    which adds the document's title and URL."""
 
     source: Annotated[str, Field(pattern=NAME, description="A key of the ruleset's `sources`.")]
     section: str = Field(description="The heading or section of that document cited.")
@@ -235,7 +237,7 @@ class Rule(_Strict):
     then: Annotated[list[Action], Field(min_length=1, description=(
         "The actions, run in order when the rule fires."))]
     rationale: str = Field(description="Why, for a clinician; outputs show it.")
-    citation: Citation = Field(description="The document and section the rule comes from.")
+    citation: CitationDef = Field(description="The document and section the rule comes from.")
     claims: list[str] = Field(default_factory=list, description=(
         "The keys of the ruleset's `claims` (statements of the source text) the rule "
         "encodes."))
