@@ -54,6 +54,7 @@ class RulesetIdentity(_Out):
 
     @property
     def spec(self) -> str:
+        """``id@version``."""
         return f"{self.id}@{self.version}"
 
 
@@ -83,6 +84,10 @@ class Evidence(_Out):
 
 
 class Flag(_Out):
+    """A finding the clinician should see (``code``, ``severity``), with the rule
+    that raised it, its rationale, citation and the facts it rests on. One per
+    code: the most severe rule wins, ties to rule order."""
+
     code: str
     display: str
     severity: Literal["low", "moderate", "high", "critical"]
@@ -93,6 +98,10 @@ class Flag(_Out):
 
 
 class Referral(_Out):
+    """A referral the ruleset recommends (``code``, ``urgency``), with the rule
+    that made it, its rationale, citation and evidence. One per code: urgent
+    wins over routine."""
+
     code: str
     display: str
     urgency: Literal["routine", "urgent"]
@@ -103,6 +112,10 @@ class Referral(_Out):
 
 
 class PlanItem(_Out):
+    """An item of the patient's plan, in catalogue ``order``: its text (a
+    variant's when tailored), why, the rules that added it and their
+    citations, and any emphasis and tailoring with their reasons."""
+
     code: str
     order: int
     category: str
@@ -115,6 +128,9 @@ class PlanItem(_Out):
 
 
 class Suppressed(_Out):
+    """A plan item a rule removed (by code or by category), with the reason;
+    suppression always wins over addition."""
+
     code: str
     category: str
     text: str
@@ -138,6 +154,8 @@ class DataRequest(_Out):
 
 
 class TraceEntry(_Out):
+    """One rule that fired: its stratum, id, title and the facts it matched."""
+
     stratum: int
     rule_id: str
     title: str
@@ -176,11 +194,14 @@ class Assessment(_Out):
         return orjson.dumps(self.model_dump(mode="json", exclude=exclude), option=option)
 
     def to_dict(self) -> dict[str, Any]:
+        """The Assessment as JSON-ready Python values."""
         return self.model_dump(mode="json")
 
     def flag(self, code: str) -> Flag | None:
+        """The flag of this code, or None."""
         return next((f for f in self.flags if f.code == code), None)
 
     @property
     def highest_severity(self) -> str | None:
+        """The severity of the most severe flag (flags are sorted by severity), or None."""
         return self.flags[0].severity if self.flags else None

@@ -5,8 +5,8 @@ Its public names (no leading ``_``) must have a public home: a class or
 function defined in a private module is public only when its package
 re-exports it in ``__all__`` (which makes the package its home). Every
 ``__all__`` lists exactly the public classes and functions whose home is
-that module. Every CDSSError lives in ``cdss.errors``, and its docstring
-draws the tree the classes form.
+that module, and each of them has a docstring. Every CDSSError lives in
+``cdss.errors``, and its docstring draws the tree the classes form.
 """
 
 from __future__ import annotations
@@ -64,6 +64,20 @@ def test_all_lists_what_the_module_is_home_to(module: ModuleType) -> None:
     homed = {name for name, obj in vars(module).items()
              if not name.startswith("_") and _ours(obj) and obj.__module__ == module.__name__}
     assert homed - set(exported) == set(), "defined here but not in __all__"
+
+
+def _undocumented(obj: object) -> bool:
+    doc = (obj.__doc__ or "").strip()
+    # a dataclass without a docstring is given its signature as one
+    return not doc or doc.startswith(f"{getattr(obj, '__name__', '')}(")
+
+
+@pytest.mark.parametrize("module", PUBLIC, ids=lambda m: m.__name__)
+def test_every_exported_class_and_function_has_a_docstring(module: ModuleType) -> None:
+    missing = [name for name in getattr(module, "__all__", ())
+               if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
+               and _undocumented(obj)]
+    assert missing == []
 
 
 def _error_classes() -> set[type[BaseException]]:

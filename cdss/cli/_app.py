@@ -80,7 +80,7 @@ def list_rulesets(
     try:
         for spec in sorted(available_rulesets(paths=paths)):
             rs = load_ruleset(spec, paths=paths)
-            typer.echo(f"{spec:28} {rs.source.status:8} {rs.sha256[:16]}  {rs.source.title}")
+            typer.echo(f"{spec:28} {rs.file.status:8} {rs.sha256[:16]}  {rs.file.title}")
     except CDSSError as exc:
         _fail(exc)
 

@@ -10,7 +10,7 @@ in every process and on every machine, unlike Python's ``hash()``). A
 partition then holds whole patients, and memory is bounded by a partition,
 not by the cohort.
 
-A spilled line is ``key, type, source, line, alias, JSON`` separated by tabs:
+A spilled line is ``key, type, file index, line, alias, JSON`` separated by tabs:
 ``key`` is the patient reference (``Patient/<id>``), ``alias`` another
 spelling of it the resource used (an absolute URL, a Bundle's ``urn:uuid``
 fullUrl) so that intake can still match the resource to its Patient. Resource
@@ -44,7 +44,7 @@ from cdss.errors import CohortError
 from cdss.intake import RESOURCE_TYPES
 
 __all__ = [
-    "Source",
+    "InputFile",
     "SpillStats",
     "discover",
     "partition_of",
@@ -70,7 +70,7 @@ _JSON_SUFFIXES = (".json", ".json.gz")
 
 
 @dataclass(frozen=True)
-class Source:
+class InputFile:
     """One input file: ``ndjson`` (one resource per line) or ``json`` (a
     Bundle, a resource or a list of them)."""
 
@@ -83,6 +83,10 @@ class Source:
         stat = self.path.stat()
         return {"path": str(self.path), "kind": self.kind, "bytes": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns}
+
+
+#: The old name, still used by ``_screen.py`` (being changed on another branch).
+Source = InputFile
 
 
 # --------------------------------------------------------------------------- #
@@ -110,9 +114,9 @@ def _load_manifest(path: Path) -> Mapping[str, Any] | None:
     return None
 
 
-def _manifest_sources(path: Path, manifest: Mapping[str, Any]) -> list[Source]:
+def _manifest_files(path: Path, manifest: Mapping[str, Any]) -> list[InputFile]:
     folder = path.parent
-    sources = []
+    files = []
     for i, item in enumerate(manifest["output"]):
         url = item.get("url") if isinstance(item, Mapping) else None
         if not isinstance(url, str) or not url:
@@ -126,15 +130,15 @@ def _manifest_sources(path: Path, manifest: Mapping[str, Any]) -> list[Source]:
             target = folder / unquote(url)
         if not target.is_file():
             raise CohortError(f"{path}: output[{i}] names {url!r}, but {target} does not exist")
-        sources.append(Source(path=target.resolve(), kind="ndjson", label=_label(target)))
-    return sources
+        files.append(InputFile(path=target.resolve(), kind="ndjson", label=_label(target)))
+    return files
 
 
 def _label(path: Path) -> str:
     return str(path)
 
 
-def discover(inputs: Sequence[str | Path]) -> list[Source]:
+def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
     """The input files of ``inputs`` (files, bulk-export folders, manifests,
     folders of Bundles), in a stable order, each file once.
 
@@ -146,29 +150,29 @@ def discover(inputs: Sequence[str | Path]) -> list[Source]:
     if not inputs:
         raise CohortError("no input given: name NDJSON files, a bulk-export folder or a "
                           "folder of Bundles")
-    found: list[Source] = []
+    found: list[InputFile] = []
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
             raise CohortError(f"{path}: no such file or folder")
         if path.is_dir():
-            found += _folder_sources(path)
+            found += _folder_files(path)
         elif _is_json(path) and (manifest := _load_manifest(path)) is not None:
-            found += _manifest_sources(path, manifest)
+            found += _manifest_files(path, manifest)
         elif _is_json(path):
-            found.append(Source(path=path.resolve(), kind="json", label=_label(path)))
+            found.append(InputFile(path=path.resolve(), kind="json", label=_label(path)))
         else:
-            found.append(Source(path=path.resolve(), kind="ndjson", label=_label(path)))
+            found.append(InputFile(path=path.resolve(), kind="ndjson", label=_label(path)))
     seen: set[Path] = set()
     unique = []
-    for source in found:
-        if source.path not in seen:
-            seen.add(source.path)
-            unique.append(source)
+    for input_file in found:
+        if input_file.path not in seen:
+            seen.add(input_file.path)
+            unique.append(input_file)
     return unique
 
 
-def _folder_sources(folder: Path) -> list[Source]:
+def _folder_files(folder: Path) -> list[InputFile]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     ndjson = [p for p in files if _is_ndjson(p)]
     jsons = [p for p in files if _is_json(p)]
@@ -180,10 +184,10 @@ def _folder_sources(folder: Path) -> list[Source]:
                 names = ", ".join(p.name for p, _ in manifests)
                 raise CohortError(f"{folder}: more than one export manifest ({names}); name "
                                   "the one to screen")
-            return _manifest_sources(*manifests[0])
-        return [Source(path=p.resolve(), kind="ndjson", label=_label(p)) for p in ndjson]
+            return _manifest_files(*manifests[0])
+        return [InputFile(path=p.resolve(), kind="ndjson", label=_label(p)) for p in ndjson]
     if jsons:
-        return [Source(path=p.resolve(), kind="json", label=_label(p)) for p in jsons]
+        return [InputFile(path=p.resolve(), kind="json", label=_label(p)) for p in jsons]
     raise CohortError(f"{folder}: no NDJSON (*.ndjson, *.ndjson.gz) or Bundle (*.json) files "
                       "to screen")
 
@@ -335,14 +339,14 @@ class _Spiller:
         for handle in self.handles.values():
             handle.close()
 
-    def write(self, key: str, rtype: str, source: int, number: int, alias: str,
+    def write(self, key: str, rtype: str, file_index: int, number: int, alias: str,
               payload: bytes) -> None:
         part = partition_of(key, self.partitions)
         handle = self.handles.get(part)
         if handle is None:
             handle = self.handles[part] = (self.folder / f"p{part:05d}.tsv").open(
                 "ab", buffering=1 << 16)
-        handle.write(b"\t".join((key.encode(), rtype.encode(), str(source).encode(),
+        handle.write(b"\t".join((key.encode(), rtype.encode(), str(file_index).encode(),
                                  str(number).encode(), alias.encode(), payload)) + b"\n")
         self.stats.attributed += 1
         self.stats.types[rtype] += 1
@@ -368,7 +372,7 @@ class _Spiller:
         self.stats.errors_by_kind[kind] += 1
 
     # -- one resource ----------------------------------------------------------
-    def resource(self, obj: Any, raw: bytes | None, source: int, label: str, *,
+    def resource(self, obj: Any, raw: bytes | None, file_index: int, label: str, *,
                  line: int | None = None, entry: int | None = None,
                  full_url: str | None = None, urns: Mapping[str, str] | None = None) -> None:
         number = line if line is not None else (entry or 0)
@@ -384,7 +388,7 @@ class _Spiller:
             return
         if rtype == "Bundle":  # a container, not a resource of a patient
             self.stats.items -= 1
-            self.bundle(obj, source, label, line=line)
+            self.bundle(obj, file_index, label, line=line)
             return
         if rtype == "Patient":
             key = _patient_id_key(obj)
@@ -393,7 +397,7 @@ class _Spiller:
                            "to its resources", label, resource=obj, **where)
                 return
             alias = full_url if full_url and full_url != key else ""
-            self.write(key, rtype, source, number, alias, raw or orjson.dumps(obj))
+            self.write(key, rtype, file_index, number, alias, raw or orjson.dumps(obj))
             return
         used = rtype in _USED
         fields = (SUBJECT_FIELD[rtype],) if used else _OTHER_SUBJECT_FIELDS
@@ -429,9 +433,9 @@ class _Spiller:
             rid = obj.get("id")
             payload = orjson.dumps({"resourceType": rtype, **({"id": rid} if isinstance(
                 rid, str) else {})})
-        self.write(found, rtype, source, number, alias, payload)
+        self.write(found, rtype, file_index, number, alias, payload)
 
-    def bundle(self, bundle: Mapping[str, Any], source: int, label: str, *,
+    def bundle(self, bundle: Mapping[str, Any], file_index: int, label: str, *,
                line: int | None = None) -> None:
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
@@ -452,12 +456,12 @@ class _Spiller:
                            entry=i)
                 continue
             url = item.get("fullUrl")
-            self.resource(item["resource"], None, source, label,
+            self.resource(item["resource"], None, file_index, label,
                           line=line, entry=i if line is None else None,
                           full_url=url if isinstance(url, str) else None, urns=urns)
 
     # -- one file ----------------------------------------------------------------
-    def ndjson_file(self, path: Path, source: int, label: str) -> None:
+    def ndjson_file(self, path: Path, file_index: int, label: str) -> None:
         failures: list[tuple[int, str]] = []
         parsed_any = False
         try:
@@ -490,7 +494,7 @@ class _Spiller:
                         for early, message in failures:
                             self._malformed(label, early, message)
                         failures.clear()  # reported: not again at the end of the file
-                    self.resource(obj, line.rstrip(b"\r\n"), source, label, line=number)
+                    self.resource(obj, line.rstrip(b"\r\n"), file_index, label, line=number)
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             self.error("unreadable-file", f"reading stopped: {exc}", label, file_level=True)
             return
@@ -507,7 +511,7 @@ class _Spiller:
                    f"not JSON ({failures[0][1]}); the file was skipped", label,
                    file_level=True)
 
-    def json_file(self, path: Path, source: int, label: str) -> None:
+    def json_file(self, path: Path, file_index: int, label: str) -> None:
         try:
             data = _read_all(path)
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -522,18 +526,18 @@ class _Spiller:
             return
         if isinstance(obj, list):
             for i, item in enumerate(obj):
-                self.resource(item, None, source, label, entry=i)
+                self.resource(item, None, file_index, label, entry=i)
             return
         if isinstance(obj, Mapping) and isinstance(obj.get("resourceType"), str):
-            self.resource(obj, None, source, label, entry=None)
+            self.resource(obj, None, file_index, label, entry=None)
             return
         self.error("not-fhir", "not a FHIR Bundle, resource or list of resources; the file "
                    "was skipped", label, file_level=True)
 
 
-def spill(sources: Sequence[Source], folder: Path, partitions: int, errors_path: Path,
+def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path: Path,
           *, on_bytes: Any = None) -> SpillStats:
-    """Stream every resource of ``sources`` into ``partitions`` files in
+    """Stream every resource of ``files`` into ``partitions`` files in
     ``folder`` (``p00000.tsv``...), by patient; write unattributable resources
     and unreadable files to ``errors_path`` (NDJSON). ``on_bytes(n)`` is
     called with the number of bytes (on disk) read since the last call, for
@@ -543,12 +547,12 @@ def spill(sources: Sequence[Source], folder: Path, partitions: int, errors_path:
     with errors_path.open("wb") as errors:
         spiller = _Spiller(folder, partitions, errors, on_bytes)
         try:
-            for index, source in enumerate(sources):
-                if source.kind == "json":
-                    spiller.json_file(source.path, index, source.label)
+            for index, input_file in enumerate(files):
+                if input_file.kind == "json":
+                    spiller.json_file(input_file.path, index, input_file.label)
                 else:
-                    spiller.ndjson_file(source.path, index, source.label)
-                spiller.file_done(source.path.stat().st_size)
+                    spiller.ndjson_file(input_file.path, index, input_file.label)
+                spiller.file_done(input_file.path.stat().st_size)
         finally:
             spiller.close()
         errors.flush()
@@ -556,14 +560,14 @@ def spill(sources: Sequence[Source], folder: Path, partitions: int, errors_path:
     return spiller.stats
 
 
-def input_bytes(sources: Sequence[Source], *, on_disk: bool = False) -> int:
+def input_bytes(files: Sequence[InputFile], *, on_disk: bool = False) -> int:
     """Estimated uncompressed size of the inputs (gzip counted 6x), or their
     size on disk."""
     total = 0
-    for source in sources:
-        size = source.path.stat().st_size
+    for input_file in files:
+        size = input_file.path.stat().st_size
         if not on_disk:
-            with source.path.open("rb") as handle:
+            with input_file.path.open("rb") as handle:
                 if handle.read(2) == b"\x1f\x8b":
                     size *= 6
         total += size

@@ -202,6 +202,8 @@ class Feedback(_Model):
 
 
 class FeedbackRequest(_Model):
+    """The body of a feedback call: the client's feedback on one or more cards."""
+
     feedback: list[Feedback] = Field(min_length=1)
 
 
@@ -292,8 +294,8 @@ def discovery(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset]) -> dict[str, 
         services.append({
             "hook": HOOK,
             "id": sid,
-            "title": _text(rs.source.title),
-            "description": f"{_text(rs.source.description)} (ruleset {rs.spec}, "
+            "title": _text(rs.file.title),
+            "description": f"{_text(rs.file.description)} (ruleset {rs.spec}, "
                            f"sha256 {rs.sha256})",
             "prefetch": prefetch_templates(rs),
         })

@@ -63,8 +63,8 @@ def _uuid(hook_instance: uuid.UUID | str | None, kind: str, content: Mapping[str
 def _source(ruleset: Ruleset | None, assessment: Assessment,
             topic: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"label": assessment.ruleset.spec}
-    if ruleset is not None and ruleset.source.canonical_url:
-        out["url"] = ruleset.source.canonical_url
+    if ruleset is not None and ruleset.file.canonical_url:
+        out["url"] = ruleset.file.canonical_url
     if topic:
         out["topic"] = topic
     return out

@@ -368,7 +368,7 @@ def to_fhir_bundle(assessment: Assessment, *, ruleset: Ruleset | None = None) ->
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
     _check_ruleset(assessment, ruleset)
-    url = ruleset.source.canonical_url if ruleset is not None else assessment.ruleset.url
+    url = ruleset.file.canonical_url if ruleset is not None else assessment.ruleset.url
     ids = _Ids(assessment)
     subject = patient_reference(assessment)
     when = fhir_instant(assessment.as_of)

@@ -13,31 +13,23 @@ JSON Schema (:func:`ruleset_json_schema`).
 from __future__ import annotations
 
 from cdss import _exports
+from cdss.rulesets._compiled import FIELD_TYPES, FIELDS, CompiledRule, Pattern, Test
 from cdss.rulesets._docgen import render_ruleset_doc
-from cdss.rulesets._loading import (
-    FIELD_TYPES,
-    FIELDS,
-    CompiledRule,
-    Pattern,
-    Ruleset,
-    Test,
-    available_rulesets,
-    builtin_folder,
-    load_ruleset,
-    load_ruleset_file,
-)
+from cdss.rulesets._loading import load_ruleset_file
+from cdss.rulesets._registry import available_rulesets, builtin_folder, load_ruleset
+from cdss.rulesets._ruleset import Ruleset
 from cdss.rulesets._schema import (
     Action,
     Analyte,
-    Citation,
+    CitationDef,
     Code,
     Concept,
     ConceptMapEntry,
     ConceptMapFile,
-    Condition,
     EmphasizeAction,
     FlagAction,
     Invariant,
+    PatternDef,
     PlanItemDef,
     ReferralAction,
     RequestAction,
@@ -57,17 +49,17 @@ __all__ = [
     "FIELD_TYPES",
     "Action",
     "Analyte",
-    "Citation",
+    "CitationDef",
     "Code",
     "CompiledRule",
     "Concept",
     "ConceptMapEntry",
     "ConceptMapFile",
-    "Condition",
     "EmphasizeAction",
     "FlagAction",
     "Invariant",
     "Pattern",
+    "PatternDef",
     "PlanItemDef",
     "ReferralAction",
     "RequestAction",

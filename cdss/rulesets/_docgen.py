@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cdss.rulesets._loading import CompiledRule, Pattern, Ruleset, available_rulesets, load_ruleset
+from cdss.rulesets._compiled import CompiledRule, Pattern
+from cdss.rulesets._registry import available_rulesets, load_ruleset
+from cdss.rulesets._ruleset import Ruleset
 
 __all__ = ["render_ruleset_doc"]
 
@@ -63,49 +65,49 @@ def _then(rule: CompiledRule) -> str:
 
 
 def _version_section(rs: Ruleset) -> list[str]:
-    src = rs.source
+    rfile = rs.file
     lines = [
-        f"## {rs.spec} ({src.status})",
+        f"## {rs.spec} ({rfile.status})",
         "",
-        f"sha256 `{rs.sha256}`; FHIR {src.fhir_release}; "
-        f"canonical URL {src.canonical_url or '(none)'}",
+        f"sha256 `{rs.sha256}`; FHIR {rfile.fhir_release}; "
+        f"canonical URL {rfile.canonical_url or '(none)'}",
         "",
-        _cell(src.description),
+        _cell(rfile.description),
         "",
         "### Claims of the source text and the rules encoding them",
         "",
         "| claim | statement | rules |",
         "|---|---|---|",
     ]
-    for claim, text in src.claims.items():
+    for claim, text in rfile.claims.items():
         rules = [r.id for r in rs.rules if claim in r.rule.claims]
         encoded = ", ".join(rules) or "not encoded (see description)"
         lines.append(f"| {claim} | {_cell(text)} | {encoded} |")
     lines += ["", "### Thresholds", "", "| name | value | unit | meaning |", "|---|---|---|---|"]
-    for name, th in src.thresholds.items():
+    for name, th in rfile.thresholds.items():
         lines.append(f"| `{name}` | {th.value:g} | {th.unit} | {_cell(th.description or '')} |")
     lines += ["", "### Rules", "",
               "| stratum | rule | when | then | citation |", "|---|---|---|---|---|"]
     for rule in sorted(rs.rules, key=lambda r: (r.stratum, r.index)):
-        cite = src.sources[rule.rule.citation.source]
+        cite = rfile.sources[rule.rule.citation.source]
         lines.append(
             f"| {rule.stratum} | **{rule.id}** {_cell(rule.rule.title)} | {_cell(_when(rule))} | "
             f"{_cell(_then(rule))} | {_cell(cite.title)}: {_cell(rule.rule.citation.section)} |")
     lines += ["", "### Plan items, in plan order", "",
               "| code | category | text |", "|---|---|---|"]
-    for item in src.plan_items:
+    for item in rfile.plan_items:
         text = _cell(item.text)
         for name, variant in item.variants.items():
             text += f" *Variant {name}:* {_cell(variant)}"
         lines.append(f"| `{item.code}` | {item.category} | {text} |")
     lines += ["", "### Sources", ""]
-    for key, source in src.sources.items():
+    for key, source in rfile.sources.items():
         extra = f", {source.publisher}" if source.publisher else ""
         url = f" <{source.url}>" if source.url else ""
         lines.append(f"- `{key}`: {_cell(source.title)}{extra}{url}")
-    if src.invariants:
+    if rfile.invariants:
         lines += ["", "### Declared invariants", ""]
-        for inv in src.invariants:
+        for inv in rfile.invariants:
             lines.append(f"- a {inv.direction} `{inv.analyte}` never removes flag "
                          f"`{inv.keeps_flag}`")
     return lines
@@ -153,8 +155,8 @@ def render_ruleset_doc(ruleset_id: str, *, versions: Sequence[str] | None = None
         "Generated from the ruleset files by `cdss docs`; do not edit by hand (a test fails "
         "when this file is stale).",
         "",
-        f"**{_cell(loaded[0].source.title)}**. Versions: "
-        + ", ".join(f"{rs.version} ({rs.source.status})" for rs in loaded) + ".",
+        f"**{_cell(loaded[0].file.title)}**. Versions: "
+        + ", ".join(f"{rs.version} ({rs.file.status})" for rs in loaded) + ".",
         "",
     ]
     for rs in loaded:

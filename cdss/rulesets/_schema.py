@@ -15,14 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "Action",
     "Analyte",
-    "Citation",
+    "CitationDef",
     "Code",
     "Concept",
     "ConceptMapFile",
-    "Condition",
     "EmphasizeAction",
     "FlagAction",
     "Invariant",
+    "PatternDef",
     "PlanItemDef",
     "ReferralAction",
     "RequestAction",
@@ -52,25 +52,33 @@ class _Strict(BaseModel):
 class ThresholdRef(_Strict):
     """A reference to a named threshold of the ruleset: ``{threshold: name}``."""
 
-    threshold: Annotated[str, Field(pattern=NAME)]
+    threshold: Annotated[str, Field(
+        pattern=NAME, description="The name of a threshold in the ruleset's `thresholds`.")]
 
 
 Operand = Scalar | ThresholdRef
+_OPERAND = "a number, text, true/false or `{threshold: name}`"
 
 
 class Comparison(_Strict):
-    """Comparisons on one field of a fact; several keys must all hold."""
+    """Comparisons on one field of a fact; several keys must all hold.
 
-    eq: Operand | None = None
-    ne: Operand | None = None
-    lt: Operand | None = None
-    le: Operand | None = None
-    gt: Operand | None = None
-    ge: Operand | None = None
-    in_: Annotated[list[Scalar] | None, Field(alias="in")] = None
-    #: ``exists: false`` holds when the fact does not record the field (a
-    #: finding whose site was not recorded); ``exists: true`` when it does.
-    exists: bool | None = None
+    A field the fact does not record never passes a comparison, except
+    ``exists: false``.
+    """
+
+    eq: Operand | None = Field(None, description=f"The field equals {_OPERAND}.")
+    ne: Operand | None = Field(None, description=f"The field is recorded and differs from "
+                                                 f"{_OPERAND}.")
+    lt: Operand | None = Field(None, description="The field (a number) is below this.")
+    le: Operand | None = Field(None, description="The field (a number) is at most this.")
+    gt: Operand | None = Field(None, description="The field (a number) is above this.")
+    ge: Operand | None = Field(None, description="The field (a number) is at least this.")
+    in_: Annotated[list[Scalar] | None, Field(
+        alias="in", description="The field equals one of these values.")] = None
+    exists: bool | None = Field(None, description=(
+        "`false` holds when the fact does not record the field (a finding whose site was "
+        "not recorded); `true` when it does."))
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -82,24 +90,33 @@ class Comparison(_Strict):
         return self
 
 
-class Condition(_Strict):
-    """One fact pattern: the fact's name and tests on its fields.
+class PatternDef(_Strict):
+    """One fact pattern as the file writes it: the fact's name and tests on its
+    fields (compiled into a :class:`cdss.rulesets.Pattern`).
 
     A bare value in ``where`` means equality. For findings, a condition without
     a ``status`` test matches only findings recorded as present.
     """
 
-    fact: Annotated[str, Field(pattern=NAME)]
-    where: dict[str, Scalar | Comparison] = Field(default_factory=dict)
+    fact: Annotated[str, Field(pattern=NAME, description=(
+        "The fact to match: a concept of the value sets, `patient`, or a fact a rule "
+        "derives."))]
+    where: dict[str, Scalar | Comparison] = Field(default_factory=dict, description=(
+        "Tests on the fact's fields, by field name (patient: age, sex; lab: value, unit, "
+        "status, age_days, computed; finding: status, site, nocturnal, age_days): a bare "
+        "value means equality, a mapping holds comparisons."))
 
 
 class When(_Strict):
     """``all`` must each match a fact, at least one of ``any`` must (when
     given), and none of ``none`` may. ``none`` means "not known to be true"."""
 
-    all: list[Condition] = Field(default_factory=list)
-    any: list[Condition] = Field(default_factory=list)
-    none: list[Condition] = Field(default_factory=list)
+    all: list[PatternDef] = Field(default_factory=list, description=(
+        "Patterns that must each match a fact."))
+    any: list[PatternDef] = Field(default_factory=list, description=(
+        "Patterns of which at least one must match a fact (when any are given)."))
+    none: list[PatternDef] = Field(default_factory=list, description=(
+        "Patterns none of which may match a fact: \"not known to be true\"."))
 
     @model_validator(mode="after")
     def _something(self) -> When:
@@ -109,23 +126,30 @@ class When(_Strict):
 
 
 class FlagAction(_Strict):
-    code: Annotated[str, Field(pattern=CODE)]
-    display: str
-    severity: Severity
+    """Raise a flag: one per code in the Assessment, the most severe rule winning."""
+
+    code: Annotated[str, Field(pattern=CODE, description="The flag's code (kebab-case).")]
+    display: str = Field(description="What the flag says, for a clinician.")
+    severity: Severity = Field(description="low, moderate, high or critical; a critical "
+                                           "flag is a red flag.")
 
 
 class ReferralAction(_Strict):
-    code: Annotated[str, Field(pattern=CODE)]
-    display: str
-    urgency: Literal["routine", "urgent"]
+    """Make a referral: one per code in the Assessment, urgent winning over routine."""
+
+    code: Annotated[str, Field(pattern=CODE, description="The referral's code (kebab-case).")]
+    display: str = Field(description="Whom to refer to and why, for a clinician.")
+    urgency: Literal["routine", "urgent"] = Field(description="routine or urgent.")
 
 
 class SuppressAction(_Strict):
     """Remove a plan item (``plan``) or every item of a ``category``, saying why."""
 
-    plan: Annotated[str | None, Field(pattern=CODE)] = None
-    category: Annotated[str | None, Field(pattern=NAME)] = None
-    reason: str
+    plan: Annotated[str | None, Field(
+        pattern=CODE, description="The code of the plan item to remove.")] = None
+    category: Annotated[str | None, Field(
+        pattern=NAME, description="The category whose every plan item is removed.")] = None
+    reason: str = Field(description="Why, shown beside the removed items.")
 
     @model_validator(mode="after")
     def _one_target(self) -> SuppressAction:
@@ -137,38 +161,43 @@ class SuppressAction(_Strict):
 class EmphasizeAction(_Strict):
     """Mark a plan item as emphasised for this patient, saying why."""
 
-    plan: Annotated[str, Field(pattern=CODE)]
-    reason: str
+    plan: Annotated[str, Field(pattern=CODE, description="The code of the plan item.")]
+    reason: str = Field(description="Why it matters more for this patient.")
 
 
 class TailorAction(_Strict):
     """Replace a plan item's text with one of its ``variants`` for this patient,
     saying why (e.g. the nut-free food list for a nut allergy)."""
 
-    plan: Annotated[str, Field(pattern=CODE)]
-    variant: Annotated[str, Field(pattern=NAME)]
-    reason: str
+    plan: Annotated[str, Field(pattern=CODE, description="The code of the plan item.")]
+    variant: Annotated[str, Field(
+        pattern=NAME, description="The name of one of the plan item's `variants`.")]
+    reason: str = Field(description="Why this patient gets the variant.")
 
 
 class RequestAction(_Strict):
     """Ask for data: a lab analyte to order, with the reason."""
 
-    analyte: Annotated[str, Field(pattern=NAME)]
-    reason: str
+    analyte: Annotated[str, Field(
+        pattern=NAME, description="The analyte (of the value sets' `analytes`) to order.")]
+    reason: str = Field(description="Why the result is needed.")
 
 
 class Action(_Strict):
     """Exactly one of: derive a fact, raise a flag, make a referral, add a plan
     item, emphasise or tailor a plan item, suppress plan items, request data."""
 
-    derive: Annotated[str | None, Field(pattern=NAME)] = None
-    flag: FlagAction | None = None
-    referral: ReferralAction | None = None
-    plan: Annotated[str | None, Field(pattern=CODE)] = None
-    emphasize: EmphasizeAction | None = None
-    tailor: TailorAction | None = None
-    suppress: SuppressAction | None = None
-    request: RequestAction | None = None
+    derive: Annotated[str | None, Field(pattern=NAME, description=(
+        "Derive a fact of this name, which rules of later strata can test."))] = None
+    flag: FlagAction | None = Field(None, description="Raise a flag.")
+    referral: ReferralAction | None = Field(None, description="Make a referral.")
+    plan: Annotated[str | None, Field(pattern=CODE, description=(
+        "Add the plan item of this code (of `plan_items`) to the plan."))] = None
+    emphasize: EmphasizeAction | None = Field(None, description="Emphasise a plan item.")
+    tailor: TailorAction | None = Field(None, description="Give a plan item a variant's text.")
+    suppress: SuppressAction | None = Field(None, description=(
+        "Remove a plan item or a category; removal always wins over addition."))
+    request: RequestAction | None = Field(None, description="Ask for a lab result.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Action:
@@ -180,160 +209,218 @@ class Action(_Strict):
         return self
 
 
-class Citation(_Strict):
+class CitationDef(_Strict):
     """Where a rule comes from: ``source`` is a key of the ruleset's
     ``sources`` (its source text, or a guideline) and ``section`` the heading
-    or section cited."""
+    or section cited. Outputs cite with :class:`cdss.assessment.Citation`,
+    which adds the document's title and URL."""
 
-    source: Annotated[str, Field(pattern=NAME)]
-    section: str
+    source: Annotated[str, Field(pattern=NAME, description="A key of the ruleset's `sources`.")]
+    section: str = Field(description="The heading or section of that document cited.")
 
 
 class Source(_Strict):
     """A document rules cite: the ruleset's source text or a guideline."""
 
-    title: str
-    publisher: str | None = None
-    url: str | None = None
+    title: str = Field(description="The document's title.")
+    publisher: str | None = Field(None, description="Who published it.")
+    url: str | None = Field(None, description="Where to read it.")
 
 
 class Rule(_Strict):
-    id: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]*(-[A-Z0-9]+)+$")]
-    title: str
-    when: When
-    then: Annotated[list[Action], Field(min_length=1)]
-    rationale: str
-    citation: Citation
-    claims: list[str] = Field(default_factory=list)
+    """One rule: when its patterns match the facts, its actions run."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]*(-[A-Z0-9]+)+$", description=(
+        "Unique in the ruleset, upper case with dashes (`PC-K-01`); outputs name it."))]
+    title: str = Field(description="What the rule does, in a line.")
+    when: When = Field(description="The patterns the facts must match.")
+    then: Annotated[list[Action], Field(min_length=1, description=(
+        "The actions, run in order when the rule fires."))]
+    rationale: str = Field(description="Why, for a clinician; outputs show it.")
+    citation: CitationDef = Field(description="The document and section the rule comes from.")
+    claims: list[str] = Field(default_factory=list, description=(
+        "The keys of the ruleset's `claims` (statements of the source text) the rule "
+        "encodes."))
 
 
 class Threshold(_Strict):
-    value: float
-    unit: str
-    description: str | None = None
+    """A named value rules compare with (``{threshold: name}``), in the analyte's
+    canonical unit, so a cut-off is changed in one place."""
+
+    value: float = Field(description="The value.")
+    unit: str = Field(description="Its unit (UCUM), the canonical unit of what it is "
+                                  "compared with.")
+    description: str | None = Field(None, description="What the threshold means.")
 
 
 class PlanItemDef(_Strict):
-    code: Annotated[str, Field(pattern=CODE)]
-    category: Annotated[str, Field(pattern=NAME)]
-    text: str
-    variants: dict[Annotated[str, Field(pattern=NAME)], str] = Field(default_factory=dict)
+    """A plan item of the catalogue: plans list the items rules add in catalogue
+    order."""
+
+    code: Annotated[str, Field(pattern=CODE, description="Unique in the catalogue.")]
+    category: Annotated[str, Field(pattern=NAME, description=(
+        "The item's category; `suppress` can remove a whole category."))]
+    text: str = Field(description="What the patient is advised, as the plan shows it.")
+    variants: dict[Annotated[str, Field(pattern=NAME)], str] = Field(
+        default_factory=dict, description="Other texts, by name, that `tailor` can choose.")
 
 
 class Invariant(_Strict):
     """A declared monotonicity: moving ``analyte`` in ``direction`` never
     removes flag ``keeps_flag`` (checked by cdss.testing)."""
 
-    analyte: Annotated[str, Field(pattern=NAME)]
-    direction: Literal["lower", "higher"]
-    keeps_flag: Annotated[str, Field(pattern=CODE)]
+    analyte: Annotated[str, Field(pattern=NAME, description="The analyte that moves.")]
+    direction: Literal["lower", "higher"] = Field(description="lower or higher.")
+    keeps_flag: Annotated[str, Field(pattern=CODE, description=(
+        "The flag the move never removes."))]
 
 
 class RulesetFile(_Strict):
     """One version of a ruleset: ``rulesets/<id>/<version>.yaml``."""
 
-    id: Annotated[str, Field(pattern=CODE)]
-    version: Annotated[str, Field(pattern=SEMVER)]
-    status: Literal["draft", "active", "retired"]
-    fhir_release: Literal["4.0.1"]
-    title: str
-    description: str
-    canonical_url: str | None = None
-    sources: Annotated[dict[Annotated[str, Field(pattern=NAME)], Source], Field(min_length=1)]
-    claims: dict[Annotated[str, Field(pattern=r"^C\d+$")], str] = Field(default_factory=dict)
-    valuesets: Annotated[list[str], Field(min_length=1)]
-    finding_lookback_days: Annotated[int, Field(gt=0)] = 365
-    thresholds: dict[Annotated[str, Field(pattern=NAME)], Threshold] = Field(default_factory=dict)
-    plan_items: list[PlanItemDef] = Field(default_factory=list)
-    rules: Annotated[list[Rule], Field(min_length=1)]
-    invariants: list[Invariant] = Field(default_factory=list)
+    id: Annotated[str, Field(pattern=CODE, description="The ruleset's id (its folder's name).")]
+    version: Annotated[str, Field(pattern=SEMVER, description=(
+        "Semantic version, equal to the file's name."))]
+    status: Literal["draft", "active", "retired"] = Field(description=(
+        "draft, active or retired; `load_ruleset(id)` is the highest active version."))
+    fhir_release: Literal["4.0.1"] = Field(description="The FHIR release the records are in.")
+    title: str = Field(description="The ruleset's title.")
+    description: str = Field(description="What the ruleset is for and what it reads.")
+    canonical_url: str | None = Field(None, description=(
+        "The ruleset's canonical URL, which the FHIR output names."))
+    sources: Annotated[dict[Annotated[str, Field(pattern=NAME)], Source], Field(
+        min_length=1, description="The documents rules cite, by key.")]
+    claims: dict[Annotated[str, Field(pattern=r"^C\d+$")], str] = Field(
+        default_factory=dict, description=(
+            "The statements of the source text, by key (`C1`), which rules name."))
+    valuesets: Annotated[list[str], Field(min_length=1, description=(
+        "The value-set files (in the ruleset's folder) whose concepts the rules use."))]
+    finding_lookback_days: Annotated[int, Field(gt=0, description=(
+        "How recent a finding's record must be to count, in days."))] = 365
+    thresholds: dict[Annotated[str, Field(pattern=NAME)], Threshold] = Field(
+        default_factory=dict, description="Named values rules compare with.")
+    plan_items: list[PlanItemDef] = Field(default_factory=list, description=(
+        "The catalogue of plan items, in plan order."))
+    rules: Annotated[list[Rule], Field(min_length=1, description=(
+        "The rules; their order breaks ties."))]
+    invariants: list[Invariant] = Field(default_factory=list, description=(
+        "Declared monotonicities that `cdss test-ruleset` checks."))
 
 
 Laterality = Literal["left", "right", "bilateral"]
 
 
 class Code(_Strict):
-    system: str
-    code: str
-    display: str | None = None
-    verified: bool
-    prefix: bool = False
-    note: str | None = None
-    #: The side the code itself states (``M54.31`` Sciatica, right side).
-    laterality: Laterality | None = None
-    #: The body site (a ``body_site`` concept) the code itself implies
-    #: (``M62.831`` Muscle spasm of calf: ``calf``), read when no bodySite is given.
-    site: Annotated[str | None, Field(pattern=NAME)] = None
-    #: The code itself means the finding happens at night (``G47.62`` Sleep
-    #: related leg cramps), read when no component records it.
-    nocturnal: bool | None = None
+    """A code of a concept (or a body-site qualifier) and what the code itself
+    states."""
+
+    system: str = Field(description="A code system: an alias of `systems` or its URI.")
+    code: str = Field(description="The code (ICD-10-CM with or without its dot).")
+    display: str | None = Field(None, description="The code's display in its system.")
+    verified: bool = Field(description=(
+        "The code with this meaning was found in a published value set or code table."))
+    prefix: bool = Field(False, description=(
+        "The code also stands for every code it begins (an ICD-10-CM or ATC category)."))
+    note: str | None = Field(None, description="Why the code is here, or what to know of it.")
+    laterality: Laterality | None = Field(None, description=(
+        "The side the code itself states (`M54.31` Sciatica, right side)."))
+    site: Annotated[str | None, Field(pattern=NAME, description=(
+        "The body site (a `body_site` concept) the code itself implies (`M62.831` Muscle "
+        "spasm of calf: `calf`), read when no bodySite is given."))] = None
+    nocturnal: bool | None = Field(None, description=(
+        "The code itself means the finding happens at night (`G47.62` Sleep related leg "
+        "cramps), read when no component records it."))
 
 
 class ConceptExtension(_Strict):
     """More codes for a concept defined in an earlier value-set file."""
 
-    codes: Annotated[list[Code], Field(min_length=1)]
-    note: str | None = None
+    codes: Annotated[list[Code], Field(min_length=1, description="The codes added.")]
+    note: str | None = Field(None, description="Why they are added.")
 
 
 class Bilateral(_Strict):
     """A finding that is present when records of the ``from`` concepts state both
     sides (a right- and a left-sided code or body site) or a bilateral one."""
 
-    from_: Annotated[list[Annotated[str, Field(pattern=NAME)]],
-                     Field(alias="from", min_length=1)]
-    note: str | None = None
+    from_: Annotated[list[Annotated[str, Field(pattern=NAME)]], Field(
+        alias="from", min_length=1, description="The concepts whose sides count.")]
+    note: str | None = Field(None, description="What the finding means.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Concept(_Strict):
-    kind: Kind
-    display: str
-    codes: list[Code] = Field(default_factory=list)
-    ingredients: list[str] = Field(default_factory=list)
-    note: str | None = None
+    """A clinical concept of the value sets: the codes that mean it; a concept of
+    a fact kind (lab, finding, condition, medication, allergy) is a fact rules
+    can test."""
+
+    kind: Kind = Field(description=(
+        "lab, finding, condition, medication, allergy, body_site or qualifier."))
+    display: str = Field(description="The concept's name, as outputs show it.")
+    codes: list[Code] = Field(default_factory=list, description="The codes that mean it.")
+    ingredients: list[str] = Field(default_factory=list, description=(
+        "For a medication class: ingredient names that class a medication whose code is "
+        "not listed, from its display or text."))
+    note: str | None = Field(None, description="What to know of the concept.")
 
 
 class Analyte(_Strict):
-    canonical_unit: str
-    lookback_days: Annotated[int, Field(gt=0)]
-    molar_mass_g_per_mol: Annotated[float | None, Field(gt=0)] = None
-    valence: Annotated[int | None, Field(gt=0)] = None
-    plausible: tuple[float, float] | None = None
-    ratio_of: tuple[str, str] | None = None
-    order_loinc: str | None = None
-    source: str | None = None
-    note: str | None = None
+    """How a lab concept's values are read: the canonical unit, how recent a
+    value must be, and what converting and checking it needs."""
+
+    canonical_unit: str = Field(description="The UCUM unit values are converted to and "
+                                            "rules compare in.")
+    lookback_days: Annotated[int, Field(gt=0, description=(
+        "How recent a result must be to count, in days."))]
+    molar_mass_g_per_mol: Annotated[float | None, Field(gt=0, description=(
+        "The molar mass, to convert between mass and substance units."))] = None
+    valence: Annotated[int | None, Field(gt=0, description=(
+        "The valence, to convert equivalents (mEq/L)."))] = None
+    plausible: tuple[float, float] | None = Field(None, description=(
+        "The lowest and highest value (canonical unit) a real measurement can have; "
+        "values outside are input errors."))
+    ratio_of: tuple[str, str] | None = Field(None, description=(
+        "The two analytes whose ratio this is, computed when no ratio is reported."))
+    order_loinc: str | None = Field(None, description="The LOINC code a data request asks "
+                                                      "to order.")
+    source: str | None = Field(None, description="Where the molar mass or unit comes from.")
+    note: str | None = Field(None, description="What to know of the analyte.")
 
 
 class ValueSetFile(_Strict):
-    systems: dict[str, str] = Field(default_factory=dict)
-    concepts: dict[Annotated[str, Field(pattern=NAME)], Concept] = Field(default_factory=dict)
-    analytes: dict[Annotated[str, Field(pattern=NAME)], Analyte] = Field(default_factory=dict)
-    #: Codes added to concepts of earlier files (a later ruleset version's
-    #: additions, leaving the shared file and the versions that use it alone).
+    """A value-set file a ruleset names: code systems, concepts, analytes."""
+
+    systems: dict[str, str] = Field(default_factory=dict, description=(
+        "Short aliases of code-system URIs, used by the codes."))
+    concepts: dict[Annotated[str, Field(pattern=NAME)], Concept] = Field(
+        default_factory=dict, description="The concepts, by name.")
+    analytes: dict[Annotated[str, Field(pattern=NAME)], Analyte] = Field(
+        default_factory=dict, description="How each lab concept's values are read.")
     extends: dict[Annotated[str, Field(pattern=NAME)], ConceptExtension] = Field(
-        default_factory=dict)
-    #: Findings made present by laterality (see :class:`Bilateral`).
+        default_factory=dict, description=(
+            "Codes added to concepts of earlier files (a later ruleset version's additions, "
+            "leaving the shared file and the versions that use it alone)."))
     bilateral: dict[Annotated[str, Field(pattern=NAME)], Bilateral] = Field(
-        default_factory=dict)
-    #: Body-site qualifier codes that state a side (SNOMED CT right / left / both).
-    qualifiers: list[Code] = Field(default_factory=list)
+        default_factory=dict, description="Findings made present by laterality.")
+    qualifiers: list[Code] = Field(default_factory=list, description=(
+        "Body-site qualifier codes that state a side (right, left, both)."))
 
 
 class ConceptMapEntry(_Strict):
-    system: str
-    code: str
-    concept: Annotated[str, Field(pattern=NAME)]
-    display: str | None = None
+    """One site code and the concept it means."""
+
+    system: str = Field(description="The site's code system URI.")
+    code: str = Field(description="The site's code.")
+    concept: Annotated[str, Field(pattern=NAME, description="The ruleset's concept it means.")]
+    display: str | None = Field(None, description="The code's display at the site.")
 
 
 class ConceptMapFile(_Strict):
     """A site's own codes mapped onto a ruleset's concepts, without code changes."""
 
-    ruleset: Annotated[str, Field(pattern=CODE)]
-    maps: list[ConceptMapEntry]
+    ruleset: Annotated[str, Field(pattern=CODE, description="The id of the ruleset mapped onto.")]
+    maps: list[ConceptMapEntry] = Field(description="The site's codes.")
 
 
 def ruleset_json_schema() -> dict[str, Any]:

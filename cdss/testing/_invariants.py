@@ -231,7 +231,7 @@ def _partners(ruleset: Ruleset, index: int) -> tuple[CompiledRule, ...]:
     that leads to a critical flag, the rules that plan exercise items, and the
     other way round (so that red-flag dominance is put to the test); else
     every other rule."""
-    items = {item.code: item.category for item in ruleset.source.plan_items}
+    items = {item.code: item.category for item in ruleset.file.plan_items}
 
     def critical(rule: CompiledRule) -> bool:
         return any(a.flag and a.flag.severity == "critical" for a in rule.rule.then)
@@ -510,7 +510,7 @@ def _moves(ctx: _Context, invariant: Invariant) -> list[tuple[RecordList, float,
 
 def _monotonicity(index: int) -> _Check:
     def check(ctx: _Context) -> _Result:
-        invariant = ctx.ruleset.source.invariants[index]
+        invariant = ctx.ruleset.file.invariants[index]
         base = ctx.base().assessment
         if base is None or base.flag(invariant.keeps_flag) is None:
             return None
@@ -581,7 +581,7 @@ def _selected(ruleset: Ruleset, properties: Sequence[str] | None
                             "writing the times in another UTC offset", full=False)),
         ("red-flag-dominance", PROPERTIES["red-flag-dominance"], _red_flags),
     ]
-    for i, invariant in enumerate(ruleset.source.invariants):
+    for i, invariant in enumerate(ruleset.file.invariants):
         checks.append((_invariant_name(invariant),
                        f"Moving {invariant.analyte} {invariant.direction} never removes flag "
                        f"{invariant.keeps_flag!r}.", _monotonicity(i)))

@@ -264,7 +264,7 @@ class _Kit:
         vs = ruleset.valuesets
         self.valuesets = vs
         self.terminology = ruleset.terminology
-        self.finding_lookback = ruleset.source.finding_lookback_days
+        self.finding_lookback = ruleset.file.finding_lookback_days
         self.kinds: dict[str, str] = {name: c.kind for name, c in vs.concepts.items()}
         # derived_facts is a frozenset: sorted, so that nothing here follows the
         # string hash order of the process (PYTHONHASHSEED)
@@ -1198,13 +1198,13 @@ def records(*, ruleset: Ruleset | str = "plantar-cramps",
     the concept the first rule uses, in its simplest form.
     """
     kit = _make_kit(ruleset, as_of, patient_id)
-    clean = _bool("mess", mess)
+    with_mess = bool(_bool("mess", mess))
     size = _int("max_resources", max_resources, 0, 100)
 
     @st.composite
     def build(draw: st.DrawFn) -> RecordList:
-        patient = draw(_patient(kit.as_of, kit.patient_id, mess=bool(clean)))
-        return _assemble(patient, draw(_background(kit, size, bool(clean))))
+        patient = draw(_patient(kit.as_of, kit.patient_id, mess=with_mess))
+        return _assemble(patient, draw(_background(kit, size, with_mess)))
 
     return build()
 
@@ -1230,7 +1230,7 @@ def from_ruleset(ruleset: Ruleset | str, *, as_of: datetime | date | str = DEFAU
     """
     rs = _ruleset(ruleset)
     kit = _kit(rs, _as_of(as_of), _patient_id(patient_id))
-    clean = _bool("mess", mess)
+    with_mess = bool(_bool("mess", mess))
     if rules is None:
         targets = rs.rules
     else:
@@ -1243,5 +1243,5 @@ def from_ruleset(ruleset: Ruleset | str, *, as_of: datetime | date | str = DEFAU
         targets = tuple(r for r in rs.rules if r.id in rules)
         if not targets:
             raise InvalidArgument("rules must name at least one rule")
-    return _aimed_record(kit, tuple(targets), bool(clean))
+    return _aimed_record(kit, tuple(targets), with_mess)
 
