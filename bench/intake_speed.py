@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -50,9 +51,9 @@ def main() -> None:
                        if e["resource"].get("effectiveDateTime"))
         as_of = args.as_of or (dates[-1] if dates else "2026-03-01")
         cdss.evaluate(data, ruleset=rs, as_of=as_of)  # warm: models and registry
-        floor = _median(lambda: orjson.loads(data), args.runs)
-        strict = _median(lambda: cdss.evaluate(data, ruleset=rs, as_of=as_of), args.runs)
-        lean = _median(lambda: cdss.evaluate(data, ruleset=rs, as_of=as_of, mode="lean"),
+        floor = _median(partial(orjson.loads, data), args.runs)
+        strict = _median(partial(cdss.evaluate, data, ruleset=rs, as_of=as_of), args.runs)
+        lean = _median(partial(cdss.evaluate, data, ruleset=rs, as_of=as_of, mode="lean"),
                        args.runs)
         ratios["strict"].append(strict / floor)
         ratios["lean"].append(lean / floor)

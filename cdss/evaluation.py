@@ -78,7 +78,7 @@ def extract_facts(
     parsed = read_record(record, mode=mode, on_invalid=on_invalid, timezone=timezone,
                          relevant=lambda resource: contributes(resource, terminology))
     return build_facts(parsed, rs.terminology, as_of=when,
-                       finding_lookback_days=rs.source.finding_lookback_days,
+                       finding_lookback_days=rs.file.finding_lookback_days,
                        on_invalid=on_invalid)
 
 
@@ -157,7 +157,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
     trace = []
 
     def cite(rule: Any) -> Citation:
-        src = ruleset.source.sources[rule.citation.source]
+        src = ruleset.file.sources[rule.citation.source]
         return Citation(source=rule.citation.source, title=src.title,
                         section=rule.citation.section, url=src.url)
 
@@ -200,7 +200,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
                         loinc=ruleset.order_loinc(analyte), reason=action.request.reason,
                         rule_id=rule.id, lookback_days=_lookback(ruleset, analyte))
 
-    catalogue = {item.code: (i, item) for i, item in enumerate(ruleset.source.plan_items)}
+    catalogue = {item.code: (i, item) for i, item in enumerate(ruleset.file.plan_items)}
     removed: dict[str, Suppressed] = {}
     for firing, sup in suppressions:
         for code in sorted(planned, key=lambda c: catalogue[c][0]):
@@ -226,7 +226,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
             emphasis=sorted(set(emphasis.get(code, []))),
             tailoring=sorted({reason for _, reason in variants}),
         ))
-    rs = ruleset.source
+    rs = ruleset.file
     return Assessment(
         ruleset=RulesetIdentity(id=rs.id, version=rs.version, sha256=ruleset.sha256,
                                 title=rs.title, url=rs.canonical_url),

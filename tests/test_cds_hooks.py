@@ -176,7 +176,7 @@ def test_discovery_document(rs: cdss.Ruleset) -> None:
     (service,) = doc["services"]
     assert service["hook"] == "patient-view"
     assert service["id"] == "plantar-cramps"
-    assert service["title"] == rs.source.title
+    assert service["title"] == rs.file.title
     assert rs.spec in service["description"] and rs.sha256 in service["description"]
     _no_null_or_empty(doc, "discovery")
     prefetch = service["prefetch"]

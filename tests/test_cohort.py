@@ -82,7 +82,7 @@ def test_the_summary_counts_balance_and_match_the_rows(
     assert sum(summary["highest_severity"].values()) == 150
     rs = cdss.load_ruleset(RULESET)
     assert summary["ruleset"] == {"id": "plantar-cramps", "version": "1.0.0",
-                                  "sha256": rs.sha256, "title": rs.source.title}
+                                  "sha256": rs.sha256, "title": rs.file.title}
     assert summary["as_of"] == "2026-03-01T00:00:00+00:00"
     assert {"spill_seconds", "evaluate_seconds", "merge_seconds",
             "total_seconds"} <= set(summary["timings"])

@@ -23,9 +23,9 @@ def test_document_names_every_rule_threshold_and_claim() -> None:
         assert rs.sha256 in text
         for rule in rs.rules:
             assert f"**{rule.id}**" in text
-        for name in rs.source.thresholds:
+        for name in rs.file.thresholds:
             assert f"`{name}`" in text
-        for claim in rs.source.claims:
+        for claim in rs.file.claims:
             row = next(line for line in text.splitlines() if line.startswith(f"| {claim} |"))
             assert "not encoded" not in row  # every claim of the text maps to a rule
 

@@ -175,7 +175,7 @@ def test_versions_side_by_side_and_latest_active(tmp_path: Path) -> None:
     assert load_ruleset("mini", paths=[folder]).version == "1.1.0"
     old = load_ruleset("mini@1.0.0", paths=[folder])
     assert old.version == "1.0.0" and old.key != load_ruleset("mini@1.1.0", paths=[folder]).key
-    assert load_ruleset("mini@2.0.0", paths=[folder]).source.status == "draft"
+    assert load_ruleset("mini@2.0.0", paths=[folder]).file.status == "draft"
     assert {"mini@1.0.0", "mini@1.1.0", "mini@2.0.0"} <= set(available_rulesets(paths=[folder]))
 
 
@@ -224,7 +224,7 @@ def test_shipped_rulesets_load() -> None:
         rs = load_ruleset(spec)
         assert rs.spec == spec and rs.rules
         for compiled in rs.rules:
-            assert compiled.rule.citation.source in rs.source.sources
+            assert compiled.rule.citation.source in rs.file.sources
 
 
 #: The content hashes of the pinned versions: a pinned version never changes.

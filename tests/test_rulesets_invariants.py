@@ -77,7 +77,7 @@ def test_every_invariant_is_put_to_the_test(report: Report) -> None:
     assert unexercised == []
     declared = [p for p in report.properties if p.name.startswith("monotonicity[")]
     ruleset = cdss.load_ruleset(report.ruleset)
-    assert len(declared) == len(ruleset.source.invariants)
+    assert len(declared) == len(ruleset.file.invariants)
 
 
 # --------------------------------------------------------------------------- #

@@ -406,7 +406,7 @@ def _broken_copy(folder: Path, spec: str, breakage: Callable[[dict[str, Any]], N
     breakage(data)
     target = folder / original.id
     target.mkdir(parents=True)
-    for name in original.source.valuesets:
+    for name in original.file.valuesets:
         shutil.copy(original.path.parent / name, target / name)
     path = target / original.path.name
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -434,7 +434,7 @@ def _breakages() -> list[Any]:
     ]
     params = []
     for spec in VERSIONS:
-        has_severe = "potassium_severe" in load_ruleset(spec).source.thresholds
+        has_severe = "potassium_severe" in load_ruleset(spec).file.thresholds
         for breakage, failed, name in cases:
             if breakage is _severity_split and not has_severe:
                 continue

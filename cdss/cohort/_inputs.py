@@ -85,10 +85,6 @@ class InputFile:
                 "mtime_ns": stat.st_mtime_ns}
 
 
-#: The old name, still used by ``_screen.py`` (being changed on another branch).
-Source = InputFile
-
-
 # --------------------------------------------------------------------------- #
 # Discovery
 # --------------------------------------------------------------------------- #

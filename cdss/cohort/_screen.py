@@ -48,7 +48,7 @@ from typing import IO, Any
 
 import orjson
 
-from cdss.cohort._inputs import Source, SpillStats, discover, input_bytes, spill
+from cdss.cohort._inputs import InputFile, SpillStats, discover, input_bytes, spill
 from cdss.cohort._worker import (
     PartitionTask,
     describe_exit,
@@ -203,7 +203,7 @@ class DiffReport:
 # --------------------------------------------------------------------------- #
 def _identity(ruleset: Any) -> dict[str, str]:
     return {"id": ruleset.id, "version": ruleset.version, "sha256": ruleset.sha256,
-            "title": ruleset.source.title}
+            "title": ruleset.file.title}
 
 
 def _check_common(mode: str, engine: str, workers: int | None, partitions: int | None,
@@ -236,7 +236,7 @@ def _check_common(mode: str, engine: str, workers: int | None, partitions: int |
     return workers
 
 
-def _partition_count(sources: Sequence[Source], workers: int) -> int:
+def _partition_count(sources: Sequence[InputFile], workers: int) -> int:
     """Enough partitions to keep each near PARTITION_BYTES, and at least four
     per worker so that the work balances."""
     by_size = math.ceil(input_bytes(sources) / PARTITION_BYTES)
@@ -659,7 +659,7 @@ class _Work:
         return done
 
 
-def _fingerprint(kind: str, sources: Sequence[Source], rulesets: Sequence[Any], as_of: str,
+def _fingerprint(kind: str, sources: Sequence[InputFile], rulesets: Sequence[Any], as_of: str,
                  mode: str, evaluator: Callable[..., Any] | None = None) -> dict[str, Any]:
     found = {"kind": kind, "inputs": [s.fingerprint() for s in sources],
              "rulesets": [r.key for r in rulesets], "as_of": as_of, "mode": mode}
@@ -680,7 +680,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- #
 # The pipeline shared by screen and diff
 # --------------------------------------------------------------------------- #
-def _prepare(work: _Work, *, kind: str, sources: Sequence[Source], rulesets: Sequence[Any],
+def _prepare(work: _Work, *, kind: str, sources: Sequence[InputFile], rulesets: Sequence[Any],
              as_of: str, mode: str, workers: int, partitions: int | None, resume: bool,
              evaluator: Callable[..., Any] | None = None) -> tuple[int, bool]:
     """Set up or reuse the work folder; return (partitions, resumed)."""
@@ -704,7 +704,7 @@ def _prepare(work: _Work, *, kind: str, sources: Sequence[Source], rulesets: Seq
     return count, False
 
 
-def _spill(work: _Work, sources: Sequence[Source], partitions: int,
+def _spill(work: _Work, sources: Sequence[InputFile], partitions: int,
            progress: _Progress) -> tuple[SpillStats | dict[str, Any], float]:
     """Run the spill pass unless a finished one is there; return its counts."""
     if work.spill_done.exists():
@@ -795,7 +795,7 @@ def _codes(ruleset: Any) -> dict[str, list[str]]:
     """Every flag, referral, plan item and requested analyte the ruleset can
     produce: the fixed columns of the Parquet table."""
     flags, referrals, requests = set(), set(), set()
-    for rule in ruleset.source.rules:
+    for rule in ruleset.file.rules:
         for action in rule.then:
             if action.flag:
                 flags.add(action.flag.code)
@@ -804,7 +804,7 @@ def _codes(ruleset: Any) -> dict[str, list[str]]:
             if action.request:
                 requests.add(action.request.analyte)
     return {"flag": sorted(flags), "referral": sorted(referrals),
-            "plan": [item.code for item in ruleset.source.plan_items],
+            "plan": [item.code for item in ruleset.file.plan_items],
             "request": sorted(requests)}
 
 
@@ -978,7 +978,7 @@ def screen(
 def _merge_screen(work: _Work, out_dir: Path, partitions: int,
                   counts: Mapping[int, Mapping[str, Any]], spilled: Mapping[str, Any],
                   ruleset: Any, as_of: str, mode: str, engine: str, workers: int,
-                  resumed: bool, sources: Sequence[Source]) -> dict[str, Any]:
+                  resumed: bool, sources: Sequence[InputFile]) -> dict[str, Any]:
     """Merge the partitions into the result files and check the counts."""
     patients = sum(int(c["patients"]) for c in counts.values())
     assessed = sum(int(c["assessed"]) for c in counts.values())

@@ -42,11 +42,6 @@ class Ruleset:
     strata: tuple[tuple[CompiledRule, ...], ...] = field(repr=False)
 
     @property
-    def source(self) -> RulesetFile:
-        """The old name of :attr:`file`, the parsed ruleset file."""
-        return self.file
-
-    @property
     def id(self) -> str:
         return self.file.id
 
