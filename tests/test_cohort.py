@@ -287,7 +287,7 @@ def test_bad_arguments_are_refused(cohort: GeneratedCohort, tmp_path: Path) -> N
     with pytest.raises(InvalidArgument):
         _screen(cohort.out, tmp_path / "a", mode="fast")
     with pytest.raises(InvalidArgument):
-        _screen(cohort.out, tmp_path / "b", engine="spark")
+        _screen(cohort.out, tmp_path / "b", executor="spark")
     with pytest.raises(InvalidArgument):
         _screen(cohort.out, tmp_path / "c", workers=-1)
     with pytest.raises(InvalidArgument, match="as_of"):

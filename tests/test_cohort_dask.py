@@ -66,7 +66,7 @@ def test_a_dask_screen_equals_evaluate_and_the_local_screen(
         client: Any, cohort: GeneratedCohort, cohort_expected: dict[str, bytes],
         tmp_path: Path) -> None:
     summary = screen(cohort.out, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "dask",
-                     engine="dask", client=client, partitions=3)
+                     executor="dask", client=client, partitions=3)
     lines = assessment_lines(summary.out)
     assert {orjson.loads(x)["patient"]: x for x in lines} == cohort_expected
     local = screen(cohort.out, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "local",
@@ -74,7 +74,7 @@ def test_a_dask_screen_equals_evaluate_and_the_local_screen(
     assert lines == assessment_lines(local.out)
     assert (summary.out / "assessments.parquet").read_bytes() == (
         local.out / "assessments.parquet").read_bytes()
-    assert summary.engine == "dask" and summary.balanced
+    assert summary.executor == "dask" and summary.balanced
 
 
 def test_the_command_runs_on_a_scheduler_address(client: Any, cohort: GeneratedCohort,
@@ -86,7 +86,7 @@ def test_the_command_runs_on_a_scheduler_address(client: Any, cohort: GeneratedC
 
     result = CliRunner().invoke(app, [
         "screen", str(cohort.manifest), "--ruleset", RULESET, "--as-of", AS_OF,
-        "--out", str(tmp_path / "out"), "--engine", "dask",
+        "--out", str(tmp_path / "out"), "--executor", "dask",
         "--scheduler", client.scheduler.address, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert len(assessment_lines(tmp_path / "out")) == len(cohort_expected)
@@ -94,7 +94,7 @@ def test_the_command_runs_on_a_scheduler_address(client: Any, cohort: GeneratedC
 
 def test_dask_needs_a_cluster(cohort: GeneratedCohort, tmp_path: Path) -> None:
     with pytest.raises(CohortError, match="scheduler"):
-        screen(cohort.out, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "o", engine="dask")
+        screen(cohort.out, ruleset=RULESET, as_of=AS_OF, out=tmp_path / "o", executor="dask")
 
 
 def test_a_lost_dask_worker_costs_the_patient_in_flight_an_error_row(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_a_lost_dask_worker_costs_the_patient_in_flight_an_error_row(tmp_path: P
         dask_client = distributed.Client(cluster)
     try:
         summary = screen(tmp_path / "in", ruleset=RULESET, as_of=AS_OF, out=tmp_path / "out",
-                         engine="dask", client=dask_client, partitions=2,
+                         executor="dask", client=dask_client, partitions=2,
                          evaluator=evaluate_or_die)
     finally:
         with warnings.catch_warnings():

@@ -108,9 +108,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="folder for the results")],
         workers: Annotated[int | None, typer.Option(
             help="worker processes (default: one per core; 0: in this process)")] = None,
-        engine: Annotated[str, typer.Option(help="local or dask")] = "local",
+        executor: Annotated[str, typer.Option(
+            help="where partitions run: local (worker processes) or dask")] = "local",
         scheduler: Annotated[str | None, typer.Option(
-            help="Dask scheduler address (with --engine dask)")] = None,
+            help="Dask scheduler address (with --executor dask)")] = None,
         resume: Annotated[bool, typer.Option(
             "--resume", help="continue an interrupted screen in --out")] = False,
         mode: Annotated[str, typer.Option(help="intake: lean or strict")] = "lean",
@@ -129,7 +130,7 @@ def register(app: typer.Typer) -> None:
         try:
             loaded = load_cli_ruleset(ruleset, paths, concept_maps)
             summary = screen(inputs, ruleset=loaded, as_of=as_of, out=out, workers=workers,
-                             mode=mode, engine=engine, scheduler=scheduler, resume=resume,
+                             mode=mode, executor=executor, scheduler=scheduler, resume=resume,
                              progress=sys.stderr.isatty() if progress is None else progress,
                              paths=paths, partitions=partitions)
         except CDSSError as exc:
@@ -148,9 +149,10 @@ def register(app: typer.Typer) -> None:
             help="write the full report as JSON")] = None,
         workers: Annotated[int | None, typer.Option(
             help="worker processes (default: one per core; 0: in this process)")] = None,
-        engine: Annotated[str, typer.Option(help="local or dask")] = "local",
+        executor: Annotated[str, typer.Option(
+            help="where partitions run: local (worker processes) or dask")] = "local",
         scheduler: Annotated[str | None, typer.Option(
-            help="Dask scheduler address (with --engine dask)")] = None,
+            help="Dask scheduler address (with --executor dask)")] = None,
         mode: Annotated[str, typer.Option(help="intake: lean or strict")] = "lean",
         paths: Annotated[list[Path] | None, typer.Option(
             "--rulesets", help="extra ruleset folder")] = None,
@@ -170,7 +172,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = diff(inputs, from_ruleset=load_cli_ruleset(from_spec, paths, concept_maps),
                           to_ruleset=load_cli_ruleset(to_spec, paths, concept_maps), as_of=when,
-                          workers=workers, mode=mode, engine=engine, scheduler=scheduler,
+                          workers=workers, mode=mode, executor=executor, scheduler=scheduler,
                           paths=paths, out=out, progress=sys.stderr.isatty())
         except CDSSError as exc:
             _fail(exc)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from cdss import _exports
 from cdss.cohort._generate import GeneratedCohort, generate_cohort
 from cdss.cohort._inputs import partition_of
-from cdss.cohort._screen import ENGINES, DiffReport, ScreenSummary, diff, screen
+from cdss.cohort._screen import EXECUTORS, DiffReport, ScreenSummary, diff, screen
 from cdss.errors import CohortError
 
 __all__ = [
-    "ENGINES",
+    "EXECUTORS",
     "CohortError",
     "DiffReport",
     "GeneratedCohort",

@@ -112,7 +112,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
         f"<h1>Cohort screen with {escape(str(ruleset.get('title', spec)))}</h1>",
         f'<p class="muted">Ruleset <code>{escape(spec)}</code>, evaluated as of '
         f"<code>{escape(str(summary.get('as_of')))}</code>, {escape(str(summary.get('mode')))}"
-        f" intake, {escape(str(summary.get('engine')))} engine.</p>",
+        f" intake, {escape(str(summary.get('executor')))} executor.</p>",
         "<h2>Counts</h2>",
         _table([
             ("Patients seen", counts.get("patients", 0)),

@@ -58,11 +58,12 @@ from cdss.cohort._worker import (
     write_atomic,
 )
 from cdss.errors import CohortError, InvalidArgument
+from cdss.rulesets import Ruleset
 
-__all__ = ["ENGINES", "DiffReport", "ScreenSummary", "diff", "screen"]
+__all__ = ["EXECUTORS", "DiffReport", "ScreenSummary", "diff", "screen"]
 
 #: Where partitions are evaluated.
-ENGINES = ("local", "dask")
+EXECUTORS = ("local", "dask")
 #: Target size of one partition's input (uncompressed): bounds worker memory.
 PARTITION_BYTES = 16 * 1024 * 1024
 MAX_PARTITIONS = 512
@@ -88,7 +89,7 @@ class ScreenSummary:
     ruleset: dict[str, str]
     as_of: str
     mode: str
-    engine: str
+    executor: str
     workers: int
     partitions: int
     patients: int
@@ -128,7 +129,7 @@ class ScreenSummary:
         """The summary as JSON-ready data (the content of ``summary.json``)."""
         return {
             "ruleset": self.ruleset, "as_of": self.as_of, "mode": self.mode,
-            "engine": self.engine, "workers": self.workers, "partitions": self.partitions,
+            "executor": self.executor, "workers": self.workers, "partitions": self.partitions,
             "inputs": list(self.inputs),
             "counts": {"patients": self.patients, "assessments": self.assessed,
                        "patient_errors": self.patient_errors,
@@ -148,7 +149,7 @@ class ScreenSummary:
         counts = data["counts"]
         return cls(
             out=out, ruleset=dict(data["ruleset"]), as_of=data["as_of"], mode=data["mode"],
-            engine=data["engine"], workers=data["workers"], partitions=data["partitions"],
+            executor=data["executor"], workers=data["workers"], partitions=data["partitions"],
             patients=counts["patients"], assessed=counts["assessments"],
             patient_errors=counts["patient_errors"], resource_errors=counts["resource_errors"],
             file_errors=counts["file_errors"], resources=dict(data["resources"]),
@@ -201,19 +202,19 @@ class DiffReport:
 # --------------------------------------------------------------------------- #
 # Arguments
 # --------------------------------------------------------------------------- #
-def _identity(ruleset: Any) -> dict[str, str]:
+def _identity(ruleset: Ruleset) -> dict[str, str]:
     return {"id": ruleset.id, "version": ruleset.version, "sha256": ruleset.sha256,
             "title": ruleset.file.title}
 
 
-def _check_common(mode: str, engine: str, workers: int | None, partitions: int | None,
+def _check_common(mode: str, executor: str, workers: int | None, partitions: int | None,
                   evaluator: Any = None) -> int:
     from cdss.intake import MODES
 
     if mode not in MODES:
         raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
-    if engine not in ENGINES:
-        raise InvalidArgument(f"engine must be one of {ENGINES}, got {engine!r}")
+    if executor not in EXECUTORS:
+        raise InvalidArgument(f"executor must be one of {EXECUTORS}, got {executor!r}")
     if workers is None:
         try:
             workers = len(os.sched_getaffinity(0))
@@ -223,7 +224,7 @@ def _check_common(mode: str, engine: str, workers: int | None, partitions: int |
         raise InvalidArgument(f"workers must be a whole number >= 0, got {workers!r}")
     if evaluator is not None and not callable(evaluator):
         raise InvalidArgument(f"evaluator must be a function, got {evaluator!r}")
-    if evaluator is not None and engine == "local" and workers > 0:
+    if evaluator is not None and executor == "local" and workers > 0:
         try:  # sent to the worker processes by name
             pickle.dumps(evaluator)
         except Exception as exc:
@@ -325,9 +326,9 @@ class _Containment:
     killing the workers.
     """
 
-    def __init__(self, tasks: Sequence[PartitionTask], engine: str) -> None:
+    def __init__(self, tasks: Sequence[PartitionTask], executor: str) -> None:
         self.tasks = {t.partition: t for t in tasks}
-        self.engine = engine
+        self.executor = executor
         self.blamed: dict[int, dict[str, tuple[int | None, str]]] = {}
         self.suspects: dict[int, set[str]] = {}
         self.unexplained: dict[int, list[tuple[str | None, str]]] = {}
@@ -343,7 +344,7 @@ class _Containment:
                        out_dir=str(Path(task.out_dir) / f"isolate-p{partition:05d}"))
 
     def _what(self, exit_code: int | None) -> str:
-        if self.engine == "dask":
+        if self.executor == "dask":
             return "the Dask worker was lost (KilledWorker)"
         return describe_exit(exit_code)[2]
 
@@ -363,7 +364,7 @@ class _Containment:
         partition, what = task.partition, self._what(exit_code)
         if task.only:  # the patient alone killed a fresh worker: the cause
             shutil.rmtree(task.out_dir, ignore_errors=True)
-            alone = "alone in a fresh worker" if self.engine == "local" else "alone"
+            alone = "alone in a fresh worker" if self.executor == "local" else "alone"
             self.blamed.setdefault(partition, {})[task.only[0]] = (exit_code, (
                 f"{what} while evaluating this patient, and again when it was evaluated "
                 f"{alone}; the patient was not assessed"))
@@ -393,7 +394,7 @@ class _Containment:
         return self._retry(task.partition)
 
 
-def _run_tasks(tasks: Sequence[PartitionTask], *, engine: str, workers: int, client: Any,
+def _run_tasks(tasks: Sequence[PartitionTask], *, executor: str, workers: int, client: Any,
                scheduler: str | None, work: Path, on_done: Any) -> None:
     """Run ``tasks`` inline (``workers=0``), in ``spawn`` worker processes, or
     on a Dask cluster; call ``on_done(counts)`` as each partition is done. A
@@ -401,7 +402,7 @@ def _run_tasks(tasks: Sequence[PartitionTask], *, engine: str, workers: int, cli
     :class:`_Containment`); inline, nothing can survive the process dying."""
     if not tasks:
         return
-    if engine == "dask":
+    if executor == "dask":
         _run_dask(tasks, client=client, scheduler=scheduler, work=work, on_done=on_done)
         return
     if workers == 0:
@@ -563,12 +564,12 @@ def _run_dask(tasks: Sequence[PartitionTask], *, client: Any, scheduler: str | N
     try:
         from dask.distributed import Client, KilledWorker, as_completed
     except ImportError as exc:
-        raise CohortError("engine='dask' needs dask[distributed]: pip install "
+        raise CohortError("executor='dask' needs dask[distributed]: pip install "
                           "'cdss[cohort]'") from exc
     own = client is None
     if own:
         if not scheduler:
-            raise CohortError("engine='dask' needs a scheduler address (--scheduler) or a "
+            raise CohortError("executor='dask' needs a scheduler address (--scheduler) or a "
                               "dask.distributed Client (client=)")
         try:
             client = Client(scheduler, timeout="30s")  # type: ignore[no-untyped-call]
@@ -730,7 +731,7 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int,
 
 
 def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
-                         rulesets: Sequence[Any], as_of: str, mode: str, engine: str,
+                         rulesets: Sequence[Any], as_of: str, mode: str, executor: str,
                          workers: int, client: Any, scheduler: str | None,
                          tune_malloc: bool, progress: _Progress,
                          evaluator: Callable[..., Any] | None = None,
@@ -742,7 +743,7 @@ def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
     reused = len(done)
     pickled = tuple((r.key, pickle.dumps(r)) for r in rulesets)
     # malloc is tuned in worker processes only, never in the caller's process
-    tune = tune_malloc and (engine == "dask" or workers > 0)
+    tune = tune_malloc and (executor == "dask" or workers > 0)
     tasks = [PartitionTask(kind=kind, partition=p, spill=str(work.spill / f"p{p:05d}.tsv"),
                            out_dir=str(work.parts), rulesets=pickled, as_of=as_of, mode=mode,
                            sources=str(work.sources), tune_malloc=tune, evaluator=evaluator)
@@ -758,7 +759,7 @@ def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
         progress.advance("eval", 1, extra=f"{patients:,} patients")
 
     started = time.perf_counter()
-    _run_tasks(tasks, engine=engine, workers=workers, client=client, scheduler=scheduler,
+    _run_tasks(tasks, executor=executor, workers=workers, client=client, scheduler=scheduler,
                work=work.root, on_done=on_done)
     return done, reused, time.perf_counter() - started
 
@@ -791,7 +792,7 @@ def _sum_counters(counts: Mapping[int, Mapping[str, Any]], name: str) -> dict[st
     return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _codes(ruleset: Any) -> dict[str, list[str]]:
+def _codes(ruleset: Ruleset) -> dict[str, list[str]]:
     """Every flag, referral, plan item and requested analyte the ruleset can
     produce: the fixed columns of the Parquet table."""
     flags, referrals, requests = set(), set(), set()
@@ -870,12 +871,12 @@ def _part_paths(work: _Work, partitions: int, suffix: str) -> list[Path]:
 def screen(
     inputs: Sequence[str | Path] | str | Path,
     *,
-    ruleset: Any,
+    ruleset: Ruleset | str,
     as_of: datetime | date | str,
     out: str | Path,
     workers: int | None = None,
     mode: str = "lean",
-    engine: str = "local",
+    executor: str = "local",
     client: Any = None,
     resume: bool = False,
     progress: bool = False,
@@ -893,7 +894,7 @@ def screen(
     :class:`~cdss.rulesets.Ruleset` or ``"id[@version]"`` (``paths`` adds a
     site's ruleset folders). Results go to the folder ``out`` (see the module
     docstring). ``workers``: processes (default one per core; ``0`` evaluates
-    in this process). ``engine="dask"`` runs the partitions on a cluster given
+    in this process). ``executor="dask"`` runs the partitions on a cluster given
     as ``client`` (a ``dask.distributed.Client``) or ``scheduler`` (its
     address); ``out`` must then be on storage the workers share. ``mode``:
     ``lean`` or ``strict`` intake. ``resume``: continue an interrupted screen
@@ -919,7 +920,7 @@ def screen(
     from cdss.evaluation import resolve_ruleset
 
     started = time.perf_counter()
-    workers = _check_common(mode, engine, workers, partitions, evaluator)
+    workers = _check_common(mode, executor, workers, partitions, evaluator)
     rs = resolve_ruleset(ruleset, paths)
     when = _as_of_text(as_of)
     sources = discover(inputs if not isinstance(inputs, (str, Path)) else [inputs])
@@ -945,10 +946,10 @@ def screen(
         spilled = stats if isinstance(stats, dict) else stats.to_dict()
         counts, reused, eval_seconds = _evaluate_partitions(
             work, kind="screen", partitions=n, rulesets=[rs], as_of=when, mode=mode,
-            engine=engine, workers=workers, client=client, scheduler=scheduler,
+            executor=executor, workers=workers, client=client, scheduler=scheduler,
             tune_malloc=tune_malloc, progress=bar, evaluator=evaluator)
     merge_started = time.perf_counter()
-    summary = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, engine,
+    summary = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, executor,
                             workers, resumed, sources)
     timings = {"spill_seconds": round(spill_seconds, 3),
                "evaluate_seconds": round(eval_seconds, 3),
@@ -977,7 +978,7 @@ def screen(
 
 def _merge_screen(work: _Work, out_dir: Path, partitions: int,
                   counts: Mapping[int, Mapping[str, Any]], spilled: Mapping[str, Any],
-                  ruleset: Any, as_of: str, mode: str, engine: str, workers: int,
+                  ruleset: Any, as_of: str, mode: str, executor: str, workers: int,
                   resumed: bool, sources: Sequence[InputFile]) -> dict[str, Any]:
     """Merge the partitions into the result files and check the counts."""
     patients = sum(int(c["patients"]) for c in counts.values())
@@ -1021,7 +1022,7 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
     errors_by_kind = Counter(spilled.get("errors_by_kind", {}))
     errors_by_kind.update(_sum_counters(counts, "errors_by_kind"))
     summary = ScreenSummary(
-        out=out_dir, ruleset=_identity(ruleset), as_of=as_of, mode=mode, engine=engine,
+        out=out_dir, ruleset=_identity(ruleset), as_of=as_of, mode=mode, executor=executor,
         workers=workers, partitions=partitions, patients=patients, assessed=assessed,
         patient_errors=failed,
         resource_errors=int(spilled.get("resource_errors", 0)) + left_out,
@@ -1051,12 +1052,12 @@ def _most_frequent(counts: Mapping[str, int], n: int) -> dict[str, int]:
 def diff(
     inputs: Sequence[str | Path] | str | Path,
     *,
-    from_ruleset: Any,
-    to_ruleset: Any,
+    from_ruleset: Ruleset | str,
+    to_ruleset: Ruleset | str,
     as_of: datetime | date | str,
     workers: int | None = None,
     mode: str = "lean",
-    engine: str = "local",
+    executor: str = "local",
     client: Any = None,
     scheduler: str | None = None,
     progress: bool = False,
@@ -1070,7 +1071,7 @@ def diff(
     ``to_ruleset``: loaded rulesets or ``"id@version"``) and report the
     patients whose results change, and how.
 
-    Inputs, ``workers``, ``mode``, ``engine``, ``client``, ``scheduler`` and
+    Inputs, ``workers``, ``mode``, ``executor``, ``client``, ``scheduler`` and
     ``evaluator`` are as for :func:`screen`. Intermediate files go to a temporary folder
     (inside ``work_dir`` when given; on storage shared with the workers for
     Dask). ``out`` writes the report as JSON.
@@ -1078,7 +1079,7 @@ def diff(
     from cdss.evaluation import resolve_ruleset
 
     started = time.perf_counter()
-    workers = _check_common(mode, engine, workers, None, evaluator)
+    workers = _check_common(mode, executor, workers, None, evaluator)
     rs_before = resolve_ruleset(from_ruleset, paths)
     rs_after = resolve_ruleset(to_ruleset, paths)
     when = _as_of_text(as_of)
@@ -1095,7 +1096,7 @@ def diff(
             spilled = stats if isinstance(stats, dict) else stats.to_dict()
             counts, _, _ = _evaluate_partitions(
                 work, kind="diff", partitions=n, rulesets=[rs_before, rs_after], as_of=when,
-                mode=mode, engine=engine, workers=workers, client=client,
+                mode=mode, executor=executor, workers=workers, client=client,
                 scheduler=scheduler, tune_malloc=tune_malloc, progress=bar,
                 evaluator=evaluator)
         changes = [orjson.loads(payload)
