@@ -15,6 +15,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import typing
 from types import ModuleType
 
 import pytest
@@ -74,9 +75,10 @@ def _undocumented(obj: object) -> bool:
 
 @pytest.mark.parametrize("module", PUBLIC, ids=lambda m: m.__name__)
 def test_every_exported_class_and_function_has_a_docstring(module: ModuleType) -> None:
+    # a type alias (``Fetch = Callable[...]``) is no class, though 3.10's inspect says so
     missing = [name for name in getattr(module, "__all__", ())
                if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
-               and _undocumented(obj)]
+               and typing.get_origin(obj) is None and _undocumented(obj)]
     assert missing == []
 
 
