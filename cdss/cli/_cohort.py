@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from cdss.cli._options import ConceptMaps, load_cli_ruleset
+from cdss.cli._options import ConceptMaps, RulesetFolders, load_cli_ruleset
 
 if TYPE_CHECKING:
     from cdss.cohort import DiffReport, ScreenSummary
@@ -94,6 +94,16 @@ def _show_diff(report: DiffReport, limit: int) -> None:
         console.print(f"... and {len(report.changes) - limit:,} more (all of them with --out)")
 
 
+# Options screen and diff share.
+Workers = Annotated[int | None, typer.Option(
+    help="worker processes (default: one per core; 0: in this process)")]
+Executor = Annotated[str, typer.Option(
+    help="where partitions run: local (worker processes) or dask")]
+Scheduler = Annotated[str | None, typer.Option(
+    help="Dask scheduler address (with --executor dask)")]
+IntakeMode = Annotated[str, typer.Option(help="intake: lean or strict")]
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
@@ -106,17 +116,13 @@ def register(app: typer.Typer) -> None:
         as_of: Annotated[str, typer.Option("--as-of", help="evaluation time (ISO date or "
                                                            "date-time)")],
         out: Annotated[Path, typer.Option(help="folder for the results")],
-        workers: Annotated[int | None, typer.Option(
-            help="worker processes (default: one per core; 0: in this process)")] = None,
-        executor: Annotated[str, typer.Option(
-            help="where partitions run: local (worker processes) or dask")] = "local",
-        scheduler: Annotated[str | None, typer.Option(
-            help="Dask scheduler address (with --executor dask)")] = None,
+        workers: Workers = None,
+        executor: Executor = "local",
+        scheduler: Scheduler = None,
         resume: Annotated[bool, typer.Option(
             "--resume", help="continue an interrupted screen in --out")] = False,
-        mode: Annotated[str, typer.Option(help="intake: lean or strict")] = "lean",
-        paths: Annotated[list[Path] | None, typer.Option(
-            "--rulesets", help="extra ruleset folder")] = None,
+        mode: IntakeMode = "lean",
+        paths: RulesetFolders = None,
         partitions: Annotated[int | None, typer.Option(
             help="number of partitions (default: by input size)")] = None,
         progress: Annotated[bool | None, typer.Option(
@@ -147,15 +153,11 @@ def register(app: typer.Typer) -> None:
             "--as-of", help="evaluation time (ISO); default: today, UTC")] = None,
         out: Annotated[Path | None, typer.Option(
             help="write the full report as JSON")] = None,
-        workers: Annotated[int | None, typer.Option(
-            help="worker processes (default: one per core; 0: in this process)")] = None,
-        executor: Annotated[str, typer.Option(
-            help="where partitions run: local (worker processes) or dask")] = "local",
-        scheduler: Annotated[str | None, typer.Option(
-            help="Dask scheduler address (with --executor dask)")] = None,
-        mode: Annotated[str, typer.Option(help="intake: lean or strict")] = "lean",
-        paths: Annotated[list[Path] | None, typer.Option(
-            "--rulesets", help="extra ruleset folder")] = None,
+        workers: Workers = None,
+        executor: Executor = "local",
+        scheduler: Scheduler = None,
+        mode: IntakeMode = "lean",
+        paths: RulesetFolders = None,
         limit: Annotated[int, typer.Option(help="patients shown in the table")] = 50,
         output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
         concept_maps: ConceptMaps = None,
