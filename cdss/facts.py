@@ -64,10 +64,6 @@ class Fact(_Frozen):
     values: dict[str, Scalar]
     sources: tuple[str, ...]
 
-    def engine_dict(self) -> dict[str, Any]:
-        """The fact as the engines see it: ``t`` is its name."""
-        return {**self.values, "id": self.id, "t": self.name}
-
 
 class DataQualityNote(_Frozen):
     """Something about the data that was ignored or could not be used.
@@ -224,7 +220,7 @@ class _Builder:
         finding lookback state no current side."""
         if age > self.finding_lookback:
             return
-        stated, _ = self.term.stated(res.get("code"), concept)
+        stated, _, _ = self.term.statements(res.get("code"), concept)
         for side in sorted(stated | self.term.sides_of(res.get("bodySite"))):
             prev = self.sides.get((concept, side))
             if prev is None or key > prev[0]:

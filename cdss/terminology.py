@@ -95,17 +95,12 @@ class Terminology:
             found |= self.concepts_of_coding(system, code)
         return found
 
-    def stated(self, codeable: Any, concept: str) -> tuple[set[str], str | None]:
-        """What the codes of ``codeable`` that map to ``concept`` state
-        themselves: their sides (``left``, ``right``, ``bilateral``) and the
-        body site they imply (the first in code order), if any."""
-        sides, site, _ = self.statements(codeable, concept)
-        return sides, site
-
     def statements(self, codeable: Any, concept: str) -> tuple[set[str], str | None,
                                                                 bool | None]:
-        """:meth:`stated`, and whether the codes say the finding is nocturnal
-        (``None`` when none says)."""
+        """What the codes of ``codeable`` that map to ``concept`` state
+        themselves: their sides (``left``, ``right``, ``bilateral``), the body
+        site they imply (the first in code order) and whether the finding is
+        nocturnal (``None`` where no code says)."""
         sides: set[str] = set()
         site: str | None = None
         nocturnal: bool | None = None
