@@ -45,6 +45,7 @@ from test_service import NAMED, NAMED_VALUES
 import cdss
 import cdss.service
 from cdss.errors import EngineError
+from cdss.hooks import handle_patient_view
 from cdss.service import (
     AUTH_FAILED,
     AllowedServer,
@@ -896,11 +897,14 @@ def test_a_wedged_evaluation_does_not_hold_up_the_next_calls(
             release.wait(timeout=30)  # an evaluation that never ends, as far as calls can tell
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cdss.service._runtime, "evaluate_request", wedged_once)
+    # A process's first evaluation (models built, the ruleset registered with the
+    # engine) can take longer than the short timeout set here: warm up first.
+    handle_patient_view(hook_body(rs, "w0", low_k("w0")), rs, as_of=NOW)
     stack, service_url, _ = start(config_file, limits=Limits(evaluation_timeout_seconds=0.3))
     url = f"{service_url}{SERVICE}"
     try:
         with stack, capture_all_logs() as logs:
+            monkeypatch.setattr(cdss.service._runtime, "evaluate_request", wedged_once)
             r = httpx.post(url, json=hook_body(rs, "w1"), headers=bearer(sign(keys.a, url)))
             assert r.status_code == 503
             time.sleep(0.1)
