@@ -35,6 +35,7 @@ import cdss
 from cdss.cohort import CohortError, GeneratedCohort, screen
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._inputs import discover, partition_of, patient_key
+from cdss.cohort._worker import PartitionCounts
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +220,41 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
     # resuming a finished screen does nothing and says the same
     again = _screen([cohort.out], out, resume=True)
     assert again.to_dict()["counts"] == resumed.to_dict()["counts"]
+
+
+def test_partition_counts_survive_their_done_marker_and_a_foreign_marker_is_redone(
+        cohort: GeneratedCohort, screened: cohort_mod.ScreenSummary, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "marked"
+    returned: list[PartitionCounts] = []
+    real = cohort_mod.run_partition
+
+    def stopping(task: Any) -> PartitionCounts:
+        if len(returned) == 2:
+            raise KeyboardInterrupt
+        returned.append(real(task))
+        return returned[-1]
+
+    monkeypatch.setattr(cohort_mod, "run_partition", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        _screen([cohort.out], out, partitions=5)
+    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    parts = out / ".cdss-screen" / "parts"
+    for counts in returned:
+        assert isinstance(counts, PartitionCounts) and counts.kind == "screen"
+        assert counts.patients == counts.assessed + counts.errors
+        assert sum(counts.tally("severity").values()) == counts.assessed
+        marker = parts / f"p{counts.partition:05d}.done"
+        assert PartitionCounts.from_json(marker.read_bytes()) == counts
+    # a marker of another shape (an older version's, or damaged) is not trusted
+    first = parts / f"p{returned[0].partition:05d}.done"
+    first.write_bytes(orjson.dumps({"patients": returned[0].patients, "assessed": 0}))
+    with pytest.raises(ValueError, match="not a partition's counts"):
+        PartitionCounts.from_json(first.read_bytes())
+    resumed = _screen([cohort.out], out, resume=True)
+    assert resumed.timings["partitions_reused"] == 1
+    assert assessment_lines(out) == assessment_lines(screened.out)
+    assert resumed.patients == resumed.assessed == 150
 
 
 def test_resume_refuses_other_settings(cohort: GeneratedCohort, tmp_path: Path,

@@ -50,7 +50,10 @@ import orjson
 
 from cdss.cohort._inputs import InputFile, SpillStats, discover, input_bytes, spill
 from cdss.cohort._worker import (
+    DIFF_TALLIES,
+    PartitionCounts,
     PartitionTask,
+    TaskKind,
     describe_exit,
     in_flight,
     peak_rss_mb,
@@ -61,6 +64,9 @@ from cdss.errors import CohortError, InvalidArgument
 from cdss.rulesets import Ruleset
 
 __all__ = ["EXECUTORS", "DiffReport", "ScreenSummary", "diff", "screen"]
+
+#: Called with each partition's counts as it is done.
+OnDone = Callable[[PartitionCounts], None]
 
 #: Where partitions are evaluated.
 EXECUTORS = ("local", "dask")
@@ -395,7 +401,7 @@ class _Containment:
 
 
 def _run_tasks(tasks: Sequence[PartitionTask], *, executor: str, workers: int, client: Any,
-               scheduler: str | None, work: Path, on_done: Any) -> None:
+               scheduler: str | None, work: Path, on_done: OnDone) -> None:
     """Run ``tasks`` inline (``workers=0``), in ``spawn`` worker processes, or
     on a Dask cluster; call ``on_done(counts)`` as each partition is done. A
     worker that dies costs the patient in flight an error row (see
@@ -463,7 +469,7 @@ class _LocalWorker:
         return code
 
 
-def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: Any) -> None:
+def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: OnDone) -> None:
     """Run ``tasks`` in at most ``workers`` processes of our own (not a
     ProcessPoolExecutor, which breaks as a whole when one process dies and
     cannot say which): a dead process is replaced, and its partition handled
@@ -529,7 +535,7 @@ def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: Any) ->
                 try:
                     if message is None:
                         if task.done_path.exists() and not task.only:  # died when done
-                            on_done(dict(orjson.loads(task.done_path.read_bytes())))
+                            on_done(PartitionCounts.from_json(task.done_path.read_bytes()))
                             continue
                         queue.appendleft(contain.died(task, exit_code))
                     elif message[0] == "done":
@@ -560,7 +566,7 @@ def _task_failed(task: PartitionTask, what: str, pickled: bytes | None) -> Cohor
 
 
 def _run_dask(tasks: Sequence[PartitionTask], *, client: Any, scheduler: str | None,
-              work: Path, on_done: Any) -> None:
+              work: Path, on_done: OnDone) -> None:
     try:
         from dask.distributed import Client, KilledWorker, as_completed
     except ImportError as exc:
@@ -643,9 +649,10 @@ class _Work:
         except (OSError, orjson.JSONDecodeError, TypeError, ValueError):
             return None
 
-    def done_counts(self, partitions: int, kind: str) -> dict[int, dict[str, Any]]:
-        """Counts of the partitions that finished (done marker and results)."""
-        done: dict[int, dict[str, Any]] = {}
+    def done_counts(self, partitions: int, kind: TaskKind) -> dict[int, PartitionCounts]:
+        """Counts of the partitions that finished (done marker and results); a
+        marker this version cannot read leaves its partition to be redone."""
+        done: dict[int, PartitionCounts] = {}
         suffixes = ("assessments", "rows", "errors") if kind == "screen" else ("diff",)
         for p in range(partitions):
             marker = self.parts / f"p{p:05d}.done"
@@ -654,9 +661,11 @@ class _Work:
             if not all((self.parts / f"p{p:05d}.{s}").exists() for s in suffixes):
                 continue
             try:
-                done[p] = dict(orjson.loads(marker.read_bytes()))
-            except (OSError, orjson.JSONDecodeError):
+                counts = PartitionCounts.from_json(marker.read_bytes())
+            except (OSError, ValueError):
                 continue
+            if counts.kind == kind and counts.partition == p:
+                done[p] = counts
         return done
 
 
@@ -730,12 +739,12 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int,
     return stats, seconds
 
 
-def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
+def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int,
                          rulesets: Sequence[Any], as_of: str, mode: str, executor: str,
                          workers: int, client: Any, scheduler: str | None,
                          tune_malloc: bool, progress: _Progress,
                          evaluator: Callable[..., Any] | None = None,
-                         ) -> tuple[dict[int, dict[str, Any]], int, float]:
+                         ) -> tuple[dict[int, PartitionCounts], int, float]:
     """Evaluate every partition without a done marker; return all counts, the
     number reused from an earlier run, and the seconds spent."""
     work.parts.mkdir(parents=True, exist_ok=True)
@@ -750,12 +759,12 @@ def _evaluate_partitions(work: _Work, *, kind: str, partitions: int,
              for p in range(partitions) if p not in done]
     progress.add("eval", "screening", total=partitions, completed=reused,
                  note="{completed:,.0f}/{total:,.0f} partitions {extra}")
-    patients = sum(int(c.get("patients", 0)) for c in done.values())
+    patients = sum(c.patients for c in done.values())
 
-    def on_done(counts: dict[str, Any]) -> None:
+    def on_done(counts: PartitionCounts) -> None:
         nonlocal patients
-        done[int(counts["partition"])] = counts
-        patients += int(counts.get("patients", 0))
+        done[counts.partition] = counts
+        patients += counts.patients
         progress.advance("eval", 1, extra=f"{patients:,} patients")
 
     started = time.perf_counter()
@@ -785,10 +794,10 @@ def _publish(path: Path) -> Iterator[IO[bytes]]:
     os.replace(tmp, path)
 
 
-def _sum_counters(counts: Mapping[int, Mapping[str, Any]], name: str) -> dict[str, int]:
+def _sum_counters(counts: Mapping[int, PartitionCounts], name: str) -> dict[str, int]:
     total: Counter[str] = Counter()
     for c in counts.values():
-        total.update(c.get(name, {}))
+        total.update(c.tally(name))
     return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -955,13 +964,12 @@ def screen(
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
                "total_seconds": round(time.perf_counter() - started, 3),
-               "worker_seconds": round(sum(float(c.get("seconds", 0))
-                                           for c in counts.values()), 3),
+               "worker_seconds": round(sum(c.seconds for c in counts.values()), 3),
                "partitions_reused": reused}
     total = timings["total_seconds"] or 1e-9
     timings["patients_per_second"] = round(summary["counts"]["patients"] / total, 1)
     summary["timings"] = timings
-    worker_peaks = [c["peak_rss_mb"] for c in counts.values() if c.get("peak_rss_mb")]
+    worker_peaks = [c.peak_rss_mb for c in counts.values() if c.peak_rss_mb]
     summary["memory"] = {"parent_peak_mb": peak_rss_mb(),
                          "worker_peak_mb": max(worker_peaks) if worker_peaks else None}
     write_atomic(out_dir / "summary.json", orjson.dumps(summary, option=_SORT
@@ -977,14 +985,14 @@ def screen(
 
 
 def _merge_screen(work: _Work, out_dir: Path, partitions: int,
-                  counts: Mapping[int, Mapping[str, Any]], spilled: Mapping[str, Any],
+                  counts: Mapping[int, PartitionCounts], spilled: Mapping[str, Any],
                   ruleset: Any, as_of: str, mode: str, executor: str, workers: int,
                   resumed: bool, sources: Sequence[InputFile]) -> dict[str, Any]:
     """Merge the partitions into the result files and check the counts."""
-    patients = sum(int(c["patients"]) for c in counts.values())
-    assessed = sum(int(c["assessed"]) for c in counts.values())
-    failed = sum(int(c["errors"]) for c in counts.values())
-    resources = sum(int(c["resources"]) for c in counts.values())
+    patients = sum(c.patients for c in counts.values())
+    assessed = sum(c.assessed for c in counts.values())
+    failed = sum(c.errors for c in counts.values())
+    resources = sum(c.resources for c in counts.values())
     if len(counts) != partitions:
         missing = sorted(set(range(partitions)) - set(counts))
         raise CohortError(f"partitions {missing[:10]} have no results; run again with --resume")
@@ -1009,7 +1017,7 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
         problems.append(f"patients seen {patients} != assessments {assessed} + errors {failed}")
     if written != assessed:
         problems.append(f"{written} assessments written, {assessed} made")
-    left_out = sum(int(c.get("left_out", 0)) for c in counts.values())
+    left_out = sum(c.left_out for c in counts.values())
     if error_rows != failed + left_out:
         problems.append(f"{error_rows} error rows written, {failed} patient errors and "
                         f"{left_out} resources left out made")
@@ -1101,18 +1109,15 @@ def diff(
                 evaluator=evaluator)
         changes = [orjson.loads(payload)
                    for _, payload in _merged_lines(_part_paths(work, n, "diff"))]
-    tally_names = ("flags_added", "flags_removed", "severity_changed", "plan_added",
-                   "plan_removed", "plan_modified", "referrals_added", "referrals_removed",
-                   "data_requests_added", "data_requests_removed")
     report = DiffReport(
         from_ruleset=_identity(rs_before), to_ruleset=_identity(rs_after), as_of=when, mode=mode,
-        patients=sum(int(c["patients"]) for c in counts.values()),
-        changed=sum(int(c["changed"]) for c in counts.values()),
-        unchanged=sum(int(c["unchanged"]) for c in counts.values()),
-        errors=sum(int(c["errors"]) for c in counts.values()),
+        patients=sum(c.patients for c in counts.values()),
+        changed=sum(c.changed for c in counts.values()),
+        unchanged=sum(c.unchanged for c in counts.values()),
+        errors=sum(c.errors for c in counts.values()),
         resource_errors=int(spilled.get("resource_errors", 0))
         + int(spilled.get("file_errors", 0)),
-        tallies={name: _sum_counters(counts, name) for name in tally_names},
+        tallies={name: _sum_counters(counts, name) for name in DIFF_TALLIES},
         changes=changes,
         timings={"total_seconds": round(time.perf_counter() - started, 3)},
     )

@@ -34,19 +34,24 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import orjson
 
 from cdss.errors import CDSSError, EngineError, InputError
 
-__all__ = ["PartitionTask", "compare", "describe_exit", "in_flight", "peak_rss_mb",
-           "run_partition", "tune_malloc", "worker_loop"]
+__all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "TaskKind",
+           "compare", "describe_exit", "in_flight", "peak_rss_mb", "run_partition",
+           "tune_malloc", "worker_loop"]
 
 _SORT = orjson.OPT_SORT_KEYS
 _PREFIX = b'{"resourceType":"Bundle","type":"collection","entry":['
+
+
+#: A partition's job: a screen (one ruleset) or a diff (two).
+TaskKind = Literal["screen", "diff"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class PartitionTask:
     evaluated again.
     """
 
-    kind: str
+    kind: TaskKind
     partition: int
     spill: str
     out_dir: str
@@ -87,6 +92,86 @@ class PartitionTask:
     @property
     def journal_path(self) -> Path:
         return Path(self.out_dir) / f"p{self.partition:05d}.journal"
+
+
+#: The tallies of a screen partition: code -> patients (``severity``: highest
+#: severity -> patients; ``errors_by_kind``: error kind -> rows;
+#: ``unmapped_codes``: ``system|code`` -> notes).
+SCREEN_TALLIES = ("flags", "severity", "referrals", "plan", "data_requests", "errors_by_kind",
+                  "unmapped_codes")
+#: The tallies of a diff partition: code (or ``code: from -> to``) -> patients.
+DIFF_TALLIES = ("flags_added", "flags_removed", "severity_changed", "plan_added",
+                "plan_removed", "plan_modified", "referrals_added", "referrals_removed",
+                "data_requests_added", "data_requests_removed")
+
+
+@dataclass(frozen=True)
+class PartitionCounts:
+    """What one partition did: returned by :func:`run_partition` to the caller
+    (across processes, or from a Dask worker) and kept as JSON in the
+    partition's done marker, from which ``--resume`` reads it back.
+
+    ``patients`` = ``assessed`` + ``errors`` for a screen and ``changed`` +
+    ``unchanged`` + ``errors`` for a diff; ``tallies`` holds the names of
+    :data:`SCREEN_TALLIES` or :data:`DIFF_TALLIES`.
+    """
+
+    kind: TaskKind
+    patients: int
+    errors: int
+    partition: int = -1
+    resources: int = 0
+    assessed: int = 0
+    left_out: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    tallies: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    pid: int = 0
+    peak_rss_mb: float | None = None
+
+    def tally(self, name: str) -> Mapping[str, int]:
+        """One tally (empty when nothing was counted)."""
+        return self.tallies.get(name, {})
+
+    def to_json(self) -> bytes:
+        """The done marker's content (sorted keys)."""
+        return orjson.dumps({
+            "kind": self.kind, "partition": self.partition, "patients": self.patients,
+            "errors": self.errors, "resources": self.resources, "assessed": self.assessed,
+            "left_out": self.left_out, "changed": self.changed, "unchanged": self.unchanged,
+            "tallies": {k: dict(v) for k, v in self.tallies.items()},
+            "seconds": self.seconds, "pid": self.pid, "peak_rss_mb": self.peak_rss_mb,
+        }, option=_SORT)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PartitionCounts:
+        """Read a done marker; ``ValueError`` when it is not one this version
+        writes (the partition is then redone)."""
+        try:
+            raw = orjson.loads(data)
+            kind = raw["kind"]
+            names = SCREEN_TALLIES if kind == "screen" else DIFF_TALLIES
+            if kind not in ("screen", "diff") or set(raw["tallies"]) - set(names):
+                raise ValueError(f"not a partition's counts: kind {kind!r}")
+            tallies = {name: {str(code): _count(n) for code, n in raw["tallies"][name].items()}
+                       for name in names if name in raw["tallies"]}
+            peak = raw["peak_rss_mb"]
+            return cls(kind=kind, partition=_count(raw["partition"]),
+                       patients=_count(raw["patients"]), errors=_count(raw["errors"]),
+                       resources=_count(raw["resources"]), assessed=_count(raw["assessed"]),
+                       left_out=_count(raw["left_out"]), changed=_count(raw["changed"]),
+                       unchanged=_count(raw["unchanged"]), tallies=tallies,
+                       seconds=float(raw["seconds"]), pid=_count(raw["pid"]),
+                       peak_rss_mb=None if peak is None else float(peak))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a partition's counts: {exc}") from exc
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"not a count: {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- #
@@ -367,7 +452,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def run_partition(task: PartitionTask) -> dict[str, Any]:
+def run_partition(task: PartitionTask) -> PartitionCounts:
     """Evaluate one partition and write its results; return its counts (also
     written as the partition's done marker)."""
     started = time.perf_counter()
@@ -392,11 +477,11 @@ def run_partition(task: PartitionTask) -> dict[str, Any]:
             counts = _diff(task, groups, rulesets[0], rulesets[1], as_of, out_dir, journal)
     finally:
         journal.close()
-    counts.update(partition=task.partition, kind=task.kind,
-                  resources=sum(len(v) for v in groups.values()),
-                  seconds=round(time.perf_counter() - started, 6), pid=os.getpid(),
-                  peak_rss_mb=peak_rss_mb())
-    write_atomic(task.done_path, orjson.dumps(counts, option=_SORT))
+    counts = replace(counts, partition=task.partition,
+                     resources=sum(len(v) for v in groups.values()),
+                     seconds=round(time.perf_counter() - started, 6), pid=os.getpid(),
+                     peak_rss_mb=peak_rss_mb())
+    write_atomic(task.done_path, counts.to_json())
     task.journal_path.unlink(missing_ok=True)
     return counts
 
@@ -404,7 +489,7 @@ def run_partition(task: PartitionTask) -> dict[str, Any]:
 def worker_loop(conn: Any) -> None:
     """The loop of a local worker process: receive a :class:`PartitionTask`
     on ``conn`` (a :mod:`multiprocessing` connection), run it, send back
-    ``("done", counts, None)`` or ``("failed", "Type: message", pickled
+    ``("done", PartitionCounts, None)`` or ``("failed", "Type: message", pickled
     exception or None)``; stop on ``None`` or when the caller has gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     while True:
@@ -443,7 +528,7 @@ def _counter(values: Iterable[str]) -> dict[str, int]:
 
 
 def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any, as_of: Any,
-            out_dir: Path, journal: _Journal) -> dict[str, Any]:
+            out_dir: Path, journal: _Journal) -> PartitionCounts:
     name = f"p{task.partition:05d}"
     outs = [_Out(out_dir, f"{name}.{suffix}") for suffix in ("assessments", "rows", "errors")]
     assessments, rows, errors = outs
@@ -498,12 +583,12 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
         for out in outs:
             out.abort()
         raise
-    return {"patients": len(groups), "assessed": assessed, "errors": failed,
-            "flags": dict(sorted(flags.items())), "severity": dict(sorted(severity.items())),
-            "referrals": dict(sorted(referrals.items())), "plan": dict(sorted(plan.items())),
-            "data_requests": dict(sorted(requests.items())),
-            "errors_by_kind": dict(sorted(error_kinds.items())),
-            "left_out": left_out, "unmapped_codes": dict(sorted(unmapped.items()))}
+    tallies = {"flags": flags, "severity": severity, "referrals": referrals, "plan": plan,
+               "data_requests": requests, "errors_by_kind": error_kinds,
+               "unmapped_codes": unmapped}
+    return PartitionCounts(kind="screen", patients=len(groups), assessed=assessed,
+                           errors=failed, left_out=left_out,
+                           tallies={k: dict(sorted(v.items())) for k, v in tallies.items()})
 
 
 # --------------------------------------------------------------------------- #
@@ -565,13 +650,10 @@ def compare(before: Any, after: Any) -> dict[str, Any]:
 
 
 def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any,
-          after_rs: Any, as_of: Any, out_dir: Path, journal: _Journal) -> dict[str, Any]:
+          after_rs: Any, as_of: Any, out_dir: Path, journal: _Journal) -> PartitionCounts:
     out = _Out(out_dir, f"p{task.partition:05d}.diff")
     changed = failed = 0
-    tallies: dict[str, Counter[str]] = {name: Counter() for name in (
-        "flags_added", "flags_removed", "severity_changed", "plan_added", "plan_removed",
-        "plan_modified", "referrals_added", "referrals_removed", "data_requests_added",
-        "data_requests_removed")}
+    tallies: dict[str, Counter[str]] = {name: Counter() for name in DIFF_TALLIES}
     died = {key: (code, reason) for key, code, reason in task.died}
     try:
         for key in sorted(groups):
@@ -611,6 +693,7 @@ def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any
     except BaseException:
         out.abort()
         raise
-    return {"patients": len(groups), "changed": changed, "errors": failed,
-            "unchanged": len(groups) - changed - failed,
-            **{name: dict(sorted(c.items())) for name, c in tallies.items()}}
+    return PartitionCounts(kind="diff", patients=len(groups), changed=changed, errors=failed,
+                           unchanged=len(groups) - changed - failed,
+                           tallies={name: dict(sorted(c.items()))
+                                    for name, c in tallies.items()})
