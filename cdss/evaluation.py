@@ -45,16 +45,16 @@ def resolve_as_of(as_of: datetime | date | str | None) -> datetime:
     raise InvalidArgument(f"as_of must be a datetime, date, ISO text or None, not {as_of!r}")
 
 
-def resolve_ruleset(ruleset: Ruleset | str, paths: Sequence[str | Path] | None = None,
+def resolve_ruleset(ruleset: Ruleset | str | None, paths: Sequence[str | Path] | None = None,
                     concept_maps: Sequence[str | Path] = ()) -> Ruleset:
     """A loaded ruleset, or the one ``"id[@version]"`` names (site ``paths``
-    and ``concept_maps`` added)."""
+    and ``concept_maps`` added); None is the default ruleset."""
     if isinstance(ruleset, Ruleset):
         if concept_maps:
             raise InvalidArgument("concept_maps apply when a ruleset is loaded: pass them to "
                                   "load_ruleset, or pass the ruleset as 'id[@version]'")
         return ruleset
-    if isinstance(ruleset, str):
+    if ruleset is None or isinstance(ruleset, str):
         return load_ruleset(ruleset, paths=paths, concept_maps=concept_maps)
     raise InvalidArgument(f"ruleset must be a Ruleset or 'id[@version]', not {ruleset!r}")
 
@@ -85,7 +85,7 @@ def extract_facts(
 def evaluate(
     record: Any,
     *,
-    ruleset: Ruleset | str = "plantar-cramps",
+    ruleset: Ruleset | str | None = None,
     as_of: datetime | date | str | None = None,
     mode: str = "strict",
     engine: str = "auto",
@@ -98,7 +98,8 @@ def evaluate(
 
     ``record`` is a Bundle, a resource, a list of resources, or JSON text or
     bytes of those. ``ruleset`` is ``"id"`` (latest active version),
-    ``"id@version"`` or a loaded :class:`~cdss.rulesets.Ruleset`; ``paths``
+    ``"id@version"``, a loaded :class:`~cdss.rulesets.Ruleset`, or None for
+    the default ruleset (:func:`~cdss.rulesets.default_ruleset_id`); ``paths``
     adds folders of a site's own rulesets and ``concept_maps`` a site's code
     maps. ``as_of`` is the evaluation time every window is relative to
     (default: now). ``engine`` is ``"auto"`` (durable-rules where installed,

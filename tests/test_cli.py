@@ -6,6 +6,7 @@ from pathlib import Path
 from builders import bundle, finding, patient
 from typer.testing import CliRunner
 
+import cdss
 from cdss.cli import app
 
 RUNNER = CliRunner()
@@ -46,6 +47,9 @@ def test_bad_file_is_a_clear_error_and_exit_2(tmp_path: Path) -> None:
 def test_rulesets_and_schema_commands() -> None:
     listed = RUNNER.invoke(app, ["rulesets"])
     assert listed.exit_code == 0 and "plantar-cramps@1.0.0" in listed.output
+    default = cdss.load_ruleset().spec
+    marked = [line.split()[0] for line in listed.output.splitlines() if " default " in line]
+    assert marked == [default]
     schema = RUNNER.invoke(app, ["schema"])
     assert schema.exit_code == 0 and json.loads(schema.output)["title"] == "RulesetFile"
 

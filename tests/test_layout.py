@@ -198,3 +198,22 @@ def test_outputs_know_only_the_assessment() -> None:
     import cdss.outputs.fhir
 
     assert "load_ruleset" not in _inspect.getsource(cdss.outputs.fhir)
+
+
+def test_no_ruleset_is_named_in_the_code() -> None:
+    """The generic layers carry no clinical default: the shipped index names the
+    default ruleset, and no string constant in cdss names a shipped ruleset."""
+    import ast
+    from pathlib import Path
+
+    from cdss.rulesets import available_rulesets
+
+    ids = {spec.partition("@")[0] for spec in available_rulesets()}
+    root = Path(cdss.__file__).parent
+    named = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    node.value.partition("@")[0] in ids:
+                named.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+    assert named == []

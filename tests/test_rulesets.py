@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,17 @@ from conftest import MINI_RULESET, write_ruleset
 
 import cdss
 from cdss.errors import InvalidArgument, RulesetError, RulesetNotFoundError
-from cdss.rulesets import available_rulesets, load_ruleset, load_ruleset_file, ruleset_json_schema
+from cdss.rulesets import (
+    _registry as registry,
+)
+from cdss.rulesets import (
+    available_rulesets,
+    builtin_folder,
+    default_ruleset_id,
+    load_ruleset,
+    load_ruleset_file,
+    ruleset_json_schema,
+)
 
 
 def mutate(change: Any) -> dict[str, Any]:
@@ -225,6 +236,41 @@ def test_shipped_rulesets_load() -> None:
         assert rs.spec == spec and rs.rules
         for compiled in rs.rules:
             assert compiled.rule.citation.source in rs.file.sources
+
+
+def test_the_default_ruleset_is_the_one_the_shipped_index_names() -> None:
+    index = yaml.safe_load((builtin_folder() / "index.yaml").read_text(encoding="utf-8"))
+    assert default_ruleset_id() == index["default"]
+    default = load_ruleset()
+    assert default.id == index["default"] and default.file.status == "active"
+    assert default is load_ruleset(index["default"])
+
+
+@pytest.mark.parametrize(("index", "error"), [
+    (None, "no index naming the default ruleset"),
+    ("default: [plantar-cramps]\n", "must name the default ruleset"),
+    ("other: plantar-cramps\n", "must name the default ruleset"),
+])
+def test_a_missing_or_malformed_index_is_a_ruleset_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: str | None, error: str) -> None:
+    shutil.copytree(builtin_folder() / "plantar-cramps", tmp_path / "plantar-cramps")
+    if index is not None:
+        (tmp_path / "index.yaml").write_text(index, encoding="utf-8")
+    monkeypatch.setattr(registry, "builtin_folder", lambda: tmp_path)
+    with pytest.raises(RulesetError, match=error) as caught:
+        load_ruleset()
+    assert caught.value.path == str(tmp_path / "index.yaml")
+    assert load_ruleset("plantar-cramps").id == "plantar-cramps"  # naming one still works
+
+
+def test_an_index_naming_another_ruleset_changes_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_ruleset(tmp_path, MINI_RULESET)
+    (tmp_path / "index.yaml").write_text("default: mini\n", encoding="utf-8")
+    monkeypatch.setattr(registry, "builtin_folder", lambda: tmp_path)
+    assert load_ruleset().spec == "mini@1.0.0"
+    assert cdss.evaluate([{"resourceType": "Patient", "id": "p1"}],
+                         as_of="2026-01-01").ruleset.id == "mini"
 
 
 #: The content hashes of the pinned versions: a pinned version never changes.

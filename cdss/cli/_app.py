@@ -24,7 +24,8 @@ def _fail(exc: CDSSError) -> None:
 @app.command()
 def evaluate(
     files: Annotated[list[Path], typer.Argument(help="FHIR R4 JSON files (Bundle or resources)")],
-    ruleset: Annotated[str, typer.Option(help="id or id@version")] = "plantar-cramps",
+    ruleset: Annotated[str | None, typer.Option(
+        help="id or id@version (default: the default ruleset, as `cdss rulesets` shows)")] = None,
     as_of: Annotated[str | None, typer.Option(help="evaluation time (ISO); default now")] = None,
     output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     engine: Annotated[str, typer.Option(
@@ -74,13 +75,17 @@ def evaluate(
 def list_rulesets(
     paths: RulesetFolders = None,
 ) -> None:
-    """List the rulesets found, with status and content hash."""
+    """List the rulesets found, with status and content hash; ``default``
+    marks the version run when a command names no ruleset."""
     from cdss.rulesets import available_rulesets, load_ruleset
 
     try:
+        default = load_ruleset(paths=paths).spec
         for spec in sorted(available_rulesets(paths=paths)):
             rs = load_ruleset(spec, paths=paths)
-            typer.echo(f"{spec:28} {rs.file.status:8} {rs.sha256[:16]}  {rs.file.title}")
+            mark = "default" if spec == default else ""
+            typer.echo(f"{spec:28} {rs.file.status:8} {mark:7} {rs.sha256[:16]}  "
+                       f"{rs.file.title}")
     except CDSSError as exc:
         _fail(exc)
 
@@ -96,7 +101,7 @@ def schema() -> None:
 
 @app.command()
 def docs(
-    ruleset_id: Annotated[str, typer.Argument(help="ruleset id, e.g. plantar-cramps")],
+    ruleset_id: Annotated[str, typer.Argument(help="ruleset id (`cdss rulesets` lists them)")],
     out: Annotated[Path | None, typer.Option(help="write to this file")] = None,
 ) -> None:
     """Generate the reference document of a ruleset from its files."""

@@ -24,12 +24,15 @@ TimeZone = Annotated[str, typer.Option(
     "--timezone", help="IANA time zone of times recorded without one (default UTC)")]
 
 
-def load_cli_ruleset(spec: str, paths: list[Path] | None,
+def load_cli_ruleset(spec: str | None, paths: list[Path] | None,
                      concept_maps: list[Path] | None) -> Ruleset:
     """The ruleset a command names: a ruleset file (``<folder>/<id>/<version>.yaml``)
-    or ``id[@version]``, with a site's folders and concept maps."""
+    or ``id[@version]``, with a site's folders and concept maps; None is the
+    default ruleset."""
     from cdss.rulesets import load_ruleset, load_ruleset_file
 
+    if spec is None:
+        return load_ruleset(paths=paths, concept_maps=concept_maps or ())
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return load_ruleset_file(path, concept_maps=concept_maps or ())

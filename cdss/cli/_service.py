@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8080,
         ruleset: Annotated[list[str] | None, typer.Option(
             "--ruleset", help="ruleset id or id@version to serve; repeat for several "
-                              "(default: plantar-cramps)")] = None,
+                              "(default: the default ruleset)")] = None,
         paths: Annotated[list[Path] | None, typer.Option(
             "--rulesets", help="extra ruleset folder")] = None,
         config: Annotated[Path | None, typer.Option(
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         try:
             settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
-                rulesets=tuple(ruleset or ("plantar-cramps",)), paths=paths,
+                rulesets=tuple(ruleset) if ruleset else None, paths=paths,
                 concept_maps=tuple(concept_maps or ()), timezone=timezone,
                 config=settings, insecure_dev=insecure_dev,
                 allowed_fhir_servers=fhir_server or None,

@@ -2,7 +2,8 @@
 form both engines run, the registry of versions, and generated references.
 
 ``load_ruleset("id")`` is the highest active version, ``"id@version"`` pins
-one, ``paths=[folder]`` adds a site's folders; :func:`load_ruleset_file`
+one, ``load_ruleset()`` the default ruleset the shipped ``index.yaml`` names;
+``paths=[folder]`` adds a site's folders; :func:`load_ruleset_file`
 reads one file. A :class:`Ruleset` that loads is one that runs: unknown
 names, types and dependency cycles are refused at load time, with the file,
 rule id and field. The pydantic models of the files (:class:`RulesetFile`,
@@ -16,7 +17,12 @@ from cdss import _exports
 from cdss.rulesets._compiled import FIELD_TYPES, FIELDS, CompiledRule, Pattern, Test
 from cdss.rulesets._docgen import render_ruleset_doc
 from cdss.rulesets._loading import load_ruleset_file
-from cdss.rulesets._registry import available_rulesets, builtin_folder, load_ruleset
+from cdss.rulesets._registry import (
+    available_rulesets,
+    builtin_folder,
+    default_ruleset_id,
+    load_ruleset,
+)
 from cdss.rulesets._ruleset import Ruleset
 from cdss.rulesets._schema import (
     Action,
@@ -75,6 +81,7 @@ __all__ = [
     "When",
     "available_rulesets",
     "builtin_folder",
+    "default_ruleset_id",
     "load_ruleset",
     "load_ruleset_file",
     "render_ruleset_doc",

@@ -4,6 +4,10 @@ A ruleset version lives in ``<folder>/<id>/<version>.yaml``; the shipped ones
 in the package, a site's in the folders it adds. ``load_ruleset("id")`` is the
 highest active version, ``"id@version"`` pins one; each file is loaded once
 per process (while it is unchanged) and several versions live side by side.
+
+No ruleset is built into the code: the shipped folder's ``index.yaml`` names
+the *default* ruleset, the one :func:`load_ruleset` loads when no spec is
+given (and so every layer that takes an optional ruleset).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from typing import Any
 
 from cdss.errors import InvalidArgument, RulesetError, RulesetNotFoundError
 from cdss.rulesets._loading import load_ruleset_file
-from cdss.rulesets._reading import suggest
+from cdss.rulesets._reading import read_yaml, suggest
 from cdss.rulesets._ruleset import Ruleset
 
-__all__ = ["available_rulesets", "builtin_folder", "load_ruleset"]
+__all__ = ["available_rulesets", "builtin_folder", "default_ruleset_id", "load_ruleset"]
 
 _VERSION_FILE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)\.ya?ml$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_INDEX = "index.yaml"
 
 
 def builtin_folder() -> Path:
@@ -29,6 +35,21 @@ def builtin_folder() -> Path:
     package = Path(__file__).resolve().parent.parent  # the cdss package
     installed = package / "_rulesets"  # a wheel ships them inside the package
     return installed if installed.is_dir() else package.parent / "rulesets"
+
+
+def default_ruleset_id() -> str:
+    """The id of the default ruleset, as the shipped folder's ``index.yaml``
+    names it (``default: <id>``)."""
+    path = builtin_folder() / _INDEX
+    if not path.is_file():
+        raise RulesetNotFoundError("the shipped rulesets have no index naming the default "
+                                   "ruleset; name a ruleset", path=str(path))
+    index = read_yaml(path)
+    rid = index.get("default") if isinstance(index, dict) else None
+    if not isinstance(rid, str) or not _ID.match(rid):
+        raise RulesetError(f"{_INDEX} must name the default ruleset as 'default: <id>', got "
+                           f"{rid!r}", path=str(path))
+    return rid
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -54,17 +75,20 @@ _CACHE: dict[tuple[Any, ...], Ruleset] = {}
 
 
 def load_ruleset(
-    spec: str = "plantar-cramps",
+    spec: str | None = None,
     *,
     paths: Sequence[str | Path] | None = None,
     concept_maps: Sequence[str | Path] = (),
 ) -> Ruleset:
-    """Load a ruleset by ``id`` (its latest active version) or ``id@version``.
+    """Load a ruleset by ``id`` (its latest active version) or ``id@version``;
+    None loads the default ruleset (:func:`default_ruleset_id`).
 
     ``paths`` adds folders holding a site's own rulesets (``<folder>/<id>/
     <version>.yaml``); ``concept_maps`` adds a site's code mappings. Loaded
     versions are cached per process; several versions live side by side.
     """
+    if spec is None:
+        spec = default_ruleset_id()
     if not isinstance(spec, str) or not spec:
         raise InvalidArgument(f"spec must be 'id' or 'id@version', got {spec!r}")
     if isinstance(paths, (str, Path)):

@@ -112,11 +112,13 @@ AUTH_FAILED = "authentication failed"
 _CORS_EXPOSE = ["Origin", "Accept", "Content-Location", "Location", "X-Requested-With"]
 
 
-def _services(rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset],
+def _services(rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | None,
               paths: Sequence[str | Path] | None,
               concept_maps: Sequence[str | Path] = ()) -> dict[str, Ruleset]:
     if isinstance(rulesets, Mapping):
         return service_ids(rulesets)
+    if rulesets is None:  # the default ruleset
+        return service_ids([load_ruleset(paths=paths, concept_maps=concept_maps)])
     if isinstance(rulesets, (str, Ruleset)):
         rulesets = [rulesets]
     return service_ids([r if isinstance(r, Ruleset)
@@ -137,7 +139,7 @@ class _Settings:
     limit: Limits
 
 
-def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset],
+def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | None,
               paths: Sequence[str | Path] | None, concept_maps: Sequence[str | Path],
               timezone: str | None, config: ServiceConfig | str | Path | None,
               insecure_dev: bool, allowed_fhir_servers: Sequence[str] | None,
@@ -373,7 +375,7 @@ def _starlette(service: _Service, cors_origins: Sequence[str]) -> Starlette:
 
 def create_app(
     *,
-    rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] = ("plantar-cramps",),
+    rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | None = None,
     paths: Sequence[str | Path] | None = None,
     concept_maps: Sequence[str | Path] = (),
     timezone: str | None = None,
@@ -389,7 +391,8 @@ def create_app(
     """The CDS Hooks service as a Starlette app.
 
     ``rulesets``: ruleset specs (``id`` or ``id@version``) or loaded rulesets,
-    one service each (or a mapping of service id to ruleset); ``paths`` adds
+    one service each (or a mapping of service id to ruleset; None: the default
+    ruleset); ``paths`` adds
     ruleset folders and ``concept_maps`` a site's code maps to the rulesets
     named by spec (after the configuration's). Rulesets are loaded here, so a
     bad one fails at start. ``timezone`` (IANA; default the configuration's,

@@ -1029,7 +1029,7 @@ def patients(*, as_of: datetime | date | str = DEFAULT_AS_OF, patient_id: str = 
     return _patient(when, _patient_id(patient_id), min_age=low, max_age=high)
 
 
-def observations(*, analyte: str, ruleset: Ruleset | str = "plantar-cramps",
+def observations(*, analyte: str, ruleset: Ruleset | str | None = None,
                  min_value: float | None = None, max_value: float | None = None,
                  unit: str | None = None, as_of: datetime | date | str = DEFAULT_AS_OF,
                  max_days_ago: int | None = None,
@@ -1073,7 +1073,7 @@ def observations(*, analyte: str, ruleset: Ruleset | str = "plantar-cramps",
     return build()
 
 
-def findings(*, concept: str, ruleset: Ruleset | str = "plantar-cramps",
+def findings(*, concept: str, ruleset: Ruleset | str | None = None,
              present: bool = True, site: str | None = None, nocturnal: bool | None = None,
              as_of: datetime | date | str = DEFAULT_AS_OF, max_days_ago: int | None = None,
              patient_id: str = PATIENT_ID) -> st.SearchStrategy[Resource]:
@@ -1105,7 +1105,7 @@ def findings(*, concept: str, ruleset: Ruleset | str = "plantar-cramps",
     return build()
 
 
-def conditions(*, concept: str, ruleset: Ruleset | str = "plantar-cramps", active: bool = True,
+def conditions(*, concept: str, ruleset: Ruleset | str | None = None, active: bool = True,
                as_of: datetime | date | str = DEFAULT_AS_OF,
                patient_id: str = PATIENT_ID) -> st.SearchStrategy[Resource]:
     """A Condition coding ``concept`` (a condition, or a finding coded as a
@@ -1130,7 +1130,7 @@ def conditions(*, concept: str, ruleset: Ruleset | str = "plantar-cramps", activ
     return build()
 
 
-def medications(*, concept: str, ruleset: Ruleset | str = "plantar-cramps",
+def medications(*, concept: str, ruleset: Ruleset | str | None = None,
                 active: bool = True, as_of: datetime | date | str = DEFAULT_AS_OF,
                 patient_id: str = PATIENT_ID) -> st.SearchStrategy[Resource]:
     """A MedicationRequest or MedicationStatement of medication class
@@ -1153,7 +1153,7 @@ def medications(*, concept: str, ruleset: Ruleset | str = "plantar-cramps",
     return build()
 
 
-def allergies(*, concept: str, ruleset: Ruleset | str = "plantar-cramps", active: bool = True,
+def allergies(*, concept: str, ruleset: Ruleset | str | None = None, active: bool = True,
               as_of: datetime | date | str = DEFAULT_AS_OF,
               patient_id: str = PATIENT_ID) -> st.SearchStrategy[Resource]:
     """An AllergyIntolerance of ``concept``, by its code or by a reaction's
@@ -1175,7 +1175,7 @@ def allergies(*, concept: str, ruleset: Ruleset | str = "plantar-cramps", active
     return build()
 
 
-def records(*, ruleset: Ruleset | str = "plantar-cramps",
+def records(*, ruleset: Ruleset | str | None = None,
             as_of: datetime | date | str = DEFAULT_AS_OF, mess: bool = True,
             max_resources: int = 8, patient_id: str = PATIENT_ID
             ) -> st.SearchStrategy[RecordList]:
