@@ -238,6 +238,26 @@ def test_shipped_rulesets_load() -> None:
             assert compiled.rule.citation.source in rs.file.sources
 
 
+def test_a_policy_naming_no_plan_category_is_refused(tmp_path: Path) -> None:
+    data = {**MINI_RULESET, "policies": [{"flag_severity": "critical",
+                                          "no_plan_category": "excercise"}]}
+    with pytest.raises(RulesetError) as caught:
+        load_ruleset_file(write_ruleset(tmp_path, data))
+    assert caught.value.field == "policies.0.no_plan_category"
+    assert caught.value.suggestion == "exercise"
+
+
+def test_declaring_a_policy_leaves_the_content_hash_as_it_was(tmp_path: Path) -> None:
+    plain = load_ruleset_file(write_ruleset(tmp_path / "a", MINI_RULESET))
+    declared = load_ruleset_file(write_ruleset(tmp_path / "b", {**MINI_RULESET, "policies": [
+        {"flag_severity": "critical", "no_plan_category": "exercise"}]}))
+    assert declared.file.policies and not plain.file.policies
+    assert plain.sha256 == declared.sha256
+    changed = copy.deepcopy(MINI_RULESET)
+    changed["thresholds"]["k_low"]["value"] = 3.4
+    assert load_ruleset_file(write_ruleset(tmp_path / "c", changed)).sha256 != plain.sha256
+
+
 def test_the_default_ruleset_is_the_one_the_shipped_index_names() -> None:
     index = yaml.safe_load((builtin_folder() / "index.yaml").read_text(encoding="utf-8"))
     assert default_ruleset_id() == index["default"]

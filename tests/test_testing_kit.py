@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import MINI_RULESET, write_ruleset
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -314,6 +315,30 @@ def test_check_ruleset_on_a_small_site_ruleset(mini: cdss.Ruleset) -> None:
     assert data["ok"] is True and data["ruleset"] == "mini@1.0.0"
     assert [p["name"] for p in data["properties"]] == [
         n for n in PROPERTIES if n != "monotonicity"]
+
+
+def test_without_a_declared_policy_red_flag_dominance_says_so_and_checks_nothing(
+        mini: cdss.Ruleset) -> None:
+    assert mini.file.policies == []
+    report = check_ruleset(mini, max_examples=12, properties=["red-flag-dominance"])
+    row = next(p for p in report.properties if p.name == "red-flag-dominance")
+    assert row.checked == 0 and row.description.startswith("No policy declared")
+
+
+def test_a_declared_policy_is_checked_and_its_violation_shrunk(tmp_path: Path) -> None:
+    # the mini ruleset plans stretching (category exercise) beside a moderate
+    # low-magnesium flag: a policy excluding exercise beside moderate flags fails
+    data = {**MINI_RULESET, "policies": [
+        {"flag_severity": "moderate", "no_plan_category": "exercise"}]}
+    ruleset = load_ruleset_file(write_ruleset(tmp_path, data))
+    report = check_ruleset(ruleset, max_examples=40, properties=["red-flag-dominance"])
+    assert not report.ok
+    row = next(p for p in report.properties if p.name == "red-flag-dominance")
+    assert row.checked > 0 and "category 'exercise'" in row.description
+    failure = next(f for f in report.failures if f.property == "red-flag-dominance")
+    assessment = cdss.evaluate(failure.record, ruleset=ruleset, as_of=failure.as_of)
+    assert any(f.severity == "moderate" for f in assessment.flags)
+    assert any(p.category == "exercise" for p in assessment.plan)
 
 
 def test_check_ruleset_is_reproducible_and_can_check_some_invariants(mini: cdss.Ruleset) -> None:

@@ -124,6 +124,9 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
                         suggestion=suggest(action.tailor.variant, item.variants))
     for i, inv in enumerate(rfile.invariants):
         names.require("analyte", inv.analyte, field=f"invariants.{i}.analyte")
+    for i, policy in enumerate(rfile.policies):
+        names.require("category", policy.no_plan_category,
+                      field=f"policies.{i}.no_plan_category")
 
 
 def _check_operand(fname: str, op: str, operand: Any, path: str, rule_id: str,

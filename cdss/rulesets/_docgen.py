@@ -110,6 +110,11 @@ def _version_section(rs: Ruleset) -> list[str]:
         for inv in rfile.invariants:
             lines.append(f"- a {inv.direction} `{inv.analyte}` never removes flag "
                          f"`{inv.keeps_flag}`")
+    if rfile.policies:
+        lines += ["", "### Declared policies", ""]
+        for policy in rfile.policies:
+            lines.append(f"- with a `{policy.flag_severity}` flag, the plan keeps no "
+                         f"`{policy.no_plan_category}` item")
     return lines
 
 

@@ -4,6 +4,11 @@ Its identity is ``id@version`` plus the sha256 of its canonical content: the
 ruleset file, its merged value sets and any site concept maps, as JSON with
 sorted keys. Fields added to the file formats after versions were pinned are
 left out of that JSON while unset, so a pinned version's hash never changes.
+
+The hash identifies what decides a version's answers. ``policies`` decides
+none: it declares what the testing kit checks the answers against (a red flag's
+severity excludes a plan category), so it is left out, and a pinned version can
+declare the policy it has always kept without changing its identity.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ __all__ = ["Ruleset", "content_hash"]
 #: of the content hash while unset, so that older files keep their hashes.
 _LATER_FIELDS = frozenset({"exists", "laterality", "site", "nocturnal", "extends",
                            "bilateral", "qualifiers"})
+#: Fields of a ruleset file that decide no answer: left out of the content hash.
+_CHECKED_ONLY = frozenset({"policies"})
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,10 @@ class Ruleset:
 
 def content_hash(rfile: RulesetFile, valuesets: ValueSetFile,
                  maps: Sequence[ConceptMapFile]) -> str:
-    """The sha256 of the canonical JSON of a ruleset's files."""
+    """The sha256 of the canonical JSON of a ruleset's files (``policies``
+    left out: it decides no answer)."""
     content = _without_unset_later_fields({
-        "ruleset": rfile.model_dump(mode="json", by_alias=True),
+        "ruleset": rfile.model_dump(mode="json", by_alias=True, exclude=set(_CHECKED_ONLY)),
         "valuesets": valuesets.model_dump(mode="json", by_alias=True),
         "concept_maps": [m.model_dump(mode="json") for m in maps],
     })

@@ -275,6 +275,17 @@ class Invariant(_Strict):
         "The flag the move never removes."))]
 
 
+class Policy(_Strict):
+    """A declared safety policy: with a flag of severity ``flag_severity``, the
+    plan keeps no item of category ``no_plan_category`` (red flags win over
+    self-care advice; checked by cdss.testing)."""
+
+    flag_severity: Severity = Field(description=(
+        "The severity of the flags the policy applies to."))
+    no_plan_category: Annotated[str, Field(pattern=NAME, description=(
+        "The plan-item category a plan never keeps beside such a flag."))]
+
+
 class RulesetFile(_Strict):
     """One version of a ruleset: ``rulesets/<id>/<version>.yaml``."""
 
@@ -305,6 +316,9 @@ class RulesetFile(_Strict):
         "The rules; their order breaks ties."))]
     invariants: list[Invariant] = Field(default_factory=list, description=(
         "Declared monotonicities that `cdss test-ruleset` checks."))
+    policies: list[Policy] = Field(default_factory=list, description=(
+        "Declared safety policies (a flag's severity excludes a plan category) that "
+        "`cdss test-ruleset` checks; they decide no answer and are not in the content hash."))
 
 
 Laterality = Literal["left", "right", "bilateral"]

@@ -11,8 +11,8 @@ In words first (each is a :data:`PROPERTIES` entry):
 * a lab written in another unit it converts from, sent twice, or surrounded
   by resources no rule reads does not change the conclusions (flags,
   referrals, plan, suppressions, data requests, rules fired);
-* red flags win: with a critical flag, no plan item of category
-  ``exercise`` is left;
+* red flags win, as the ruleset file declares it (``policies:``): with a
+  flag of a policy's severity, no plan item of its category is left;
 * monotonicity, as the ruleset file declares it (``invariants:``): moving an
   analyte's latest value further in the declared direction never removes the
   declared flag;
@@ -43,7 +43,7 @@ from cdss.assessment import Assessment
 from cdss.errors import CDSSError, InvalidArgument
 from cdss.evaluation import evaluate, extract_facts
 from cdss.facts import Facts, parse_time
-from cdss.rulesets import CompiledRule, Invariant, Ruleset
+from cdss.rulesets import CompiledRule, Invariant, Policy, Ruleset
 from cdss.terminology import UCUM
 from cdss.testing._report import Failure, PropertyResult, Report
 from cdss.testing.strategies import (
@@ -85,12 +85,12 @@ PROPERTIES: dict[str, str] = {
                                       "unmapped codes...) gives the same conclusions.",
     "time-zone-invariance": "The same instants written in another UTC offset give the same "
                             "conclusions.",
-    "red-flag-dominance": "With a critical flag, no plan item of category 'exercise' is left.",
+    "red-flag-dominance": "With a flag of the severity a declared policy names, no plan item of "
+                          "the category it names is left (every declared policy).",
     "monotonicity": "Moving an analyte's latest value further in the direction the ruleset "
                     "declares never removes the flag it declares (one check per declaration).",
     "reachability": "Every rule fires on some generated record.",
 }
-_RED_FLAG_CATEGORY = "exercise"
 #: Examples an invariant is checked on while shrinking its failure (the
 #: exploration up to the failure included); shrinking converges well before.
 _SHRINK_BUDGET = 200
@@ -228,16 +228,18 @@ def _with_irrelevant(draw: st.DrawFn, kit: _Kit, record: RecordList) -> RecordLi
 
 def _partners(ruleset: Ruleset, index: int) -> tuple[CompiledRule, ...]:
     """The rules to aim at together with rule number ``index``: for a rule
-    that leads to a critical flag, the rules that plan exercise items, and the
-    other way round (so that red-flag dominance is put to the test); else
-    every other rule."""
+    that leads to a flag a declared policy names, the rules that plan items of
+    the category it excludes, and the other way round (so that every policy
+    is put to the test); else every other rule."""
     items = {item.code: item.category for item in ruleset.file.plan_items}
+    severities = {p.flag_severity for p in ruleset.file.policies}
+    categories = {p.no_plan_category for p in ruleset.file.policies}
 
     def critical(rule: CompiledRule) -> bool:
-        return any(a.flag and a.flag.severity == "critical" for a in rule.rule.then)
+        return any(a.flag and a.flag.severity in severities for a in rule.rule.then)
 
     def exercise(rule: CompiledRule) -> bool:
-        return any(a.plan and items.get(a.plan) == _RED_FLAG_CATEGORY for a in rule.rule.then)
+        return any(a.plan and items.get(a.plan) in categories for a in rule.rule.then)
 
     red_facts = {a.derive for r in ruleset.rules if critical(r) for a in r.rule.then if a.derive}
     rule = ruleset.rules[index]
@@ -434,14 +436,24 @@ def _red_flags(ctx: _Context) -> _Result:
     assessment = ctx.base().assessment
     if assessment is None:
         return None
-    critical = [f.code for f in assessment.flags if f.severity == "critical"]
-    if not critical:
-        return None
-    left = [p.code for p in assessment.plan if p.category == _RED_FLAG_CATEGORY]
-    if left:
-        return _Verdict(f"critical flag(s) {critical} raised, yet the plan keeps "
-                        f"{_RED_FLAG_CATEGORY} item(s) {left}")
-    return True
+    applied = False
+    for policy in ctx.ruleset.file.policies:
+        raised = [f.code for f in assessment.flags if f.severity == policy.flag_severity]
+        if not raised:
+            continue
+        applied = True
+        left = [p.code for p in assessment.plan if p.category == policy.no_plan_category]
+        if left:
+            return _Verdict(f"{policy.flag_severity} flag(s) {raised} raised, yet the plan "
+                            f"keeps {policy.no_plan_category} item(s) {left}")
+    return True if applied else None
+
+
+def _policies_said(policies: Sequence[Policy]) -> str:
+    if not policies:
+        return "No policy declared (policies:): nothing to check."
+    return " ".join(f"With a {p.flag_severity} flag, no plan item of category "
+                    f"{p.no_plan_category!r} is left." for p in policies)
 
 
 def _thresholds(ruleset: Ruleset, analyte: str) -> list[float]:
@@ -579,7 +591,7 @@ def _selected(ruleset: Ruleset, properties: Sequence[str] | None
         ("time-zone-invariance", PROPERTIES["time-zone-invariance"],
          lambda c: _compare(c, "other-offsets", c.example.other_offsets,
                             "writing the times in another UTC offset", full=False)),
-        ("red-flag-dominance", PROPERTIES["red-flag-dominance"], _red_flags),
+        ("red-flag-dominance", _policies_said(ruleset.file.policies), _red_flags),
     ]
     for i, invariant in enumerate(ruleset.file.invariants):
         checks.append((_invariant_name(invariant),
