@@ -193,13 +193,25 @@ def register(app: typer.Typer) -> None:
         observation_files: Annotated[int, typer.Option(
             help="Observation files (2 or more)")] = 2,
         gzip_files: Annotated[bool, typer.Option("--gzip", help="write .ndjson.gz")] = False,
+        ruleset: Annotated[str | None, typer.Option(
+            help="ruleset id, id@version or file whose content the data has "
+                 "(default: the default ruleset)")] = None,
+        paths: RulesetFolders = None,
+        concept_maps: ConceptMaps = None,
     ) -> None:
-        """Write a synthetic cohort as a FHIR bulk export (NDJSON and manifest)."""
+        """Write a synthetic cohort as a FHIR bulk export (NDJSON and manifest), with
+        the codes, units and thresholds a ruleset reads."""
         from cdss.cohort import generate_cohort
         from cdss.errors import CDSSError
+        from cdss.rulesets import Ruleset, load_ruleset
 
         try:
-            cohort = generate_cohort(patients, seed=seed, out=out, as_of=as_of,
+            loaded: Ruleset | None = None
+            if ruleset is not None:
+                loaded = load_cli_ruleset(ruleset, paths, concept_maps)
+            elif paths or concept_maps:
+                loaded = load_ruleset(paths=paths, concept_maps=concept_maps or ())
+            cohort = generate_cohort(patients, ruleset=loaded, seed=seed, out=out, as_of=as_of,
                                      observation_files=observation_files,
                                      gzip_files=gzip_files)
         except CDSSError as exc:

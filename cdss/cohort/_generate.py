@@ -1,35 +1,45 @@
 """A synthetic cohort as a FHIR Bulk Data export, for tests and benchmarks.
 
-``generate_cohort(patients, seed=..., out=...)`` writes NDJSON files the way a
-``$export`` does: one or more files per resource type (Observation split in
-several), lines not sorted by patient, and a manifest. The content has the
-clinical variety the plantar-cramps ruleset reads, as EHRs send it:
+``generate_cohort(patients, ruleset=..., seed=..., out=...)`` writes NDJSON
+files the way a ``$export`` does: one or more files per resource type
+(Observation split in several), lines not sorted by patient, and a manifest.
 
-* lab values on both sides of every threshold (potassium 3.0 / 3.5 / 5.0,
-  magnesium 0.50 / 0.70 mmol/L, sodium 145, osmolality 295, BUN/creatinine,
-  urine specific gravity 1.030, eGFR 30 / 45 / 60), in mmol/L, mg/dL and
-  meq/L, under serum and blood LOINC codes, with UCUM or free-text units;
-* preliminary, entered-in-error, bounded (``<``) and stale (older than the
-  lookback) results, and future-dated ones;
-* findings in the local code system ``https://cdss.dev/fhir/CodeSystem/
-  findings`` (``leg-cramps`` with body site ``calf`` and component
-  ``nocturnal``, ``heel-pain``, red flags such as ``saddle-anaesthesia``...),
-  present or absent;
-* conditions coded in SNOMED CT or ICD-10-CM, some resolved or entered in
-  error; medications as RxNorm codes from the value sets; nut allergies;
-* Encounters, which the facts do not use.
+The clinical content is read from the ruleset's own files (the default
+ruleset when none is given), so the generator knows no clinical topic:
 
-Output is deterministic: the same ``patients``, ``seed`` and ``as_of`` give
-byte-identical files (each patient draws from its own seeded generator, and
-lines are shuffled in blocks with seeded generators). Memory is bounded by a
-block of patients, not by the cohort.
+* lab results of every analyte of the value sets, under each code its concept
+  lists (those whose display names the kind of quantity first), in each unit
+  the analyte converts from (canonical unit, and mmol/L, umol/L, meq/L or
+  mg/dL where its molar mass or valence allows), some with a UCUM coding and
+  some as free-text spellings; values at, just below and just above every
+  threshold the rules compare the analyte with (canonical unit), and normal
+  values on the side no rule fires on, inside the plausible range; dated
+  within the analyte's lookback, or just past it;
+* findings of the finding concepts, present or absent, at the body sites and
+  with the qualifiers the rules test; conditions (some resolved, refuted or
+  entered in error), medications (by code, or by a product name naming an
+  ingredient) and allergies of the concepts of those kinds, coded with any of
+  the codes listed, in every code system the value sets use;
+* the facts of the rules that raise a critical flag (red flags) are rare;
+  some patients are aimed at a rule: the facts of its ``all`` patterns and of
+  one of its ``any`` patterns are written to pass its tests;
+* what real feeds send: preliminary, entered-in-error and registered results,
+  bounded (``<``) values, results older than the lookback or dated in the
+  future, times in several UTC offsets, exact duplicates, Observations and
+  Conditions of codes no value set lists, and Encounters, which no rule reads.
+
+Output is deterministic: the same ``patients``, ``seed``, ``as_of`` and
+ruleset give byte-identical files (each patient draws from its own seeded
+generator, and lines are shuffled in blocks with seeded generators). Memory is
+bounded by a block of patients, not by the cohort.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +48,16 @@ from typing import IO, Any
 import orjson
 
 from cdss.errors import InvalidArgument
-from cdss.terminology import ICD10CM, LOCAL, LOINC, RXNORM, SNOMED, UCUM
+from cdss.rulesets import (
+    FIELDS,
+    CompiledRule,
+    Pattern,
+    Ruleset,
+    Test,
+    _content,
+    load_ruleset,
+)
+from cdss.terminology import LOINC, SNOMED, UCUM
 
 __all__ = ["GeneratedCohort", "generate_cohort"]
 
@@ -46,95 +65,179 @@ _CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _COND_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 _COND_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 _ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+_ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+# answers to a yes/no question (SNOMED CT qualifier values Yes / No)
+_YES, _NO = "373066001", "373067005"
 
 #: Resource types written, in manifest order.
 TYPES = ("Patient", "Observation", "Condition", "MedicationRequest", "AllergyIntolerance",
          "Encounter")
 _BLOCK = 2000  # patients shuffled together; bounds memory
 
-# analyte -> the ways EHRs send it: (LOINC code, unit, factor from the canonical unit,
-# unit sent as a UCUM code), and values around the thresholds in the canonical unit
-_LABS: dict[str, tuple[tuple[tuple[str, str, float, bool], ...], tuple[float, ...]]] = {
-    "potassium": ((("2823-3", "mmol/L", 1.0, True), ("2823-3", "meq/L", 1.0, True),
-                   ("2823-3", "mEq/L", 1.0, False), ("6298-4", "mmol/L", 1.0, True),
-                   ("77142-8", "mmol/l", 1.0, False)),
-                  (2.6, 2.9, 3.0, 3.1, 3.4, 3.5, 3.6, 4.1, 4.4, 4.9, 5.0, 5.1, 5.6)),
-    "magnesium": ((("2601-3", "mmol/L", 1.0, True), ("2601-3", "meq/L", 2.0, True),
-                   ("19123-9", "mg/dL", 2.4305, True), ("19123-9", "mg/dl", 2.4305, False),
-                   ("2593-2", "mmol/L", 1.0, True), ("21377-7", "mg/dL", 2.4305, True)),
-                  (0.42, 0.49, 0.50, 0.51, 0.62, 0.69, 0.70, 0.71, 0.85, 0.95)),
-    "sodium": ((("2951-2", "mmol/L", 1.0, True), ("2951-2", "meq/L", 1.0, True),
-                ("2947-0", "mmol/L", 1.0, True)),
-               (136.0, 140.0, 144.0, 145.0, 146.0, 149.0, 152.0)),
-    "osmolality": ((("2692-2", "mosm/kg", 1.0, True), ("2692-2", "mOsm/kg", 1.0, False)),
-                   (280.0, 290.0, 294.0, 295.0, 296.0, 302.0, 310.0)),
-    "bun": ((("3094-0", "mg/dL", 1.0, True), ("6299-2", "mg/dL", 1.0, True)),
-            (8.0, 14.0, 19.0, 24.0, 31.0)),
-    "creatinine": ((("2160-0", "mg/dL", 1.0, True), ("38483-4", "mg/dL", 1.0, True),
-                    ("14682-9", "umol/L", 88.42, True)), (0.6, 0.9, 1.0, 1.2)),
-    "bun_creatinine_ratio": ((("3097-3", "{ratio}", 1.0, True),), (12.0, 19.0, 20.0, 21.0, 28.0)),
-    "urine_specific_gravity": ((("2965-2", "{SG}", 1.0, True), ("5811-5", "1", 1.0, True)),
-                               (1.005, 1.015, 1.025, 1.029, 1.030, 1.031, 1.035)),
-    "egfr": ((("98979-8", "mL/min/{1.73_m2}", 1.0, True), ("62238-1", "mL/min/{1.73_m2}", 1.0,
-                                                            True),
-              ("33914-3", "mL/min/1.73m2", 1.0, False)),
-             (18.0, 29.0, 30.0, 31.0, 44.0, 45.0, 46.0, 59.0, 60.0, 61.0, 88.0)),
-}
-# analyte -> a normal range (canonical unit) and its decimals: most results are normal
-_NORMAL = {"potassium": (3.8, 4.8, 1), "magnesium": (0.75, 0.95, 2), "sodium": (137, 143, 0),
-           "osmolality": (280, 292, 0), "bun": (8, 18, 0), "creatinine": (0.7, 1.1, 2),
-           "bun_creatinine_ratio": (10, 18, 1), "urine_specific_gravity": (1.005, 1.025, 3),
-           "egfr": (65, 110, 0)}
-_LAB_ORDER = ("potassium", "magnesium", "sodium", "osmolality", "bun", "creatinine",
-              "bun_creatinine_ratio", "urine_specific_gravity", "egfr")
-# analyte -> probability that a patient has a result
-_LAB_RATE = {"potassium": 0.7, "magnesium": 0.55, "sodium": 0.5, "osmolality": 0.2,
-             "bun": 0.4, "creatinine": 0.45, "bun_creatinine_ratio": 0.05,
-             "urine_specific_gravity": 0.25, "egfr": 0.45}
-_LOOKBACK = {"potassium": 90, "magnesium": 90, "egfr": 90}  # others: 30 days
+# How often things happen: generic rates, the same for every ruleset.
+_LAB_RATE = 0.5  # an analyte a rule tests, per patient
+_OTHER_LAB_RATE = 0.35  # an analyte no rule tests (such as the parts of a ratio)
+_NEAR_THRESHOLD = 0.45  # a lab value near a threshold rather than normal
+_SYMPTOMATIC = 0.6  # a patient with findings
+_FINDING_RATE = 0.15  # a finding, per symptomatic patient
+_RED_FLAG_RATE = 0.02  # a patient with red-flag findings
+_CONDITION_RATE = 0.05
+_RARE_CONDITION_RATE = 0.003  # a condition a critical rule tests
+_MEDICATION_RATE = 0.06
+_ALLERGY_RATE = 0.04
+_UNRELATED_RATE = 0.08  # an unmapped Observation or Condition
+_AIMED = 0.35  # a patient aimed at a rule
 
-# finding code -> probability present among patients with symptoms
-_FINDINGS = (("leg-cramps", 0.45), ("heel-pain", 0.3), ("first-step-pain", 0.2),
-             ("calf-tightness", 0.2), ("limited-ankle-dorsiflexion", 0.08),
-             ("low-fluid-intake", 0.12), ("high-activity", 0.15),
-             ("low-back-pain-symptom", 0.2), ("radiating-leg-pain", 0.1),
-             ("foot-numbness-tingling", 0.1))
-_RED_FLAGS = ("saddle-anaesthesia", "bladder-dysfunction", "bowel-dysfunction",
-              "bilateral-leg-symptoms", "foot-drop")
 
-# (SNOMED CT, ICD-10-CM, display, probability)
-_CONDITIONS = (
-    ("202882003", "M72.2", "Plantar fasciitis", 0.12),
-    ("23056005", "M54.41", "Sciatica", 0.05),
-    ("279039007", "M54.50", "Low back pain", 0.1),
-    ("302226006", "G62.9", "Peripheral neuropathy", 0.04),
-    ("44054006", "E11.9", "Type 2 diabetes mellitus", 0.12),
-    ("34095006", "E86.0", "Dehydration", 0.03),
-    ("190855004", "E83.42", "Hypomagnesemia", 0.02),
-    ("43339004", "E87.6", "Hypokalemia", 0.02),
-    ("433144002", "N18.30", "Chronic kidney disease stage 3", 0.05),
-    ("431857002", "N18.4", "Chronic kidney disease stage 4", 0.015),
-    ("192970008", "G83.4", "Cauda equina syndrome", 0.003),
-    ("449918009", "R25.2", "Cramp in lower leg", 0.05),
-    ("38341003", "I10", "Hypertension", 0.25),
-    ("195967001", "J45.909", "Asthma", 0.08),
-)
-# RxNorm (code, display) per class, and the probability of a class
-_MEDICATIONS = (
-    ((("310798", "Hydrochlorothiazide 25 MG Oral Tablet"), ("197499", "Chlorthalidone 25 MG "
-      "Oral Tablet"), ("5487", "Hydrochlorothiazide")), 0.1),
-    ((("313988", "Furosemide 40 MG Oral Tablet"), ("310429", "Furosemide 20 MG Oral Tablet"),
-      ("197418", "Bumetanide 1 MG Oral Tablet")), 0.06),
-    ((("313096", "Spironolactone 25 MG Oral Tablet"), ("351256", "eplerenone 25 MG Oral "
-      "Tablet")), 0.04),
-    ((("314076", "Lisinopril 10 MG Oral Tablet"), ("198188", "Ramipril 2.5 MG Oral Capsule")),
-     0.12),
-    ((("52175", "losartan"), ("153666", "irbesartan 150 MG Oral Tablet [Avapro]")), 0.07),
-    ((("860975", "24 HR Metformin hydrochloride 500 MG Extended Release Oral Tablet"),
-      ("617312", "atorvastatin 10 MG Oral Tablet")), 0.2),
-)
-_NUT_ALLERGY = (("91935009", "Allergy to peanut"), ("91934008", "Allergy to nut"))
-_OTHER_ALLERGY = (("300916003", "Latex allergy"), ("294505008", "Allergy to amoxicillin"))
+@dataclass(frozen=True)
+class _Lab:
+    """What the generator writes for one analyte."""
+
+    name: str
+    display: str
+    factors: dict[str, float]  # unit -> factor to the canonical unit
+    codings: dict[str, list[_content.Coding]]  # unit -> the codes that fit it
+    near: tuple[float, ...]  # values around the thresholds (canonical unit)
+    normal: tuple[float, float, int]  # low, high, decimals
+    lookback: int
+    rate: float
+
+
+def _normal(tests: Sequence[Test], low: float, high: float) -> tuple[float, float, int]:
+    """A range of values no test fires on, inside ``[low, high]``, and the
+    decimals its values are written with: from the highest ``lt``/``le``
+    threshold to the lowest ``gt``/``ge`` one; with thresholds on one side
+    only, from the threshold halfway (log scale) to the plausible limit, at
+    most a factor of 2 away; with none, around the middle (log scale) of the
+    plausible range."""
+    floors = _content.thresholds(t for t in tests if t.op in ("lt", "le"))
+    ceilings = _content.thresholds(t for t in tests if t.op in ("gt", "ge"))
+    a: float
+    b: float
+    if floors and ceilings:
+        a, b = sorted((max(floors), min(ceilings)))
+    elif floors and max(floors) > 0:
+        a = max(floors)
+        b = min(math.sqrt(a * high), a * 2) if high > a else a * 2
+    elif ceilings and min(ceilings) > 0:
+        b = min(ceilings)
+        a = max(math.sqrt(b * low), b / 2) if 0 < low < b else b / 2
+    elif low > 0:
+        middle = math.sqrt(low * high)
+        a, b = middle / 1.5, middle * 1.5
+    else:
+        a, b = low + (high - low) * 0.3, low + (high - low) * 0.5
+    a, b = max(a, low), min(b, high)
+    if a >= b:
+        a, b = low, high
+    decimals = max(0, math.ceil(-math.log10((b - a) / 20))) if b > a else 3
+    return a, b, decimals
+
+
+class _Content:
+    """The clinical content of a ruleset, read once from its files: concepts
+    with their codings per kind, analytes, the thresholds and the body sites
+    and qualifiers the rules test, the facts that are red flags."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        vs = ruleset.valuesets
+        self.spec = ruleset.spec
+        self.codings = _content.concept_codings(vs)
+        self.finding_lookback = ruleset.file.finding_lookback_days
+        patterns = _content.patterns(ruleset.rules)
+        self.rare = set(_content.critical_facts(ruleset.rules))
+        tested = {p.fact for p in patterns}
+
+        def of_kind(kind: str) -> list[str]:
+            return [n for n, c in vs.concepts.items() if c.kind == kind and self.codings[n]]
+
+        self.kinds = {n: c.kind for n, c in vs.concepts.items()}
+        self.displays = {n: c.display for n, c in vs.concepts.items()}
+        self.ingredients = {n: list(c.ingredients) for n, c in vs.concepts.items()}
+        self.labs: dict[str, _Lab] = {}
+        for name in of_kind("lab"):
+            analyte = vs.analytes.get(name)
+            if analyte is None:  # a lab concept without analyte data never becomes a fact
+                continue
+            low, high = _content.plausible(analyte)
+            tests = [t for p in patterns if p.fact == name for t in p.tests if t.field == "value"]
+            near = [p for v in dict.fromkeys(_content.thresholds(tests))
+                    for p in (v, *_content.around(v)) if low <= p <= high]
+            factors = _content.unit_factors(analyte)
+            self.labs[name] = _Lab(
+                name=name, display=vs.concepts[name].display, factors=factors,
+                codings={u: _content.lab_codings(self.codings[name], factors, u)
+                         for u in factors},
+                near=tuple(near), normal=_normal(tests, low, high),
+                lookback=analyte.lookback_days,
+                rate=_LAB_RATE if name in tested else _OTHER_LAB_RATE)
+        self.findings = [n for n in of_kind("finding") if n not in self.rare]
+        self.red_flags = [n for n in of_kind("finding") if n in self.rare]
+        self.conditions = of_kind("condition")
+        self.medications = of_kind("medication")
+        self.allergies = of_kind("allergy")
+        self.sites = of_kind("body_site")
+        # qualifiers a finding can carry as a component: those that are finding fields
+        self.qualifiers = [n for n in of_kind("qualifier") if n in FIELDS["finding"]]
+        self.finding_sites: dict[str, list[str]] = {}
+        self.finding_qualifiers: dict[str, list[str]] = {}
+        for pattern in patterns:
+            for test in pattern.tests:
+                if test.field == "site":
+                    names = test.value if test.op == "in" else (test.value,)
+                    found = self.finding_sites.setdefault(pattern.fact, [])
+                    found += [s for s in names if s in self.sites and s not in found]
+                elif test.field in self.qualifiers:
+                    found = self.finding_qualifiers.setdefault(pattern.fact, [])
+                    if test.field not in found:
+                        found.append(test.field)
+        terminology = ruleset.terminology
+        self.unrelated_labs = [lab for lab in _content.UNRELATED_LABS
+                               if not terminology.concepts_of_coding(LOINC, lab[0])]
+        self.unrelated_conditions = [c for c in _content.UNRELATED_CONDITIONS
+                                     if not terminology.concepts_of_coding(SNOMED, c[0])]
+        # rules a patient can be aimed at: none tests a red flag, directly or
+        # through the facts it derives
+        self.producers: dict[str, list[CompiledRule]] = {}
+        for rule in ruleset.rules:
+            for action in rule.rule.then:
+                if action.derive:
+                    self.producers.setdefault(action.derive, []).append(rule)
+        self.aimable = [r for r in ruleset.rules
+                        if not self._critical(r, ()) and (r.all or r.any)]
+
+    def _critical(self, rule: CompiledRule, seen: tuple[str, ...]) -> bool:
+        for pattern in (*rule.all, *rule.any):
+            if pattern.fact in self.rare:
+                return True
+            if pattern.fact in self.producers and pattern.fact not in seen and all(
+                    self._critical(r, (*seen, pattern.fact))
+                    for r in self.producers[pattern.fact]):
+                return True
+        return False
+
+    def aim(self, rng: random.Random, rule: CompiledRule, depth: int = 0) -> list[Pattern]:
+        """The patterns of fact concepts that make ``rule`` fire: every ``all``
+        pattern and one ``any`` pattern, derived facts through a rule deriving
+        them that raises no red flag."""
+        chosen = [*rule.all, *([rng.choice(rule.any)] if rule.any else [])]
+        out: list[Pattern] = []
+        for pattern in chosen:
+            producers = [r for r in self.producers.get(pattern.fact, ())
+                         if not self._critical(r, ())]
+            if producers:
+                if depth < 3:
+                    out += self.aim(rng, rng.choice(producers), depth + 1)
+            elif pattern.fact in self.kinds:
+                out.append(pattern)
+        return out
+
+
+def _passing(tests: Sequence[Test], field_name: str, choices: Sequence[Any]) -> list[Any]:
+    """The ``choices`` that pass the tests on ``field_name`` (all of them when
+    there is none)."""
+    on = [t for t in tests if t.field == field_name]
+    return [c for c in choices if all(t.holds({field_name: c}) for t in on)]
 
 
 @dataclass(frozen=True)
@@ -155,12 +258,14 @@ class GeneratedCohort:
 class _Patient:
     """The resources of one synthetic patient, drawn from its own generator."""
 
-    def __init__(self, seed: int, index: int, as_of: datetime) -> None:
+    def __init__(self, content: _Content, seed: int, index: int, as_of: datetime) -> None:
+        self.content = content
         self.rng = random.Random(f"cdss-cohort:{seed}:{index}")
         self.pid = f"pt{index:07d}"
         self.as_of = as_of
         self.serial = 0
         self.out: list[tuple[str, dict[str, Any]]] = []
+        self.aimed: dict[str, list[Pattern]] = {}
 
     def next_id(self, prefix: str) -> str:
         self.serial += 1
@@ -183,6 +288,17 @@ class _Patient:
     def subject(self) -> dict[str, str]:
         return {"reference": f"Patient/{self.pid}"}
 
+    def coding(self, concept: str) -> dict[str, str]:
+        system, code, display = self.rng.choice(self.content.codings[concept])
+        out = {"system": system, "code": code}
+        if display:
+            out["display"] = display
+        return out
+
+    def take(self, concept: str) -> list[Pattern]:
+        """The patterns this patient is aimed at for ``concept`` (used once)."""
+        return self.aimed.pop(concept, [])
+
     # -------------------------------------------------------------- patient
     def patient(self) -> None:
         rng = self.rng
@@ -200,161 +316,241 @@ class _Patient:
         res["name"] = [{"family": f"Test{rng.randrange(1000):03d}", "given": ["Synthetic"]}]
         self.add(res)
 
+    def aim(self) -> None:
+        """Some patients are aimed at a rule: the facts that make it fire."""
+        rules = self.content.aimable
+        if rules and self.rng.random() < _AIMED:
+            for pattern in self.content.aim(self.rng, self.rng.choice(rules)):
+                self.aimed.setdefault(pattern.fact, []).append(pattern)
+
     # ----------------------------------------------------------------- labs
     def labs(self) -> None:
         rng = self.rng
-        for analyte in _LAB_ORDER:
-            if rng.random() >= _LAB_RATE[analyte]:
-                continue
-            lookback = _LOOKBACK.get(analyte, 30)
-            for _ in range(rng.choices((1, 2, 3), (0.7, 0.22, 0.08))[0]):
-                self.lab(analyte, lookback)
+        for lab in self.content.labs.values():
+            count = 0
+            if rng.random() < lab.rate:
+                count = rng.choices((1, 2, 3), (0.7, 0.22, 0.08))[0]
+            for pattern in self.take(lab.name):
+                values = _passing(pattern.tests, "value", lab.near)
+                self.lab(lab, rng.choice(values) if values else None)
+            for _ in range(count):
+                self.lab(lab, None)
+        for code, display, value, unit in self.content.unrelated_labs:
+            if rng.random() < _UNRELATED_RATE:
+                self.add({
+                    "resourceType": "Observation", "id": self.next_id("obs"), "status": "final",
+                    "category": [{"coding": [{"system": _CATEGORY, "code": "vital-signs"}]}],
+                    "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+                    "subject": self.subject(), "effectiveDateTime": self.when(
+                        rng.uniform(0, 400)),
+                    "valueQuantity": {"value": value, "unit": unit, "system": UCUM,
+                                      "code": unit}})
 
-    def lab(self, analyte: str, lookback: int) -> None:
+    def lab(self, lab: _Lab, canonical: float | None) -> None:
+        """A result of ``lab``: ``canonical`` (canonical unit), or a value
+        drawn near a threshold or in the normal range."""
         rng = self.rng
-        forms, values = _LABS[analyte]
-        code, unit, factor, ucum = rng.choice(forms)
-        if rng.random() < 0.45:
-            canonical = rng.choice(values)  # near a threshold
-        else:
-            low, high, decimals = _NORMAL[analyte]
-            canonical = round(rng.uniform(low, high), decimals)
+        if canonical is None:
+            if lab.near and rng.random() < _NEAR_THRESHOLD:
+                canonical = rng.choice(lab.near)
+            else:
+                low, high, decimals = lab.normal
+                canonical = round(rng.uniform(low, high), decimals)
+        units = list(lab.factors)
+        unit = rng.choice([units[0], *units])  # the canonical unit most often
         age = rng.random()
         days: float
         if age < 0.1:
-            days = lookback + rng.randrange(1, 400)  # stale: outside the lookback
+            days = lab.lookback + rng.randrange(1, 400)  # stale: outside the lookback
         elif age < 0.12:
             days = -rng.randrange(1, 30)  # future-dated
         else:
-            days = rng.uniform(0, lookback * 0.95)
+            days = rng.uniform(0, lab.lookback * 0.95)
         status = rng.choices(("final", "amended", "corrected", "preliminary",
                               "entered-in-error", "registered"),
                              (0.9, 0.02, 0.02, 0.03, 0.02, 0.01))[0]
-        value = round(canonical * factor, 4 if factor == 1.0 else 3)
-        quantity: dict[str, Any] = {"value": int(value) if value == int(value) and
-                                    rng.random() < 0.3 else value, "unit": unit}
-        if ucum:
-            quantity.update(system=UCUM, code=unit)
+        value = _content.written(canonical, lab.factors[unit])
+        number: float | int = int(value) if value == int(value) and rng.random() < 0.3 else value
+        quantity: dict[str, Any]
+        if rng.random() < 0.3:  # unit as text only, in one of its spellings
+            quantity = {"value": number,
+                        "unit": rng.choice((unit, *_content.SPELLINGS.get(unit, ())))}
+        else:
+            quantity = {"value": number, "unit": unit, "system": UCUM, "code": unit}
         if rng.random() < 0.015:
             quantity["comparator"] = "<"
+        system, code, display = rng.choice(lab.codings[unit])
+        coding = {"system": system, "code": code, **({"display": display} if display else {})}
         when = self.when(days)
         res: dict[str, Any] = {
             "resourceType": "Observation", "id": self.next_id("lab"), "status": status,
             "category": [{"coding": [{"system": _CATEGORY, "code": "laboratory"}]}],
-            "code": {"coding": [{"system": LOINC, "code": code}], "text": analyte},
+            "code": {"coding": [coding], "text": lab.display},
             "subject": self.subject(), "effectiveDateTime": when, "valueQuantity": quantity,
         }
         if "T" in when and rng.random() < 0.5:
             res["issued"] = when
         self.add(res)
+        if rng.random() < 0.02:  # sent twice
+            self.add(res)
 
     # ------------------------------------------------------------- findings
     def findings(self) -> None:
         rng = self.rng
-        symptomatic = rng.random() < 0.6
-        for code, rate in _FINDINGS:
-            if not symptomatic or rng.random() >= rate:
-                continue
-            self.finding(code, present=rng.random() < 0.9)
-        if rng.random() < 0.02:  # red flags, rare
-            for code in rng.sample(_RED_FLAGS, rng.choice((1, 1, 2))):
-                self.finding(code, present=True)
-        if rng.random() < 0.03:  # a recorded absence
-            self.finding(rng.choice(_RED_FLAGS), present=False)
+        content = self.content
+        symptomatic = rng.random() < _SYMPTOMATIC
+        for name in content.findings:
+            for pattern in self.take(name):
+                self.finding(name, pattern.tests)
+            if symptomatic and rng.random() < _FINDING_RATE:
+                self.finding(name, (), present=rng.random() < 0.9)
+        if content.red_flags:
+            if rng.random() < _RED_FLAG_RATE:  # red flags, rare
+                for name in rng.sample(content.red_flags,
+                                       min(len(content.red_flags), rng.choice((1, 1, 2)))):
+                    self.finding(name, (), present=True)
+            if rng.random() < 0.03:  # a recorded absence
+                self.finding(rng.choice(content.red_flags), (), present=False)
 
-    def finding(self, code: str, *, present: bool) -> None:
+    def finding(self, name: str, tests: Sequence[Test], *, present: bool | None = None) -> None:
+        """A finding of ``name``; with ``tests`` (a pattern aimed at), one that
+        passes them."""
         rng = self.rng
-        days = rng.uniform(0, 500) if rng.random() < 0.15 else rng.uniform(0, 300)
+        content = self.content
+        if present is None:
+            statuses = _passing(tests, "status", ("present", "absent")) or ["present"]
+            present = rng.choice(statuses) == "present"
+        lookback = content.finding_lookback
+        days = rng.uniform(0, lookback * 1.4) if rng.random() < 0.15 and not tests else \
+            rng.uniform(0, lookback * 0.8)
         res: dict[str, Any] = {
             "resourceType": "Observation", "id": self.next_id("obs"),
             "status": rng.choices(("final", "preliminary", "entered-in-error"),
                                   (0.95, 0.03, 0.02))[0],
             "category": [{"coding": [{"system": _CATEGORY, "code": "exam"}]}],
-            "code": {"coding": [{"system": LOCAL, "code": code}]},
+            "code": {"coding": [self.coding(name)]},
             "subject": self.subject(), "effectiveDateTime": self.when(days),
         }
         form = rng.random()
         if form < 0.6:
             res["valueBoolean"] = present
         elif form < 0.85:
-            res["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": (
-                "373066001" if present else "373067005")}]}
+            res["valueCodeableConcept"] = {"coding": [{"system": SNOMED,
+                                                       "code": _YES if present else _NO}]}
         elif not present:
             res["valueBoolean"] = False
-        if code == "leg-cramps":
-            if rng.random() < 0.7:
-                site = rng.choices(("calf", "thigh", "foot"), (0.8, 0.12, 0.08))[0]
-                res["bodySite"] = {"coding": [{"system": LOCAL, "code": site}]}
-            if rng.random() < 0.6:
-                res["component"] = [{"code": {"coding": [{"system": LOCAL,
-                                                          "code": "nocturnal"}]},
-                                     "valueBoolean": rng.random() < 0.7}]
-        elif code == "heel-pain" and rng.random() < 0.5:
-            res["bodySite"] = {"coding": [{"system": LOCAL, "code": "heel"}]}
+        tested = content.finding_sites.get(name, [])
+        wanted = [t for t in tests if t.field == "site"]
+        if wanted:
+            sites = _passing(tests, "site", content.sites)
+            site = rng.choice(sites) if sites else None
+        elif tested and rng.random() < 0.7:
+            others = [s for s in content.sites if s not in tested]
+            site = rng.choice(tested if not others or rng.random() < 0.8 else others)
+        elif content.sites and rng.random() < 0.1:
+            site = rng.choice(content.sites)
+        else:
+            site = None
+        if site:
+            res["bodySite"] = {"coding": [self.coding(site)]}
+        components = []
+        for qualifier in content.finding_qualifiers.get(name, []):
+            values = _passing(tests, qualifier, (True, False))
+            if [t for t in tests if t.field == qualifier]:
+                if not values:
+                    continue
+                value = rng.choice(values)
+            elif rng.random() < 0.6:
+                value = rng.random() < 0.7
+            else:
+                continue
+            components.append({"code": {"coding": [self.coding(qualifier)]},
+                               "valueBoolean": value})
+        if components:
+            res["component"] = components
         self.add(res)
 
     # ----------------------------------------------------------- conditions
     def conditions(self) -> None:
         rng = self.rng
-        for snomed, icd, display, rate in _CONDITIONS:
-            if rng.random() >= rate:
-                continue
-            system, code = (SNOMED, snomed) if rng.random() < 0.5 else (ICD10CM, icd)
-            res: dict[str, Any] = {
-                "resourceType": "Condition", "id": self.next_id("cond"),
-                "code": {"coding": [{"system": system, "code": code, "display": display}]},
-                "subject": self.subject(),
-                "recordedDate": self.when(rng.uniform(0, 2000), time=True),
-            }
-            clinical = rng.choices(("active", "resolved", "inactive", None),
-                                   (0.8, 0.1, 0.05, 0.05))[0]
-            if clinical:
-                res["clinicalStatus"] = {"coding": [{"system": _COND_CLINICAL,
-                                                     "code": clinical}]}
-            verification = rng.choices(("confirmed", "provisional", "entered-in-error",
-                                        "refuted"), (0.9, 0.05, 0.03, 0.02))[0]
-            res["verificationStatus"] = {"coding": [{"system": _COND_VERIFICATION,
-                                                     "code": verification}]}
-            if rng.random() < 0.5:
-                res["onsetDateTime"] = self.when(rng.uniform(0, 3000), time=False)
-            self.add(res)
+        for name in self.content.conditions:
+            aimed = self.take(name)
+            rate = _RARE_CONDITION_RATE if name in self.content.rare else _CONDITION_RATE
+            for _ in range(len(aimed) + (rng.random() < rate)):
+                self.condition(self.coding(name))
+        for code, display in self.content.unrelated_conditions:
+            if rng.random() < _UNRELATED_RATE:
+                self.condition({"system": SNOMED, "code": code, "display": display})
+
+    def condition(self, coding: dict[str, str]) -> None:
+        rng = self.rng
+        res: dict[str, Any] = {
+            "resourceType": "Condition", "id": self.next_id("cond"),
+            "code": {"coding": [coding]},
+            "subject": self.subject(),
+            "recordedDate": self.when(rng.uniform(0, 2000), time=True),
+        }
+        clinical = rng.choices(("active", "resolved", "inactive", None),
+                               (0.8, 0.1, 0.05, 0.05))[0]
+        if clinical:
+            res["clinicalStatus"] = {"coding": [{"system": _COND_CLINICAL, "code": clinical}]}
+        verification = rng.choices(("confirmed", "provisional", "entered-in-error",
+                                    "refuted"), (0.9, 0.05, 0.03, 0.02))[0]
+        res["verificationStatus"] = {"coding": [{"system": _COND_VERIFICATION,
+                                                 "code": verification}]}
+        if rng.random() < 0.5:
+            res["onsetDateTime"] = self.when(rng.uniform(0, 3000), time=False)
+        self.add(res)
 
     # ---------------------------------------------------------- medications
     def medications(self) -> None:
         rng = self.rng
-        for choices, rate in _MEDICATIONS:
-            if rng.random() >= rate:
-                continue
-            code, display = rng.choice(choices)
-            self.add({
-                "resourceType": "MedicationRequest", "id": self.next_id("med"),
-                "status": rng.choices(("active", "stopped", "completed", "entered-in-error"),
-                                      (0.85, 0.08, 0.05, 0.02))[0],
-                "intent": "order",
-                "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code,
-                                                          "display": display}],
-                                              "text": display},
-                "subject": self.subject(),
-                "authoredOn": self.when(rng.uniform(0, 700), time=False),
-            })
+        for name in self.content.medications:
+            aimed = self.take(name)
+            for _ in range(len(aimed) + (rng.random() < _MEDICATION_RATE)):
+                self.medication(name)
+
+    def medication(self, name: str) -> None:
+        rng = self.rng
+        ingredients = self.content.ingredients[name]
+        if ingredients and rng.random() < 0.2:  # a product name, no code
+            text = f"{rng.choice(ingredients).title()} {rng.choice(('10', '25', '40'))} MG " \
+                   "Oral Tablet"
+            codeable: dict[str, Any] = {"text": text}
+        else:
+            coding = self.coding(name)
+            codeable = {"coding": [coding]}
+            if "display" in coding:
+                codeable["text"] = coding["display"]
+        self.add({
+            "resourceType": "MedicationRequest", "id": self.next_id("med"),
+            "status": rng.choices(("active", "stopped", "completed", "entered-in-error"),
+                                  (0.85, 0.08, 0.05, 0.02))[0],
+            "intent": "order",
+            "medicationCodeableConcept": codeable,
+            "subject": self.subject(),
+            "authoredOn": self.when(rng.uniform(0, 700), time=False),
+        })
 
     # ------------------------------------------------------------ allergies
     def allergies(self) -> None:
         rng = self.rng
-        roll = rng.random()
-        if roll < 0.06:
-            code, display = rng.choice(_NUT_ALLERGY)
-        elif roll < 0.12:
-            code, display = rng.choice(_OTHER_ALLERGY)
+        for name in self.content.allergies:
+            aimed = self.take(name)
+            for _ in range(len(aimed) + (rng.random() < _ALLERGY_RATE)):
+                self.allergy(name)
+
+    def allergy(self, name: str) -> None:
+        rng = self.rng
+        cc = {"coding": [self.coding(name)]}
+        res: dict[str, Any] = {"resourceType": "AllergyIntolerance", "id": self.next_id("alg")}
+        if rng.random() < 0.03:  # no clinical status then (FHIR ait-2)
+            res["verificationStatus"] = {"coding": [{"system": _ALLERGY_VERIFICATION,
+                                                     "code": "entered-in-error"}]}
         else:
-            return
-        cc = {"coding": [{"system": SNOMED, "code": code, "display": display}]}
-        res: dict[str, Any] = {
-            "resourceType": "AllergyIntolerance", "id": self.next_id("alg"),
-            "clinicalStatus": {"coding": [{"system": _ALLERGY_CLINICAL, "code": rng.choices(
-                ("active", "inactive"), (0.92, 0.08))[0]}]},
-            "patient": self.subject(),
-        }
+            res["clinicalStatus"] = {"coding": [{"system": _ALLERGY_CLINICAL, "code": rng.choices(
+                ("active", "inactive"), (0.92, 0.08))[0]}]}
+        res["patient"] = self.subject()
         if rng.random() < 0.8:
             res["code"] = cc
         else:
@@ -375,6 +571,7 @@ class _Patient:
 
     def build(self) -> list[tuple[str, dict[str, Any]]]:
         self.patient()
+        self.aim()
         self.labs()
         self.findings()
         self.conditions()
@@ -397,13 +594,23 @@ def _as_of(value: datetime | date | str | None) -> datetime:
     return datetime.combine(value, datetime.min.time(), tzinfo=timezone.utc)
 
 
-def _blocks(patients: int, seed: int, as_of: datetime
+def _resolve(ruleset: Ruleset | str | None) -> Ruleset:
+    if ruleset is None:
+        return load_ruleset()
+    if isinstance(ruleset, Ruleset):
+        return ruleset
+    if isinstance(ruleset, str):
+        return load_ruleset(ruleset)
+    raise InvalidArgument(f"ruleset must be a Ruleset, 'id[@version]' or None, not {ruleset!r}")
+
+
+def _blocks(content: _Content, patients: int, seed: int, as_of: datetime
             ) -> Iterator[list[tuple[str, bytes]]]:
     for start in range(0, patients, _BLOCK):
         lines: list[tuple[str, bytes]] = []
         for index in range(start, min(start + _BLOCK, patients)):
             lines += [(rtype, orjson.dumps(res))
-                      for rtype, res in _Patient(seed, index, as_of).build()]
+                      for rtype, res in _Patient(content, seed, index, as_of).build()]
         random.Random(f"cdss-cohort:{seed}:block:{start}").shuffle(lines)
         yield lines
 
@@ -411,13 +618,17 @@ def _blocks(patients: int, seed: int, as_of: datetime
 def generate_cohort(
     patients: int,
     *,
+    ruleset: Ruleset | str | None = None,
     seed: int = 0,
     out: str | Path,
     as_of: datetime | date | str | None = None,
     observation_files: int = 2,
     gzip_files: bool = False,
 ) -> GeneratedCohort:
-    """Write a synthetic bulk export of ``patients`` patients into ``out``.
+    """Write a synthetic bulk export of ``patients`` patients into ``out``,
+    with the clinical content ``ruleset`` reads (a :class:`Ruleset`, or
+    ``"id[@version]"``; default: the default ruleset of
+    :func:`cdss.rulesets.load_ruleset`).
 
     ``as_of`` (default 2026-03-01) is the date the data is relative to: screen
     it with the same ``as_of``. Observations are spread over
@@ -433,6 +644,7 @@ def generate_cohort(
     if observation_files < 2:
         raise InvalidArgument("observation_files must be at least 2")
     when = _as_of(as_of)
+    content = _Content(_resolve(ruleset))
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     suffix = ".ndjson.gz" if gzip_files else ".ndjson"
@@ -453,7 +665,7 @@ def generate_cohort(
                     gzip.GzipFile(path, "wb", mtime=0, compresslevel=5)  # type: ignore[assignment]
                     if gzip_files else path.open("wb"))
                 per_file[name] = 0
-        for block in _blocks(patients, seed, when):
+        for block in _blocks(content, patients, seed, when):
             for rtype, line in block:
                 files = names[rtype]
                 name = files[pick.randrange(len(files))] if len(files) > 1 else files[0]
@@ -465,7 +677,8 @@ def generate_cohort(
             handle.close()
     manifest = {
         "transactionTime": when.isoformat().replace("+00:00", "Z"),
-        "request": f"cdss generate --patients {patients} --seed {seed}",
+        "request": f"cdss generate --patients {patients} --seed {seed} "
+                   f"--ruleset {content.spec}",
         "requiresAccessToken": False,
         "output": [{"type": rtype, "url": name, "count": per_file[name]}
                    for rtype in TYPES for name in names[rtype]],

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from cdss.errors import InvalidArgument
 from cdss.evaluation import resolve_as_of, resolve_ruleset
-from cdss.rulesets import Analyte, CompiledRule, Pattern, Ruleset, Test
+from cdss.rulesets import Analyte, CompiledRule, Pattern, Ruleset, Test, _content
 from cdss.terminology import LOINC, SNOMED, UCUM
 from cdss.units import convert
 
@@ -71,31 +71,12 @@ _ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintoleranc
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FACT_KINDS = ("lab", "finding", "condition", "medication", "allergy")
 
-# Amount-of-substance concentrations, in mmol/L per unit. Equivalents use the
-# analyte's valence and mass concentrations its molar mass (both data).
-_MOLAR = {"mmol/L": 1.0, "umol/L": 1e-3}
-_MASS = {"mg/dL": 1.0}  # mg/dL per unit
-_EQUIVALENTS = "meq/L"
-# How EHR feeds write these units as plain text, without a UCUM coding; every
-# spelling here is one cdss reads (checked by the test suite).
-_SPELLINGS: dict[str, tuple[str, ...]] = {
-    "mmol/L": ("mmol/l",),
-    "umol/L": ("umol/l", "µmol/L"),
-    "meq/L": ("mEq/L", "meq/l"),
-    "mg/dL": ("mg/dl",),
-    "mosm/kg": ("mOsm/kg",),
-    "mL/min/{1.73_m2}": ("mL/min/1.73m2",),
-}
 # Units that are valid UCUM but convert to no analyte concentration, tried in
 # order to make a value indeterminate.
 _UNCONVERTIBLE = ("U/L", "[IU]/L", "kg")
-# Resources of other types, and codes no clinical ruleset is expected to map.
-_UNRELATED_LABS = (("718-7", "Hemoglobin [Mass/volume] in Blood", 13.5, "g/dL"),
-                   ("8867-4", "Heart rate", 72, "/min"),
-                   ("29463-7", "Body weight", 70.5, "kg"))
-_UNRELATED_CONDITIONS = (("38341003", "Hypertensive disorder"),
-                         ("195967001", "Asthma"),
-                         ("40055000", "Chronic sinusitis"))
+_SPELLINGS = _content.SPELLINGS
+_UNRELATED_LABS = _content.UNRELATED_LABS
+_UNRELATED_CONDITIONS = _content.UNRELATED_CONDITIONS
 
 
 # --------------------------------------------------------------------------- #
@@ -132,44 +113,11 @@ def unit_factors(analyte: Analyte) -> dict[str, float]:
     valence (for meq/L) or molar mass (for mg/dL and the molar units) allows
     the conversion; other analytes are written in their canonical unit only.
     """
-    canonical = analyte.canonical_unit
-    mass = analyte.molar_mass_g_per_mol
-    valence = analyte.valence
-
-    def mmol_per(unit: str) -> float | None:
-        if unit in _MOLAR:
-            return _MOLAR[unit]
-        if unit == _EQUIVALENTS:
-            return 1.0 / valence if valence else None
-        if unit in _MASS:
-            return _MASS[unit] * 10.0 / mass if mass else None
-        return None
-
-    factors = {canonical: 1.0}
-    base = mmol_per(canonical)
-    if base is None:
-        return factors
-    for unit in (*_MOLAR, _EQUIVALENTS, *_MASS):
-        per = mmol_per(unit)
-        if unit != canonical and per is not None:
-            factors[unit] = per / base
-    return factors
+    return _content.unit_factors(analyte)
 
 
-def _significant(value: float, digits: int = 12) -> float:
-    return float(f"{value:.{digits}g}")
-
-
-def _written(canonical_value: float, factor: float) -> float:
-    """``canonical_value`` written in a unit of ``factor``, as short as it can
-    be while reading back as the same canonical value (cdss keeps ten
-    significant digits)."""
-    raw = canonical_value / factor
-    for digits in (6, 9, 12):
-        short = _significant(raw, digits)
-        if _significant(short * factor, 10) == _significant(canonical_value, 10):
-            return short
-    return raw
+_significant = _content.significant
+_written = _content.written
 
 
 # --------------------------------------------------------------------------- #
@@ -270,10 +218,7 @@ class _Kit:
         # string hash order of the process (PYTHONHASHSEED)
         self.kinds.update({name: "derived" for name in sorted(ruleset.derived_facts)})
         self.kinds["patient"] = "patient"
-        self.codings: dict[str, list[tuple[str, str, str | None]]] = {
-            name: [(vs.systems.get(c.system, c.system), c.code, c.display) for c in concept.codes]
-            for name, concept in vs.concepts.items()
-        }
+        self.codings: dict[str, list[_content.Coding]] = _content.concept_codings(vs)
         self.units = {name: unit_factors(a) for name, a in vs.analytes.items()}
         self.sites = [n for n, c in vs.concepts.items() if c.kind == "body_site" and c.codes]
         self.qualifiers = [n for n, c in vs.concepts.items()
@@ -337,24 +282,13 @@ class _Kit:
 
     # -- values ----------------------------------------------------------
     def plausible(self, analyte: str) -> tuple[float, float]:
-        spec = self.valuesets.analytes[analyte]
-        if spec.plausible is not None:
-            return float(spec.plausible[0]), float(spec.plausible[1])
-        return 0.0, 1e6
+        return _content.plausible(self.valuesets.analytes[analyte])
 
     def lab_codings(self, concept: str, unit: str | None) -> list[tuple[str, str, str | None]]:
         """The concept's codings, those whose display names the kind of
         quantity ``unit`` measures first (a mass unit under a Mass/volume LOINC
         code), so that generated labs look like real ones."""
-        codings = self.codings[concept]
-        factors = self.units.get(concept, {})
-        if unit is None or len(factors) < 2:
-            return codings
-        wanted = "[Mass/" if unit in _MASS else "[Moles/" if unit in (*_MOLAR, _EQUIVALENTS) \
-            else None
-        fitting = [c for c in codings if wanted and c[2] and wanted in c[2]]
-        neutral = [c for c in codings if not (c[2] and ("[Mass/" in c[2] or "[Moles/" in c[2]))]
-        return fitting or neutral or codings
+        return _content.lab_codings(self.codings[concept], self.units.get(concept, {}), unit)
 
 
 def _kit(ruleset: Ruleset, as_of: datetime, patient_id: str) -> _Kit:
@@ -825,24 +759,14 @@ def _aspects(kind: str, tests: Sequence[Test]) -> list[str]:
     return fields
 
 
-def _steps(value: float) -> tuple[float, float]:
-    exponent = math.floor(math.log10(abs(value))) if value else 0
-    return 10.0 ** (exponent - 3), 10.0 ** (exponent - 1)
+_steps = _content.steps
 
 
 def _numbers(tests: Sequence[Test], low: float, high: float) -> tuple[list[float], int]:
     """Values at, just below and just above every threshold of ``tests``
     (and a coarse step further), inside ``[low, high]``: those that pass all
     the tests first, and how many do."""
-    points: list[float] = []
-    for test in tests:
-        values = test.value if test.op == "in" else (test.value,)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                continue
-            fine, coarse = _steps(float(v))
-            points += [_significant(float(v) + d) for d in (0.0, -fine, fine, -coarse, coarse)]
-    unique = [p for i, p in enumerate(points) if p not in points[:i] and low <= p <= high]
+    unique = _content.boundary_points(tests, low, high)
     passing = [p for p in unique if all(t.holds({tests[0].field: p}) for t in tests)]
     return passing + [p for p in unique if p not in passing], len(passing)
 
