@@ -563,3 +563,33 @@ def test_a_site_concept_map_and_time_zone_apply_and_no_engine_thread_runs(
     assert cards[0]["indicator"] == "critical"  # the site's saddle-numbness code, mapped
     with pytest.raises(cdss.CDSSError, match="Mars/Olympus"):
         create_app(rulesets=("plantar-cramps",), timezone="Mars/Olympus", insecure_dev=True)
+
+
+def _without_uuids(body: dict[str, Any]) -> list[dict[str, Any]]:
+    cards = orjson.loads(orjson.dumps(body["cards"]))
+    for card in cards:
+        card.pop("uuid", None)
+        for suggestion in card.get("suggestions", []):
+            suggestion.pop("uuid", None)
+    return cards  # type: ignore[no-any-return]
+
+
+def test_lean_intake_gives_the_cards_strict_intake_gives(rs: cdss.Ruleset) -> None:
+    unreadable = lab("bad", "2823-3", 3.2, "mmol/L", when="2026-02-31", pid="i1")
+    records = {"i1": [*red_flags("i1"), unreadable], "i2": low_potassium("i2"), "i3": []}
+    answers: dict[str, list[Any]] = {}
+    for intake in ("strict", "lean"):
+        app = create_app(rulesets=(SPEC,), clock=lambda: NOW, insecure_dev=True, intake=intake)
+        with serve_in_background(app) as url:
+            for pid, record in records.items():
+                r = httpx.post(f"{url}/cds-services/plantar-cramps", json=call(rs, pid, record))
+                assert r.status_code == 200, r.text
+                answers.setdefault(pid, []).append(_without_uuids(r.json()))
+    for cards in answers["i1"]:  # each intake words its reason its own way
+        incomplete = [c for c in cards if c["summary"].startswith("Incomplete assessment")]
+        assert len(incomplete) == 1
+        assert "`Observation/bad` `effectiveDateTime`" in incomplete[0].pop("detail")
+    for pid, (strict, lean) in answers.items():
+        assert strict == lean, pid
+    with pytest.raises(cdss.CDSSError, match="intake must be 'strict' or 'lean'"):
+        create_app(rulesets=(SPEC,), insecure_dev=True, intake="fast")

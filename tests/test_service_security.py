@@ -1060,6 +1060,9 @@ def test_logs_of_a_full_run_hold_no_patient_data(
     ({"public_url": "https://cds.example.org", "issuers": [
         {"issuer": ISS_A, "jwks_url": "https://e/j"}], "timezone": "Mars/Olympus"},
      "timezone", "not a known IANA time zone"),
+    ({"public_url": "https://cds.example.org", "issuers": [
+        {"issuer": ISS_A, "jwks_url": "https://e/j"}], "intake": "fast"},
+     "intake", "'strict' or 'lean'"),
 ])
 def test_configuration_errors_name_the_field(tmp_path: Path, content: dict[str, Any],
                                              field: str, says: str) -> None:
@@ -1219,3 +1222,8 @@ def test_the_configuration_names_the_sites_concept_maps_and_time_zone(
     assert config is not None
     assert config.concept_maps == (str(tmp_path / "site" / "map.yaml"),)
     assert config.timezone == "Europe/Berlin"
+    assert config.intake == "strict"  # the default
+    (tmp_path / "lean.yaml").write_text(
+        (tmp_path / "service.yaml").read_text() + "intake: lean\n")
+    lean = load_config(tmp_path / "lean.yaml", environ={})
+    assert lean is not None and lean.intake == "lean"

@@ -67,6 +67,9 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(
             help="log level: critical, error, warning, info, debug")] = "info",
         concept_maps: ConceptMaps = None,
+        intake: Annotated[str | None, typer.Option(
+            help="how records are read: strict or lean (default: the configuration's, "
+                 "else strict)")] = None,
         timezone: Annotated[str | None, typer.Option(
             "--timezone", help="IANA time zone of times sent without one (default: the "
                                "configuration's, else UTC)")] = None,
@@ -98,7 +101,7 @@ def register(app: typer.Typer) -> None:
             settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
                 rulesets=tuple(ruleset) if ruleset else None, paths=paths,
-                concept_maps=tuple(concept_maps or ()), timezone=timezone,
+                concept_maps=tuple(concept_maps or ()), timezone=timezone, intake=intake,
                 config=settings, insecure_dev=insecure_dev,
                 allowed_fhir_servers=fhir_server or None,
                 cors_origins=tuple(cor for cor in (cors_origin or ["*"])))

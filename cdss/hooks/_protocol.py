@@ -505,17 +505,19 @@ def _check_hook(request: HookRequest) -> None:
 def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
                      fetched: Mapping[str, Any] | None = None,
                      as_of: datetime | date | str | None = None,
-                     timezone: str = "UTC") -> dict[str, Any]:
+                     timezone: str = "UTC", mode: str = "strict") -> dict[str, Any]:
     """Evaluate ``request`` with its prefetch plus the ``fetched`` values of
     the keys it lacked, and return the response body ``{"cards": [...]}``.
     A resource that cannot be read is left out (a warning card says which);
-    ``timezone`` is the zone of times the EHR sent without one."""
+    ``timezone`` is the zone of times the EHR sent without one; ``mode`` the
+    intake (``strict`` or ``lean``, as :func:`cdss.evaluate` takes it)."""
     from cdss.evaluation import evaluate
 
     _check_hook(request)
     record = _record(request, ruleset, fetched or {})
     try:
-        assessment = evaluate(record, ruleset=ruleset, as_of=as_of, timezone=timezone)
+        assessment = evaluate(record, ruleset=ruleset, as_of=as_of, timezone=timezone,
+                              mode=mode)
     except InputError as exc:
         raise HookRequestError(f"the patient's data cannot be used: {exc}") from None
     if assessment.patient not in (None, request.patient_reference):
@@ -527,7 +529,7 @@ def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
 def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
                         ruleset: Ruleset, *, fetch: Fetch | None = None,
                         as_of: datetime | date | str | None = None,
-                        timezone: str = "UTC") -> dict[str, Any]:
+                        timezone: str = "UTC", mode: str = "strict") -> dict[str, Any]:
     """Answer a ``patient-view`` call: ``{"cards": [...]}``.
 
     The record comes from ``prefetch``; keys it lacks are fetched from
@@ -535,7 +537,7 @@ def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
     (default: :func:`http_fetch`, httpx with a timeout), following the pages of
     a search. Raises :class:`HookRequestError`: 400 for a malformed request or
     unusable data, 412 when data is missing and cannot be fetched. ``as_of``
-    defaults to now.
+    defaults to now; ``mode`` is the intake (``strict`` or ``lean``).
     """
     req = request if isinstance(request, HookRequest) else validate_request(request)
     _check_hook(req)
@@ -547,4 +549,5 @@ def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
         headers = fetch_headers(req)
         for key, url in missing.items():
             fetched[key] = collect_pages(url, headers, get, req.fhirServer)
-    return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of, timezone=timezone)
+    return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of, timezone=timezone,
+                            mode=mode)

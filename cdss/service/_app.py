@@ -137,11 +137,13 @@ class _Settings:
     dev_servers: list[AllowedServer] | None
     zone_name: str
     limit: Limits
+    intake: str = "strict"
 
 
 def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | None,
               paths: Sequence[str | Path] | None, concept_maps: Sequence[str | Path],
               timezone: str | None, config: ServiceConfig | str | Path | None,
+              intake: str | None,
               insecure_dev: bool, allowed_fhir_servers: Sequence[str] | None,
               limits: Limits | None) -> _Settings:
     """The settings, or the error that stops the service at start."""
@@ -170,7 +172,10 @@ def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | Non
     if not services:
         raise InvalidArgument("the service needs at least one ruleset")
     limit = limits or (config.limits if config is not None else Limits())
-    return _Settings(services, config, dev_servers, zone_name, limit)
+    mode = intake or (config.intake if config is not None else "strict")
+    if mode not in ("strict", "lean"):
+        raise InvalidArgument(f"intake must be 'strict' or 'lean', not {mode!r}")
+    return _Settings(services, config, dev_servers, zone_name, limit, mode)
 
 
 def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
@@ -257,7 +262,8 @@ class _Service:
         """The cards, from the evaluation thread within the evaluation timeout (else 503)."""
         as_of = self.clock() if self.clock is not None else None
         work = self.runtime.worker().submit(functools.partial(
-            evaluate_in_thread, req, rs, fetched, as_of, self.settings.zone_name))
+            evaluate_in_thread, req, rs, fetched, as_of, self.settings.zone_name,
+            self.settings.intake))
         try:
             return await asyncio.wait_for(work, timeout=self.limit.evaluation_timeout_seconds)
         except asyncio.TimeoutError:
@@ -379,6 +385,7 @@ def create_app(
     paths: Sequence[str | Path] | None = None,
     concept_maps: Sequence[str | Path] = (),
     timezone: str | None = None,
+    intake: str | None = None,
     config: ServiceConfig | str | Path | None = None,
     insecure_dev: bool = False,
     allowed_fhir_servers: Sequence[str] | None = None,
@@ -396,7 +403,11 @@ def create_app(
     ruleset folders and ``concept_maps`` a site's code maps to the rulesets
     named by spec (after the configuration's). Rulesets are loaded here, so a
     bad one fails at start. ``timezone`` (IANA; default the configuration's,
-    else UTC) is the zone of times an EHR sends without one.
+    else UTC) is the zone of times an EHR sends without one. ``intake``
+    (default the configuration's, else ``strict``) is how records are read:
+    ``strict`` validates every resource that can give a fact with
+    fhir.resources, ``lean`` only the fields the facts read (the same facts
+    and the same records refused, in less time).
 
     ``config`` (a :class:`~cdss.service.ServiceConfig` or the path of
     its file) names the trusted CDS clients, their keys and FHIR servers, and
@@ -413,7 +424,8 @@ def create_app(
     entry)`` receives each feedback entry.
     """
     settings = _settings(rulesets=rulesets, paths=paths, concept_maps=concept_maps,
-                         timezone=timezone, config=config, insecure_dev=insecure_dev,
+                         timezone=timezone, intake=intake, config=config,
+                         insecure_dev=insecure_dev,
                          allowed_fhir_servers=allowed_fhir_servers, limits=limits)
     quiet_http_loggers()
     service = _Service(settings, clock=clock, fetch=fetch, on_feedback=on_feedback)

@@ -280,6 +280,9 @@ class ServiceConfig(_Strict):
     concept_maps: tuple[str, ...] = ()
     #: IANA time zone of times the EHR sends without one.
     timezone: str = "UTC"
+    #: How records are read: ``strict`` (fhir.resources) or ``lean`` (only
+    #: the fields the facts read; the same facts, faster).
+    intake: Literal["strict", "lean"] = "strict"
 
     @field_validator("timezone")
     @classmethod

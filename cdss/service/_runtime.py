@@ -35,13 +35,15 @@ def no_cookies() -> http.cookiejar.CookieJar:
 
 
 def evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
-                        as_of: datetime | None, timezone_name: str = "UTC") -> Any:
+                        as_of: datetime | None, timezone_name: str = "UTC",
+                        mode: str = "strict") -> Any:
     """:func:`evaluate_request`, in the evaluation thread. A failure of any kind
     (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
     would stop the event loop) is logged without its message and becomes a
     500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
     try:
-        return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name)
+        return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name,
+                                mode=mode)
     except HookRequestError:
         raise
     except BaseException as exc:
