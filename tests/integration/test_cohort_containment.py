@@ -22,7 +22,7 @@ import pytest
 from cdss.cohort import CohortError, diff, screen
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._inputs import partition_of
-from cdss.cohort._worker import PartitionTask
+from cdss.cohort._worker import PartitionTask, run_partition
 from cdss.errors import InvalidArgument
 from tests.support.builders import lab
 from tests.support.cohort import (
@@ -106,7 +106,7 @@ def test_resuming_an_interrupted_screen_with_a_patient_that_kills_workers_finish
                    if partition_of(f"Patient/segv-{i}", partitions) == partitions - 1)
     data = _cohort(tmp_path / "in", [*_HEALTHY, culprit])
     out = tmp_path / "out"
-    real = cohort_mod.run_partition
+    real = run_partition
 
     def stopped(task: PartitionTask) -> dict[str, Any]:
         if task.partition == partitions - 1:

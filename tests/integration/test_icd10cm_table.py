@@ -101,13 +101,13 @@ def _official(code: str) -> str:
     return str(cm.get_description(code))
 
 
-def test_value_set_files_are_found():
+def test_value_set_files_are_found() -> None:
     assert {"plantar-cramps/valuesets.yaml", "plantar-cramps/sites.yaml",
             "plantar-cramps/valuesets-ehr.yaml"} <= set(FILES)
     assert len(ICD_ENTRIES) > 50
 
 
-def test_package_ships_the_documented_release():
+def test_package_ships_the_documented_release() -> None:
     from importlib import resources
     tabular = [p for p in resources.files("simple_icd_10_cm.data").iterdir()
                if p.name.startswith("icd10") and p.name.endswith(".xml")]
@@ -121,7 +121,7 @@ def test_package_ships_the_documented_release():
 
 
 @pytest.mark.parametrize(("name", "concept", "entry"), ICD_ENTRIES)
-def test_code_exists_with_official_display(name: str, concept: str, entry: dict[str, Any]):
+def test_code_exists_with_official_display(name: str, concept: str, entry: dict[str, Any]) -> None:
     code = str(entry["code"])
     official = _official(code)
     if entry.get("prefix"):
@@ -137,7 +137,7 @@ def test_code_exists_with_official_display(name: str, concept: str, entry: dict[
         f"{name} {concept} {code}: display {display!r}, official {official!r}")
 
 
-def test_frozen_exceptions_are_all_still_needed():
+def test_frozen_exceptions_are_all_still_needed() -> None:
     for (name, code, display), (official, reason) in FROZEN_DISPLAY_EXCEPTIONS.items():
         assert name in FROZEN_FILES, name
         assert reason
@@ -155,7 +155,7 @@ def _sites_of(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("name", "concept", "entry"), SITED_ENTRIES)
-def test_laterality_and_site_values(name: str, concept: str, entry: dict[str, Any]):
+def test_laterality_and_site_values(name: str, concept: str, entry: dict[str, Any]) -> None:
     if "laterality" in entry:
         assert entry["laterality"] in LATERALITIES, entry
     if "site" in entry:
@@ -171,7 +171,7 @@ def test_laterality_and_site_values(name: str, concept: str, entry: dict[str, An
 
 
 @pytest.mark.parametrize("name", sorted(set(FILES) - FROZEN_FILES))
-def test_sided_icd10cm_codes_state_their_side(name: str):
+def test_sided_icd10cm_codes_state_their_side(name: str) -> None:
     data = FILES[name]
     missing = [
         f"{concept}:{entry['code']}" for concept, entry in _entries(data)
@@ -181,7 +181,7 @@ def test_sided_icd10cm_codes_state_their_side(name: str):
 
 
 @pytest.mark.parametrize("name", sorted(n for n, d in FILES.items() if "extends" in d))
-def test_extends_names_existing_concepts(name: str):
+def test_extends_names_existing_concepts(name: str) -> None:
     folder = name.rsplit("/", 1)[0]
     existing: set[str] = set()
     for other, data in FILES.items():

@@ -25,9 +25,11 @@ def facts(*resources: dict) -> cdss.Facts:
                               on_invalid="refuse")
 
 
-def values(fs: cdss.Facts, name: str) -> dict | None:
+def values(fs: cdss.Facts, name: str) -> dict:
+    """The values of the fact ``name``, which must be there."""
     fact = fs.get(name)
-    return None if fact is None else dict(fact.values)
+    assert fact is not None, f"no {name} fact"
+    return dict(fact.values)
 
 
 def notes(fs: cdss.Facts) -> set[tuple[str, str | None]]:

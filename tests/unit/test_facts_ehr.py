@@ -21,11 +21,19 @@ def bilateral(fs: cdss.Facts) -> dict[str, Any] | None:
     return None if fact is None else dict(fact.values)
 
 
+def present(fs: cdss.Facts, name: str) -> dict[str, Any]:
+    """The values of the fact ``name``, which must be there."""
+    fact = fs.get(name)
+    assert fact is not None, f"no {name} fact"
+    return dict(fact.values)
+
+
 def test_a_right_and_a_left_sciatica_code_are_bilateral_leg_symptoms() -> None:
     fs = facts(patient(), condition("r", "M54.31", system=ICD10CM, onset="2026-02-01"),
                condition("l", "M54.32", system=ICD10CM, onset="2026-02-10"))
     assert bilateral(fs) == {"status": "present", "age_days": 19, "laterality": "bilateral"}
-    assert fs.get("bilateral_leg_symptoms").sources == ("Condition/l", "Condition/r")
+    fact = fs.get("bilateral_leg_symptoms")
+    assert fact is not None and fact.sources == ("Condition/l", "Condition/r")
 
 
 def test_one_side_alone_is_not_bilateral() -> None:
@@ -55,7 +63,7 @@ def test_a_side_later_charted_absent_does_not_count() -> None:
                "bodySite": right}
     other = {**finding("c", "radiating-leg-pain", when="2026-02-01"), "bodySite": left}
     assert bilateral(facts(patient(), was, now_not, other)) is None
-    assert bilateral(facts(patient(), was, other))["status"] == "present"
+    assert present(facts(patient(), was, other), "bilateral_leg_symptoms")["status"] == "present"
 
 
 def test_a_newer_charted_absence_of_bilateral_symptoms_is_believed() -> None:
@@ -63,24 +71,24 @@ def test_a_newer_charted_absence_of_bilateral_symptoms_is_believed() -> None:
              condition("l", "M54.32", system=ICD10CM, onset="2026-01-02")]
     newer = finding("n", "bilateral-leg-symptoms", present=False, when="2026-02-20")
     older = finding("o", "bilateral-leg-symptoms", present=False, when="2025-12-20")
-    assert bilateral(facts(patient(), *coded, newer))["status"] == "absent"
-    assert bilateral(facts(patient(), *coded, older))["status"] == "present"
+    assert present(facts(patient(), *coded, newer), "bilateral_leg_symptoms")["status"] == "absent"
+    assert present(facts(patient(), *coded, older), "bilateral_leg_symptoms")["status"] == "present"
 
 
 def test_a_bilateral_body_site_qualifier_is_bilateral() -> None:
     both = {"coding": [{"system": SNOMED, "code": "51440002"}]}
     fs = facts(patient(), {**condition("s", "23056005", onset="2026-02-01"), "bodySite": [both]})
-    assert bilateral(fs)["status"] == "present"
+    assert present(fs, "bilateral_leg_symptoms")["status"] == "present"
 
 
 def test_a_calf_spasm_code_gives_the_calf_as_site() -> None:
     fs = facts(patient(), condition("c", "M62.831", system=ICD10CM, onset="2026-02-01"))
-    assert dict(fs.get("leg_cramps").values)["site"] == "calf"
+    assert present(fs, "leg_cramps")["site"] == "calf"
     # a recorded body site wins over the site the code implies
     fs = facts(patient(), {**condition("c", "M62.831", system=ICD10CM, onset="2026-02-01"),
                            "bodySite": [{"coding": [{"system": "https://cdss.dev/fhir/"
                                                      "CodeSystem/findings", "code": "thigh"}]}]})
-    assert dict(fs.get("leg_cramps").values)["site"] == "thigh"
+    assert present(fs, "leg_cramps")["site"] == "thigh"
 
 
 def test_codes_that_match_no_value_set_are_noted_by_code() -> None:
@@ -94,7 +102,7 @@ def test_codes_that_match_no_value_set_are_noted_by_code() -> None:
 
 def test_a_lab_carries_its_value_as_charted() -> None:
     fs = facts(patient(), lab("m", "19123-9", 1.5, "mg/dL", when="2026-02-14"))
-    values = dict(fs.get("magnesium").values)
+    values = present(fs, "magnesium")
     assert (values["charted_value"], values["charted_unit"], values["charted_at"]) == \
         (1.5, "mg/dL", "2026-02-14")
     assert values["value"] == float(f"{1.5 / 2.4305:.10g}")  # rules see full precision
@@ -102,9 +110,9 @@ def test_a_lab_carries_its_value_as_charted() -> None:
 
 def test_a_sleep_related_cramp_code_is_nocturnal_unless_a_component_says_otherwise() -> None:
     coded = condition("c", "G47.62", system=ICD10CM, onset="2026-02-01")
-    assert dict(facts(patient(), coded).get("leg_cramps").values)["nocturnal"] is True
+    assert present(facts(patient(), coded), "leg_cramps")["nocturnal"] is True
     observed = {**finding("o", "leg-cramps", nocturnal=False, when="2026-02-01"),
                 "code": {"coding": [{"system": ICD10CM, "code": "G47.62"}]}}
-    assert dict(facts(patient(), observed).get("leg_cramps").values)["nocturnal"] is False
+    assert present(facts(patient(), observed), "leg_cramps")["nocturnal"] is False
     plain = condition("c", "R25.2", system=ICD10CM, onset="2026-02-01")
-    assert "nocturnal" not in dict(facts(patient(), plain).get("leg_cramps").values)
+    assert "nocturnal" not in present(facts(patient(), plain), "leg_cramps")

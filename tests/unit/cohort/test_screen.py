@@ -27,6 +27,7 @@ import cdss
 from cdss.cohort import CohortError, GeneratedCohort, screen
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._inputs import discover, partition_of, patient_key
+from cdss.cohort._worker import run_partition
 from tests.support.cohort import (
     AS_OF,
     RULESET,
@@ -149,7 +150,7 @@ def _as_bundles(cohort: GeneratedCohort, folder: Path) -> None:
             for name in ("subject", "patient"):
                 if name in res:
                     res[name] = {"reference": f"urn:uuid:{pid}"}
-            entry = {"resource": res}
+            entry: dict[str, Any] = {"resource": res}
             if res["resourceType"] == "Patient":
                 entry["fullUrl"] = f"urn:uuid:{pid}"
             entries.append(entry)
@@ -197,7 +198,7 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
     calls: list[int] = []
-    real = cohort_mod.run_partition
+    real = run_partition
 
     def failing(task: Any) -> dict[str, Any]:
         calls.append(task.partition)

@@ -14,11 +14,10 @@ from fhir.resources.R4B import get_fhir_model_class
 
 import cdss
 from cdss.assessment import Assessment
-from cdss.errors import CDSSError, InvalidArgument
+from cdss.errors import CDSSError, FhirOutputError, InvalidArgument
 from cdss.outputs.fhir import (
     RULESET_IDENTIFIER_SYSTEM,
     RULESET_SHA256_SYSTEM,
-    FhirOutputError,
     to_fhir_bundle,
     validate_bundle,
 )

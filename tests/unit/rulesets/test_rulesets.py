@@ -188,7 +188,7 @@ def test_not_found_errors_suggest(tmp_path: Path) -> None:
     with pytest.raises(RulesetNotFoundError):
         load_ruleset("x", paths=[tmp_path / "missing"])
     with pytest.raises(InvalidArgument):
-        load_ruleset("plantar-cramps", paths=str(tmp_path))  # type: ignore[arg-type]
+        load_ruleset("plantar-cramps", paths=str(tmp_path))
 
 
 def test_concept_map_adds_site_codes_and_changes_identity(tmp_path: Path, mini_path: Path) -> None:

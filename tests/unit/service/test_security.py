@@ -848,7 +848,7 @@ def test_a_client_leaving_before_its_body_arrived_is_no_failure(
 def test_a_failing_evaluation_fails_only_its_call(config_file: Path, keys: Keys,
                                                   rs: cdss.Ruleset, kind: type[BaseException],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cdss.service._runtime.evaluate_request
+    real = cdss.hooks.evaluate_request
     failures = [kind]
 
     def fails_once(*args: Any, **kwargs: Any) -> Any:
@@ -888,7 +888,7 @@ def test_a_wedged_evaluation_does_not_hold_up_the_next_calls(
         config_file: Path, keys: Keys, rs: cdss.Ruleset,
         monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-    real = cdss.service._runtime.evaluate_request
+    real = cdss.hooks.evaluate_request
     wedged = [True]
 
     def wedged_once(*args: Any, **kwargs: Any) -> Any:
