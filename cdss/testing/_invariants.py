@@ -43,12 +43,11 @@ from cdss.assessment import Assessment
 from cdss.errors import CDSSError, InvalidArgument
 from cdss.evaluation import evaluate, extract_facts
 from cdss.facts import Facts, parse_time
-from cdss.rulesets import CompiledRule, Invariant, Policy, Ruleset
+from cdss.rulesets import CompiledRule, Invariant, Policy, Ruleset, _content
 from cdss.terminology import UCUM
 from cdss.testing._report import Failure, PropertyResult, Report
 from cdss.testing.strategies import (
     _BOOLEANS,
-    _SPELLINGS,
     DEFAULT_AS_OF,
     PATIENT_ID,
     RecordList,
@@ -61,9 +60,6 @@ from cdss.testing.strategies import (
     _kit,
     _pick,
     _ruleset,
-    _significant,
-    _steps,
-    _written,
     from_ruleset,
 )
 from cdss.units import convert
@@ -131,7 +127,7 @@ def _unit_name(quantity: dict[str, Any]) -> str | None:
     unit = quantity.get("code") if quantity.get("system") == UCUM else quantity.get("unit")
     if not isinstance(unit, str):
         return None
-    for name, spellings in _SPELLINGS.items():
+    for name, spellings in _content.SPELLINGS.items():
         if unit in spellings:
             return name
     return unit
@@ -168,8 +164,8 @@ def _in_other_units(draw: st.DrawFn, kit: _Kit, record: RecordList) -> RecordLis
         factors = kit.units[concept]
         other = _pick(draw, [u for u in factors if u != unit])
         canonical = out[i]["valueQuantity"]["value"] * factors[unit]
-        out[i]["valueQuantity"] = {"value": _written(canonical, factors[other]), "unit": other,
-                                   "system": UCUM, "code": other}
+        out[i]["valueQuantity"] = {"value": _content.written(canonical, factors[other]),
+                                   "unit": other, "system": UCUM, "code": other}
         fitting = kit.lab_codings(concept, other)
         codings = out[i]["code"].get("coding", [])
         if codings and (codings[0].get("system"), codings[0].get("code")) not in \
@@ -490,12 +486,12 @@ def _moves(ctx: _Context, invariant: Invariant) -> list[tuple[RecordList, float,
     def beyond(x: float) -> bool:
         return x < value if lower else x > value
 
-    targets = [value + sign * _steps(value)[0]]
+    targets = [value + sign * _content.steps(value)[0]]
     for t in _thresholds(ctx.ruleset, invariant.analyte):
-        targets += [t, t + sign * _steps(t)[0]]
+        targets += [t, t + sign * _content.steps(t)[0]]
     targets += [value + f * (bound - value) for f in (0.5, 0.999)]
-    targets = sorted({_significant(x, 10) for x in targets if beyond(x) and low <= x <= high},
-                     key=lambda x: abs(x - value))
+    targets = sorted({_content.significant(x, 10) for x in targets
+                      if beyond(x) and low <= x <= high}, key=lambda x: abs(x - value))
     spec = ctx.ruleset.valuesets.analytes[invariant.analyte]
     moves = []
     for target in targets:
@@ -508,9 +504,9 @@ def _moves(ctx: _Context, invariant: Invariant) -> list[tuple[RecordList, float,
             quantity = res.get("valueQuantity") or {}
             unit = _unit_name(quantity)
             factor = convert(1.0, unit, spec).value if unit else None
-            written = _written(target, factor) if factor else None
+            written = _content.written(target, factor) if factor else None
             if written is None or factor is None or \
-                    not beyond(_significant(written * factor, 10)):
+                    not beyond(_content.significant(written * factor, 10)):
                 changed = False
                 break
             quantity["value"] = written

@@ -74,9 +74,6 @@ _FACT_KINDS = ("lab", "finding", "condition", "medication", "allergy")
 # Units that are valid UCUM but convert to no analyte concentration, tried in
 # order to make a value indeterminate.
 _UNCONVERTIBLE = ("U/L", "[IU]/L", "kg")
-_SPELLINGS = _content.SPELLINGS
-_UNRELATED_LABS = _content.UNRELATED_LABS
-_UNRELATED_CONDITIONS = _content.UNRELATED_CONDITIONS
 
 
 # --------------------------------------------------------------------------- #
@@ -105,19 +102,12 @@ def _pick(draw: st.DrawFn, choices: Sequence[Any]) -> Any:
 # Units
 # --------------------------------------------------------------------------- #
 def unit_factors(analyte: Analyte) -> dict[str, float]:
-    """The units a value of ``analyte`` can be written in, each with the
-    factor that turns a value in that unit into the canonical unit.
-
-    The canonical unit comes first (factor 1). mmol/L, umol/L, meq/L and mg/dL
-    are added where the analyte's canonical unit is one of them and its
-    valence (for meq/L) or molar mass (for mg/dL and the molar units) allows
-    the conversion; other analytes are written in their canonical unit only.
-    """
+    """``{unit: factor to the canonical unit}`` of the units the strategies
+    write ``analyte`` in, the canonical unit first (factor 1): mmol/L, umol/L,
+    meq/L and mg/dL as its valence and molar mass allow."""
     return _content.unit_factors(analyte)
 
 
-_significant = _content.significant
-_written = _content.written
 
 
 # --------------------------------------------------------------------------- #
@@ -241,9 +231,9 @@ class _Kit:
         #: fact concepts, those the rules use first (in rule order)
         self.concepts = [n for n in (*used, *rest) if self.codings.get(n)]
         self.unconvertible = {name: self._unconvertible(a) for name, a in vs.analytes.items()}
-        self.unrelated_labs = [lab for lab in _UNRELATED_LABS
+        self.unrelated_labs = [lab for lab in _content.UNRELATED_LABS
                                if not self.terminology.concepts_of_coding(LOINC, lab[0])]
-        self.unrelated_conditions = [c for c in _UNRELATED_CONDITIONS
+        self.unrelated_conditions = [c for c in _content.UNRELATED_CONDITIONS
                                      if not self.terminology.concepts_of_coding(SNOMED, c[0])]
 
     @staticmethod
@@ -330,9 +320,9 @@ def _quantity(draw: st.DrawFn, kit: _Kit, analyte: str, canonical_value: float,
               unit: str) -> dict[str, Any]:
     """``valueQuantity`` of a canonical value written in ``unit``: with a UCUM
     coding, or (as some feeds send it) as unit text only."""
-    value = _written(canonical_value, kit.units[analyte][unit])
+    value = _content.written(canonical_value, kit.units[analyte][unit])
     if draw(_BOOLEANS):
-        spelled = _pick(draw, (unit, *_SPELLINGS.get(unit, ())))
+        spelled = _pick(draw, (unit, *_content.SPELLINGS.get(unit, ())))
         return {"valueQuantity": {"value": value, "unit": spelled}}
     return {"valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
 
@@ -383,10 +373,10 @@ def _lab(draw: st.DrawFn, kit: _Kit, concept: str, *, value: float | None = None
         part["valueQuantity"]["comparator"] = _pick(draw, ["<", ">"])
     elif form == "unconvertible":
         bad = kit.unconvertible[concept]
-        part = {"valueQuantity": {"value": _significant(value, 4), "unit": bad,
+        part = {"valueQuantity": {"value": _content.significant(value, 4), "unit": bad,
                                   "system": UCUM, "code": bad}}
     elif form == "no-unit":
-        part = {"valueQuantity": {"value": _written(value, factors[unit])}}
+        part = {"valueQuantity": {"value": _content.written(value, factors[unit])}}
     else:
         part = {"valueString": _pick(draw, ["haemolysed, please repeat",
                                                      "sample insufficient"])}
@@ -636,7 +626,7 @@ def _messy(draw: st.DrawFn, kit: _Kit, resource: Resource, hours: float) -> Grou
     if draw(_BOOLEANS):
         first["status"] = "preliminary"
         if "valueQuantity" in first:
-            first["valueQuantity"]["value"] = _significant(
+            first["valueQuantity"]["value"] = _content.significant(
                 first["valueQuantity"]["value"] * _pick(draw, [0.8, 1.25]), 6)
     else:
         second["status"] = _pick(draw, ["amended", "corrected"])
@@ -759,7 +749,6 @@ def _aspects(kind: str, tests: Sequence[Test]) -> list[str]:
     return fields
 
 
-_steps = _content.steps
 
 
 def _numbers(tests: Sequence[Test], low: float, high: float) -> tuple[list[float], int]:
@@ -835,7 +824,7 @@ def _ratio_parts(kit: _Kit, analyte: Analyte, ratio: float
     bottom_lo, bottom_hi = kit.plausible(bottom)
     for b in (1.0, 0.8, 1.25, 2.0, 0.5, 4.0, 0.25):
         if bottom_lo <= b <= bottom_hi and top_lo <= ratio * b <= top_hi:
-            return [(top, _significant(ratio * b)), (bottom, b)]
+            return [(top, _content.significant(ratio * b)), (bottom, b)]
     return None
 
 

@@ -37,6 +37,7 @@ import cdss
 from cdss.cli import app
 from cdss.errors import InvalidArgument
 from cdss.rulesets import available_rulesets, load_ruleset, load_ruleset_file
+from cdss.rulesets._content import SPELLINGS
 from cdss.testing import (
     DEFAULT_AS_OF,
     PROPERTIES,
@@ -52,7 +53,6 @@ from cdss.testing import (
     records,
     unit_factors,
 )
-from cdss.testing.strategies import _SPELLINGS
 from cdss.units import convert
 from tests.support.rulesets import MINI_RULESET, write_ruleset
 
@@ -122,7 +122,7 @@ def test_potassium_and_magnesium_are_generated_in_the_usual_units() -> None:
 
 def test_every_unit_spelling_generated_is_one_cdss_reads() -> None:
     magnesium = LATEST.valuesets.analytes["magnesium"]
-    for unit, spellings in _SPELLINGS.items():
+    for unit, spellings in SPELLINGS.items():
         for spelled in spellings:
             if unit in unit_factors(magnesium):
                 assert convert(1.0, spelled, magnesium).value == pytest.approx(
