@@ -154,7 +154,13 @@ def convert(value: float, unit: str | None, analyte: Analyte) -> Conversion:
     factor, reason = _factor(unit, canonical, analyte.molar_mass_g_per_mol, analyte.valence)
     if factor is None:
         return Conversion(None, canonical, reason=reason)
-    note = None
-    if _parse(unit) == _parse(canonical) and unit.strip() != canonical and "{" in canonical:
-        note = f"unit {unit!r} read as {canonical!r} (UCUM annotations carry no dimension)"
-    return Conversion(value * factor, canonical, note=note)
+    return Conversion(value * factor, canonical, note=_annotation_note(unit, canonical))
+
+
+@lru_cache(maxsize=4096)
+def _annotation_note(unit: str, canonical: str) -> str | None:
+    """The note for a unit read as an annotated canonical unit it equals once
+    annotations are dropped (``{SG}`` for ``1``), else None."""
+    if "{" in canonical and unit.strip() != canonical and _parse(unit) == _parse(canonical):
+        return f"unit {unit!r} read as {canonical!r} (UCUM annotations carry no dimension)"
+    return None
