@@ -40,6 +40,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
+from cdss._changes import compare
 from cdss.errors import CDSSError, EngineError, InputError
 
 __all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "TaskKind",
@@ -594,61 +595,6 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
 # --------------------------------------------------------------------------- #
 # Version diff
 # --------------------------------------------------------------------------- #
-def _added_removed(before: Iterable[str], after: Iterable[str]) -> dict[str, Any]:
-    a, b = set(before), set(after)
-    out: dict[str, Any] = {}
-    if b - a:
-        out["added"] = sorted(b - a)
-    if a - b:
-        out["removed"] = sorted(a - b)
-    return out
-
-
-def compare(before: Any, after: Any) -> dict[str, Any]:
-    """How ``after`` differs from ``before`` (two Assessments of one patient):
-    flags added, removed or changed in severity; referrals added, removed or
-    changed in urgency; plan items added, removed, or changed in text or
-    emphasis; suppressions and data requests added or removed. Empty when
-    nothing a clinician sees changed."""
-    change: dict[str, Any] = {}
-    flags = _added_removed((f.code for f in before.flags), (f.code for f in after.flags))
-    old = {f.code: f.severity for f in before.flags}
-    severity = [{"code": f.code, "from": old[f.code], "to": f.severity}
-                for f in after.flags if f.code in old and old[f.code] != f.severity]
-    if severity:
-        flags["severity"] = sorted(severity, key=lambda s: s["code"])
-    if flags:
-        change["flags"] = flags
-    referrals = _added_removed((r.code for r in before.referrals),
-                               (r.code for r in after.referrals))
-    urgency = {r.code: r.urgency for r in before.referrals}
-    changed_urgency = [{"code": r.code, "from": urgency[r.code], "to": r.urgency}
-                       for r in after.referrals
-                       if r.code in urgency and urgency[r.code] != r.urgency]
-    if changed_urgency:
-        referrals["urgency"] = sorted(changed_urgency, key=lambda s: s["code"])
-    if referrals:
-        change["referrals"] = referrals
-    plan = _added_removed((p.code for p in before.plan), (p.code for p in after.plan))
-    texts = {p.code: (p.text, tuple(p.emphasis), tuple(p.tailoring)) for p in before.plan}
-    modified = sorted(p.code for p in after.plan
-                      if p.code in texts and texts[p.code] != (p.text, tuple(p.emphasis),
-                                                               tuple(p.tailoring)))
-    if modified:
-        plan["modified"] = modified
-    if plan:
-        change["plan"] = plan
-    for name, attr in (("suppressed", "code"), ("data_requests", "analyte")):
-        moved = _added_removed((getattr(x, attr) for x in getattr(before, name)),
-                               (getattr(x, attr) for x in getattr(after, name)))
-        if moved:
-            change[name] = moved
-    if before.highest_severity != after.highest_severity:
-        change["highest_severity"] = {"from": before.highest_severity,
-                                      "to": after.highest_severity}
-    return change
-
-
 def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any,
           after_rs: Any, as_of: Any, out_dir: Path, journal: _Journal) -> PartitionCounts:
     out = _Out(out_dir, f"p{task.partition:05d}.diff")
