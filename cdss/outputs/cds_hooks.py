@@ -137,6 +137,18 @@ def _referral_suggestion(ref: Referral, assessment: Assessment,
                        referral_request(ref, assessment), hook_instance)
 
 
+def _override_reasons(ruleset: Ruleset | None, rule_id: str) -> list[dict[str, str]]:
+    """The ``overrideReasons`` a rule's cards offer: the ruleset's catalogue, or
+    the rule's selection of it (none when the ruleset declares none)."""
+    if ruleset is None or not ruleset.file.override_reasons:
+        return []
+    rule = next((r for r in ruleset.file.rules if r.id == rule_id), None)
+    chosen = set(rule.override_reasons) if rule is not None and rule.override_reasons else None
+    system = code_system(ruleset.id, "override-reason")
+    return [{"system": r.system or system, "code": r.code, "display": r.display}
+            for r in ruleset.file.override_reasons if chosen is None or r.code in chosen]
+
+
 def _flag_card(flag: Flag, refs: list[Referral], assessment: Assessment,
                ruleset: Ruleset | None, hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
     summary = flag.display
@@ -160,6 +172,9 @@ def _flag_card(flag: Flag, refs: list[Referral], assessment: Assessment,
     suggestions = [_referral_suggestion(r, assessment, hook_instance) for r in refs]
     if suggestions:
         card["suggestions"] = suggestions
+    reasons = _override_reasons(ruleset, flag.rule_id)
+    if reasons:
+        card["overrideReasons"] = reasons
     return _finish(card, hook_instance, _links(flag, *refs))
 
 
@@ -179,6 +194,9 @@ def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | Non
             "display": ref.display}),
         "suggestions": [_referral_suggestion(ref, assessment, hook_instance)],
     }
+    reasons = _override_reasons(ruleset, ref.rule_id)
+    if reasons:
+        card["overrideReasons"] = reasons
     return _finish(card, hook_instance, _links(ref))
 
 
@@ -274,29 +292,49 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     suggestion creates a draft CarePlan). ``source.label`` is the ruleset's
     ``id@version`` and ``source.url`` its canonical URL. Every card and
     suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
-    ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256
-    and the engine that ran.
+    ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256,
+    the engine that ran, the card's ``kind`` (``flag``, ``referral``,
+    ``left-out``, ``data-request``, ``plan``) and the ``rules`` that made it
+    (none for ``left-out``).
+    Flag and referral cards offer the ruleset's ``overrideReasons`` (its
+    ``override_reasons``, or the rule's selection of them) when it declares any.
     """
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
-    out = []
+    out: list[tuple[dict[str, Any], str, list[str]]] = []  # card, kind, rule ids
     attached: set[str] = set()
     for flag in assessment.flags:
         refs = [r for r in assessment.referrals
                 if r.rule_id == flag.rule_id and r.code not in attached]
         attached.update(r.code for r in refs)
-        out.append(_flag_card(flag, refs, assessment, ruleset, hook_instance))
+        out.append((_flag_card(flag, refs, assessment, ruleset, hook_instance), "flag",
+                    [flag.rule_id]))
     for ref in assessment.referrals:
         if ref.code not in attached:
-            out.append(_referral_card(ref, assessment, ruleset, hook_instance))
+            out.append((_referral_card(ref, assessment, ruleset, hook_instance), "referral",
+                        [ref.rule_id]))
     if assessment.left_out:
-        out.append(_left_out_card(assessment, ruleset, hook_instance))
+        out.append((_left_out_card(assessment, ruleset, hook_instance), "left-out", []))
     if assessment.data_requests:
-        out.append(_data_card(assessment, ruleset, hook_instance))
+        out.append((_data_card(assessment, ruleset, hook_instance), "data-request",
+                    _rules(*assessment.data_requests)))
     if assessment.plan or assessment.suppressed:
-        out.append(_plan_card(assessment, ruleset, hook_instance))
+        out.append((_plan_card(assessment, ruleset, hook_instance), "plan",
+                    _rules(*assessment.plan, *assessment.suppressed)))
     provenance = {"ruleset": assessment.ruleset.spec, "sha256": assessment.ruleset.sha256,
                   "engine": assessment.engine}
-    for card in out:  # after the uuids, which depend on the content only
-        card["extension"] = {CARD_EXTENSION: dict(provenance)}
-    return out
+    for card, kind, rule_ids in out:  # after the uuids, which depend on the content only
+        ext: dict[str, Any] = {**provenance, "kind": kind}
+        if rule_ids:  # a left-out card comes from the data, not from a rule
+            ext["rules"] = rule_ids
+        card["extension"] = {CARD_EXTENSION: ext}
+    return [card for card, _, _ in out]
+
+
+def _rules(*items: Any) -> list[str]:
+    """The rule ids behind ``items``, each once, in order."""
+    seen: dict[str, None] = {}
+    for item in items:
+        for rule_id in item.rule_ids if hasattr(item, "rule_ids") else [item.rule_id]:
+            seen.setdefault(rule_id, None)
+    return list(seen)

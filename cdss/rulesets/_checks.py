@@ -29,6 +29,7 @@ _UNKNOWN = {
     "plan item": "unknown plan item {!r}",
     "category": "unknown plan category {!r}",
     "analyte": "unknown analyte {!r}",
+    "override reason": "override reason {!r} is not in the ruleset's override_reasons",
 }
 #: The names an action uses: where in the action, and what kind of name.
 _ACTION_NAMES = (
@@ -76,7 +77,11 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
         "threshold": rfile.thresholds, "plan item": plan_codes,
         "category": {item.category for item in rfile.plan_items},
         "analyte": valuesets.analytes,
+        "override reason": {r.code for r in rfile.override_reasons},
     })
+    if len(names.defined["override reason"]) != len(rfile.override_reasons):
+        raise RulesetError("override reason codes must be unique", path=p,
+                           field="override_reasons")
     for name, analyte in valuesets.analytes.items():
         if kinds.get(name) != "lab":
             raise RulesetError(f"analyte {name!r} has no lab concept", path=p, field="analytes")
@@ -89,6 +94,8 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
         names.require("source", rule.citation.source, field="citation.source", rule_id=rule.id)
         for claim in rule.claims:
             names.require("claim", claim, field="claims", rule_id=rule.id)
+        for reason in rule.override_reasons:
+            names.require("override reason", reason, field="override_reasons", rule_id=rule.id)
         if rule.id in seen:
             raise RulesetError("rule id used twice", path=p, rule_id=rule.id, field="id")
         seen.add(rule.id)

@@ -22,6 +22,7 @@ __all__ = [
     "EmphasizeAction",
     "FlagAction",
     "Invariant",
+    "OverrideReasonDef",
     "PatternDef",
     "PlanItemDef",
     "ReferralAction",
@@ -227,6 +228,17 @@ class Source(_Strict):
     url: str | None = Field(None, description="Where to read it.")
 
 
+class OverrideReasonDef(_Strict):
+    """A reason a clinician may pick when overriding a card: CDS Hooks 2.0
+    cards offer them as ``overrideReasons`` (Codings), and feedback names the
+    one picked."""
+
+    code: Annotated[str, Field(pattern=CODE, description="Unique in the catalogue.")]
+    display: str = Field(description="What the clinician reads.")
+    system: str | None = Field(None, description=(
+        "The code system (default: the ruleset's own override-reason code system)."))
+
+
 class Rule(_Strict):
     """One rule: when its patterns match the facts, its actions run."""
 
@@ -241,6 +253,10 @@ class Rule(_Strict):
     claims: list[str] = Field(default_factory=list, description=(
         "The keys of the ruleset's `claims` (statements of the source text) the rule "
         "encodes."))
+    override_reasons: list[Annotated[str, Field(pattern=CODE)]] = Field(
+        default_factory=list, description=(
+            "Codes of the ruleset's `override_reasons` its flag and referral cards offer "
+            "(default: the whole catalogue)."))
 
 
 class Threshold(_Strict):
@@ -316,6 +332,9 @@ class RulesetFile(_Strict):
         "The rules; their order breaks ties."))]
     invariants: list[Invariant] = Field(default_factory=list, description=(
         "Declared monotonicities that `cdss test-ruleset` checks."))
+    override_reasons: list[OverrideReasonDef] = Field(default_factory=list, description=(
+        "The reasons a clinician may give for overriding a flag or referral card (the "
+        "cards' `overrideReasons`); a rule may offer a selection."))
     policies: list[Policy] = Field(default_factory=list, description=(
         "Declared safety policies (a flag's severity excludes a plan category) that "
         "`cdss test-ruleset` checks; they decide no answer and are not in the content hash."))
