@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cdss.assessment import Assessment
 from cdss.errors import HookRequestError, InputError, InvalidArgument
 from cdss.outputs.cds_hooks import cards
 from cdss.rulesets import Ruleset
@@ -511,6 +512,17 @@ def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
     A resource that cannot be read is left out (a warning card says which);
     ``timezone`` is the zone of times the EHR sent without one; ``mode`` the
     intake (``strict`` or ``lean``, as :func:`cdss.evaluate` takes it)."""
+    assessment = assess_request(request, ruleset, fetched=fetched, as_of=as_of,
+                                timezone=timezone, mode=mode)
+    return {"cards": cards(assessment, ruleset, hook_instance=request.hookInstance)}
+
+
+def assess_request(request: HookRequest, ruleset: Ruleset, *,
+                   fetched: Mapping[str, Any] | None = None,
+                   as_of: datetime | date | str | None = None,
+                   timezone: str = "UTC", mode: str = "strict") -> Assessment:
+    """The Assessment :func:`evaluate_request` renders as cards (same
+    arguments, same refusals)."""
     from cdss.evaluation import evaluate
 
     _check_hook(request)
@@ -523,7 +535,7 @@ def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
     if assessment.patient not in (None, request.patient_reference):
         raise HookRequestError(f"the data is about {assessment.patient}, not the context's "
                                f"{request.patient_reference}")
-    return {"cards": cards(assessment, ruleset, hook_instance=request.hookInstance)}
+    return assessment
 
 
 def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
