@@ -19,7 +19,8 @@ the same::
     ├── ServiceError                      the CDS Hooks service (extra ``service``)
     │   ├── ServiceConfigError (ValueError)
     │   ├── AuthenticationFailed
-    │   └── ReplayCacheFull
+    │   ├── ReplayCacheFull
+    │   └── StoreError                    the service's store file cannot be read
     └── CohortError                       a cohort screen that cannot run (extra ``cohort``)
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "RulesetNotFoundError",
     "ServiceConfigError",
     "ServiceError",
+    "StoreError",
 ]
 
 
@@ -189,6 +191,13 @@ class AuthenticationFailed(ServiceError):
 class ReplayCacheFull(ServiceError):
     """The replay cache holds as many unexpired ``jti`` as it may: the call is
     refused (503) rather than forgetting a ``jti`` that could then be replayed."""
+
+
+class StoreError(ServiceError):
+    """The service's store (its SQLite file of feedback, cards issued and
+    shadow differences) cannot be read by a report: missing, not a store, or
+    of a schema version this cdss does not know. (At start, an unusable store
+    path is a :class:`ServiceConfigError`.)"""
 
 
 class CohortError(CDSSError):

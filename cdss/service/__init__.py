@@ -24,6 +24,7 @@ from cdss.service._config import (
     JwksPolicy,
     Limits,
     ServiceConfig,
+    StoreConfig,
     TokenPolicy,
     load_config,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ReplayCacheFull",
     "ServiceConfig",
     "ServiceConfigError",
+    "StoreConfig",
     "TokenPolicy",
     "base_url",
     "bind",

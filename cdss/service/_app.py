@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -104,6 +105,8 @@ from cdss.service._limits import check_depth, checked, read_body
 from cdss.service._logging import INSECURE, emit, log_failure, quiet_http_loggers
 from cdss.service._responses import CATEGORY, INTERNAL, HTTPError, error_response, json_response
 from cdss.service._runtime import Runtime, evaluate_in_thread
+from cdss.service._shadow import AfterAnswer, load_candidates
+from cdss.service._store import Store, open_store
 
 __all__ = ["AUTH_FAILED", "create_app"]
 
@@ -138,6 +141,8 @@ class _Settings:
     zone_name: str
     limit: Limits
     intake: str = "strict"
+    shadow: Mapping[str, Ruleset] | None = None
+    store: Store | None = None
 
 
 def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | None,
@@ -145,7 +150,8 @@ def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | Non
               timezone: str | None, config: ServiceConfig | str | Path | None,
               intake: str | None,
               insecure_dev: bool, allowed_fhir_servers: Sequence[str] | None,
-              limits: Limits | None) -> _Settings:
+              limits: Limits | None, shadow: Mapping[str, str | Ruleset] | None = None,
+              store: str | Path | None = None) -> _Settings:
     """The settings, or the error that stops the service at start."""
     if isinstance(config, (str, Path)):
         config = load_config(config)
@@ -175,7 +181,11 @@ def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | Non
     mode = intake or (config.intake if config is not None else "strict")
     if mode not in ("strict", "lean"):
         raise InvalidArgument(f"intake must be 'strict' or 'lean', not {mode!r}")
-    return _Settings(services, config, dev_servers, zone_name, limit, mode)
+    candidates = load_candidates(
+        services, shadow if shadow is not None else (config.shadow if config else {}),
+        functools.partial(load_ruleset, paths=paths, concept_maps=concept_maps))
+    kept = open_store(config.store if config is not None else None, store)
+    return _Settings(services, config, dev_servers, zone_name, limit, mode, candidates, kept)
 
 
 def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
@@ -219,7 +229,10 @@ class _Service:
         self.on_feedback = on_feedback
         self.document = discovery(settings.services)
         self.runtime = Runtime(self.limit.fhir_timeout_seconds,
-                               self.limit.evaluation_timeout_seconds)
+                               self.limit.evaluation_timeout_seconds, self.limit.shadow_queue)
+        self.store = settings.store
+        self.after = AfterAnswer(settings.shadow or {}, self.store,
+                                 timezone_name=settings.zone_name, intake=settings.intake)
         config = settings.config
         self.authenticator = ClientAuthenticator(config, self.runtime.http) \
             if config is not None else None
@@ -258,9 +271,9 @@ class _Service:
 
         return await checked(body, check_and_validate)
 
-    async def evaluate(self, req: HookRequest, rs: Ruleset, fetched: dict[str, Any]) -> Any:
+    async def evaluate(self, req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
+                       as_of: datetime | None = None) -> Any:
         """The cards, from the evaluation thread within the evaluation timeout (else 503)."""
-        as_of = self.clock() if self.clock is not None else None
         work = self.runtime.worker().submit(functools.partial(
             evaluate_in_thread, req, rs, fetched, as_of, self.settings.zone_name,
             self.settings.intake))
@@ -286,9 +299,14 @@ class _Service:
         record["hookInstance"] = str(req.hookInstance)
         fetched = await fetch_missing(req, rs, caller, self.limit, client=self.runtime.http,
                                       fetch=self.fetch)
-        result = await self.evaluate(req, rs, fetched)
+        as_of = self.after.as_of(sid, self.clock() if self.clock is not None else None)
+        result = await self.evaluate(req, rs, fetched, as_of)
         record["cards"] = len(result["cards"])
-        return json_response(result)
+        response = json_response(result)
+        # after the answer is sent: its cards noted, the shadow candidate queued
+        response.background = BackgroundTask(self.after, sid, rs, req, fetched, as_of, result,
+                                             self.runtime.worker())
+        return response
 
     async def feedback(self, request: Request, record: dict[str, Any]) -> Response:
         """``POST /cds-services/{id}/feedback``: validated, counted, passed on."""
@@ -309,6 +327,12 @@ class _Service:
                 except Exception as exc:
                     log_failure(exc, "feedback callback")
                     raise HTTPError(500, "feedback could not be stored") from None
+        if self.store is not None:  # waits, off the event loop, for the rows to be committed
+            try:
+                record["unknown_cards"] = await asyncio.wrap_future(
+                    self.store.record_feedback(sid, body.feedback))
+            except Exception:
+                raise HTTPError(500, "feedback could not be stored") from None
         return json_response({"received": len(body.feedback)})
 
     # -- around every call ----------------------------------------------------- #
@@ -338,12 +362,18 @@ class _Service:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """The evaluation thread started with the app; the thread and client closed after."""
         self.runtime.worker()
+        if self.store is not None:
+            self.store.start()
         if self.authenticator is None:
             emit(logging.WARNING, {"event": "start", "warning": INSECURE})
         try:
             yield
         finally:
             await self.runtime.close()
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+            if self.after.candidates:
+                emit(logging.INFO, {"event": "shadow stopped", **self.after.summary()})
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -394,6 +424,8 @@ def create_app(
     fetch: Fetch | None = None,
     cors_origins: Sequence[str] = ("*",),
     on_feedback: Callable[[str, dict[str, Any]], None] | None = None,
+    shadow: Mapping[str, str | Ruleset] | None = None,
+    store: str | Path | None = None,
 ) -> Starlette:
     """The CDS Hooks service as a Starlette app.
 
@@ -422,16 +454,26 @@ def create_app(
     to read FHIR servers (a blocking ``fetch(url, headers) -> JSON``, run off
     the event loop; the allow-list still applies). ``on_feedback(service_id,
     entry)`` receives each feedback entry.
+
+    ``shadow`` (default: the configuration's) maps service ids to a candidate
+    ruleset (spec or loaded) evaluated beside the active one after each answer,
+    its differences recorded (see :mod:`cdss.service._shadow`); its cards are
+    never returned. ``store`` is the path of the store file (SQLite) of the
+    cards issued, feedback and shadow differences; default: the
+    configuration's ``store``, and none without one.
     """
     settings = _settings(rulesets=rulesets, paths=paths, concept_maps=concept_maps,
                          timezone=timezone, intake=intake, config=config,
                          insecure_dev=insecure_dev,
-                         allowed_fhir_servers=allowed_fhir_servers, limits=limits)
+                         allowed_fhir_servers=allowed_fhir_servers, limits=limits,
+                         shadow=shadow, store=store)
     quiet_http_loggers()
     service = _Service(settings, clock=clock, fetch=fetch, on_feedback=on_feedback)
     app = _starlette(service, cors_origins)
     app.state.services = settings.services
     app.state.feedback = service.feedback_log
+    app.state.store = service.store
+    app.state.shadow = service.after
     app.state.config = settings.config
     app.state.authenticator = service.authenticator
     app.state.insecure_dev = service.authenticator is None

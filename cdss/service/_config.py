@@ -47,6 +47,7 @@ __all__ = [
     "JwksPolicy",
     "Limits",
     "ServiceConfig",
+    "StoreConfig",
     "TokenPolicy",
     "is_loopback_host",
     "load_config",
@@ -264,6 +265,29 @@ class Limits(_Strict):
     fhir_total_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     #: Bytes of one FHIR server answer (after decompression).
     fhir_max_response_bytes: int = Field(default=20_000_000, ge=1024)
+    #: Shadow evaluations waiting for the evaluation thread at most; past that
+    #: a call's shadow evaluation is dropped (and counted).
+    shadow_queue: int = Field(default=32, ge=1, le=1000)
+
+
+class StoreConfig(_Strict):
+    """The store: one SQLite file of the cards issued, feedback and shadow
+    differences (no patient data), and how long its rows are kept."""
+
+    #: The file (default: ``cdss-service.sqlite3`` in ``CDSS_DATA_DIR``, else
+    #: ``$XDG_STATE_HOME/cdss``, else ``~/.local/state/cdss``), relative to the
+    #: configuration file.
+    path: str | None = None
+    #: Days a card's uuid is mapped to its rules (feedback later than that is
+    #: stored with the rule unknown).
+    card_days: int = Field(default=30, ge=1, le=3650)
+    #: Days feedback, cards-shown counts and shadow differences are kept.
+    keep_days: int = Field(default=400, ge=1, le=36500)
+    #: Writes waiting for the writer thread at most; past that they are
+    #: dropped, counted and logged.
+    max_pending: int = Field(default=10_000, ge=10, le=1_000_000)
+    #: Whether the text of override comments is kept (else only that there was one).
+    comments: bool = True
 
 
 class ServiceConfig(_Strict):
@@ -283,6 +307,11 @@ class ServiceConfig(_Strict):
     #: How records are read: ``strict`` (fhir.resources) or ``lean`` (only
     #: the fields the facts read; the same facts, faster).
     intake: Literal["strict", "lean"] = "strict"
+    #: The store of feedback, cards issued and shadow differences (none: not kept).
+    store: StoreConfig | None = None
+    #: Shadow mode: service id → candidate ruleset (``id@version``) evaluated
+    #: beside the active one on every call, its cards never returned.
+    shadow: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -344,6 +373,10 @@ def _resolve_files(data: Any, base: Path) -> Any:
     if isinstance(maps, list):
         data["concept_maps"] = [str(base / m) if isinstance(m, str) and not Path(m).is_absolute()
                                 else m for m in maps]
+    store = data.get("store")
+    if isinstance(store, dict) and isinstance(store.get("path"), str) \
+            and not Path(store["path"]).is_absolute():
+        data["store"] = {**store, "path": str(base / store["path"])}
     for item in data["issuers"]:
         if isinstance(item, dict):
             for key in ("jwks_file", "public_key_file"):

@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
@@ -26,6 +27,12 @@ __all__ = ["Runtime", "Worker", "evaluate_in_thread", "no_cookies"]
 
 #: Evaluation threads left running past their timeout at most; past that, no new one.
 _MAX_STUCK = 2
+#: The marker that stands for a background job on a worker's queue.
+_BACKGROUND: Future[Any] = Future()
+
+
+def _nothing() -> None:
+    return None
 
 
 def no_cookies() -> http.cookiejar.CookieJar:
@@ -57,17 +64,35 @@ class Worker:
     idle). A daemon thread, so that one left stuck does not hold up the
     process's exit; it survives whatever a job raises."""
 
-    def __init__(self) -> None:
+    def __init__(self, background_limit: int = 0) -> None:
         self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
             queue.SimpleQueue()
         self.since: float | None = None
         self.reported: float | None = None  # the ``since`` of the job last logged as stuck
+        # Background jobs (shadow evaluations) wait apart, at most background_limit of
+        # them; a marker on ``jobs`` stands for each, and one runs only when no call waits.
+        self.background: deque[Callable[[], Any]] = deque()
+        self.background_limit = background_limit
+        self.waiting = 0  # calls' jobs put and not yet taken
+        self.lock = threading.Lock()
         threading.Thread(target=self._serve, name="cdss-eval", daemon=True).start()
 
     def submit(self, job: Callable[[], Any]) -> asyncio.Future[Any]:
         future: Future[Any] = Future()
+        with self.lock:
+            self.waiting += 1
         self.jobs.put((future, job))
         return asyncio.wrap_future(future)
+
+    def offer(self, job: Callable[[], Any]) -> bool:
+        """Queue ``job`` to run when no call's evaluation waits; False (and not
+        queued) when ``background_limit`` jobs wait already."""
+        with self.lock:
+            if len(self.background) >= self.background_limit:
+                return False
+            self.background.append(job)
+        self.jobs.put((_BACKGROUND, _nothing))
+        return True
 
     def stop(self) -> None:
         """End the thread once it has run the jobs it holds."""
@@ -76,6 +101,11 @@ class Worker:
     def _serve(self) -> None:
         while (item := self.jobs.get()) is not None:
             future, job = item
+            if future is _BACKGROUND:
+                self._background()
+                continue
+            with self.lock:
+                self.waiting -= 1
             if not future.set_running_or_notify_cancel():
                 continue  # its call stopped waiting (a 503)
             self.since = time.monotonic()
@@ -85,6 +115,20 @@ class Worker:
                 future.set_exception(exc)
             finally:
                 self.since = None
+
+    def _background(self) -> None:
+        with self.lock:
+            if self.waiting:  # a call waits: it goes first, the marker goes back
+                self.jobs.put((_BACKGROUND, _nothing))
+                return
+            job = self.background.popleft()
+        self.since = time.monotonic()
+        try:
+            job()  # background jobs handle their own failures
+        except BaseException as exc:
+            log_failure(exc, "background job")
+        finally:
+            self.since = None
 
     def overran(self, timeout: float) -> float | None:
         """When the job it runs began, if that was more than ``timeout`` seconds ago."""
@@ -96,7 +140,9 @@ class Runtime:
     """What the app holds between calls: the evaluation thread (one:
     durable-rules is not thread-safe, and cdss.engine also locks) and an HTTP client."""
 
-    def __init__(self, timeout: float, evaluation_timeout: float) -> None:
+    def __init__(self, timeout: float, evaluation_timeout: float,
+                 background_limit: int = 0) -> None:
+        self.background_limit = background_limit
         self.timeout = timeout
         self.evaluation_timeout = evaluation_timeout
         self.current: Worker | None = None
@@ -110,7 +156,7 @@ class Runtime:
         calls, unless ``_MAX_STUCK`` threads are left behind already."""
         current = self.current
         if current is None:
-            current = self.current = Worker()
+            current = self.current = Worker(self.background_limit)
             return current
         since = current.overran(self.evaluation_timeout)
         if since is None:
@@ -124,7 +170,7 @@ class Runtime:
         if replace:
             current.stop()
             self.stuck.append(current)
-            current = self.current = Worker()
+            current = self.current = Worker(self.background_limit)
         return current
 
     def http(self) -> httpx.AsyncClient:
