@@ -121,9 +121,9 @@ def docs(
 def _register_commands() -> None:
     # Commands of the optional parts live beside them; each module imports its
     # extra packages only when its command runs.
-    from cdss.cli import _cohort, _service, _testing
+    from cdss.cli import _cohort, _reports, _service, _testing
 
-    for module in (_service, _cohort, _testing):
+    for module in (_service, _reports, _cohort, _testing):
         module.register(app)
 
 

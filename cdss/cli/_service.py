@@ -73,6 +73,13 @@ def register(app: typer.Typer) -> None:
         timezone: Annotated[str | None, typer.Option(
             "--timezone", help="IANA time zone of times sent without one (default: the "
                                "configuration's, else UTC)")] = None,
+        shadow: Annotated[list[str] | None, typer.Option(
+            "--shadow", help="SERVICE=ID@VERSION: evaluate a candidate version beside the "
+                             "service's after each answer and record the differences; "
+                             "repeat for several (default: the configuration's shadow)")] = None,
+        store: Annotated[Path | None, typer.Option(
+            "--store", help="the store file (SQLite) of feedback, cards issued and shadow "
+                            "differences (default: the configuration's store)")] = None,
     ) -> None:
         """Run the CDS Hooks 2.0 service (patient-view) over HTTP.
 
@@ -97,6 +104,12 @@ def register(app: typer.Typer) -> None:
             _fail("no configuration of trusted CDS clients: give --config FILE (or set "
                   "CDSS_SERVICE_CONFIG), or --insecure-dev for an unauthenticated local demo; "
                   "see docs/deploying.md")
+        candidates = None
+        if shadow:
+            pairs = [item.partition("=") for item in shadow]
+            if any(not sid or not sep or not spec for sid, sep, spec in pairs):
+                _fail("--shadow takes SERVICE=ID@VERSION")
+            candidates = {sid: spec for sid, _, spec in pairs}
         try:
             settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
@@ -104,7 +117,8 @@ def register(app: typer.Typer) -> None:
                 concept_maps=tuple(concept_maps or ()), timezone=timezone, intake=intake,
                 config=settings, insecure_dev=insecure_dev,
                 allowed_fhir_servers=fhir_server or None,
-                cors_origins=tuple(cor for cor in (cors_origin or ["*"])))
+                cors_origins=tuple(cor for cor in (cors_origin or ["*"])),
+                shadow=candidates, store=store)
         except CDSSError as exc:
             _fail(str(exc))
         _log_to_stderr(log_level)
