@@ -53,27 +53,33 @@ def issued_cards(body: Mapping[str, Any]) -> list[IssuedCard]:
     return out
 
 
-def _card_key(card: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:
+def _card_key(card: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """A card's kind and topic (``flag:<code>``, or ``plan``: one per answer),
+    and its rules."""
     ext = card.get("extension", {}).get(CARD_EXTENSION, {})
     kind = ext.get("kind", "unknown")
     topic = card.get("source", {}).get("topic", {}).get("code")
-    return kind, f"{kind}:{topic}" if topic else kind, tuple(ext.get("rules", ()))
+    return f"{kind}:{topic}" if topic else kind, tuple(ext.get("rules", ()))
 
 
 def card_changes(before: Sequence[Mapping[str, Any]],
                  after: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """The cards gained and lost from ``before`` to ``after``, as
     :func:`~cdss._changes.rule_changes` gives changes (``item`` ``card``,
-    ``code`` the kind and topic code), a card being the same when its kind,
-    topic and rules are; a card of no rule counts under rule ``""``."""
-    old = Counter(_card_key(c) for c in before)
-    new = Counter(_card_key(c) for c in after)
+    ``code`` the kind and topic code), a card being the same when its kind
+    and topic are (what changed inside it is in the items' changes); each is
+    tied to the rules of its card, a card of no rule to rule ``""``."""
     out: list[dict[str, str]] = []
-    for keys, change in ((new - old, "gained"), (old - new, "lost")):
-        for (_, code, rules), n in keys.items():
-            for rule in rules or ("",):
-                out.extend({"rule": rule, "item": "card", "code": code, "change": change}
-                           for _ in range(n))
+    old = [_card_key(c) for c in before]
+    new = [_card_key(c) for c in after]
+    for cards_, others, change in ((new, old, "gained"), (old, new, "lost")):
+        left = Counter(code for code, _ in others)
+        for code, rules in cards_:
+            if left[code]:
+                left[code] -= 1
+                continue
+            out.extend({"rule": rule, "item": "card", "code": code, "change": change}
+                       for rule in rules or ("",))
     return sorted(out, key=lambda c: (c["rule"], c["item"], c["code"], c["change"]))
 
 
@@ -188,9 +194,10 @@ class AfterAnswer:
 def load_candidates(services: Mapping[str, Ruleset], shadow: Mapping[str, str | Ruleset],
                     load: Any) -> dict[str, Ruleset]:
     """The candidate ruleset of each service named in ``shadow`` (``load(spec)``
-    loads one), checked at start: the service exists, the candidate is not
-    the active version, and it reads nothing the active version's prefetch
-    does not bring (both are evaluated on the same data)."""
+    loads one), checked at start: the service exists and the candidate is not
+    the active version. Both are evaluated on the data the active version's
+    prefetch brings; a candidate whose prefetch would ask for more (codes a
+    new version added) is logged at start, as it may miss some of its findings."""
     from cdss.errors import ServiceConfigError
     from cdss.hooks import prefetch_templates
 
@@ -205,11 +212,11 @@ def load_candidates(services: Mapping[str, Ruleset], shadow: Mapping[str, str | 
         if candidate.key == active.key:
             raise ServiceConfigError(f"the candidate {candidate.spec} is the active version",
                                      field=where)
-        extra = set(prefetch_templates(candidate).items()) - \
-            set(prefetch_templates(active).items())
-        if extra:
-            raise ServiceConfigError(
-                f"the candidate {candidate.spec} reads data the active {active.spec} does not "
-                f"prefetch ({', '.join(sorted(k for k, _ in extra))})", field=where)
+        wider = sorted(key for key, query in prefetch_templates(candidate).items()
+                       if prefetch_templates(active).get(key) != query)
+        if wider:  # it sees only what the active version's prefetch brings
+            emit(logging.WARNING, {"event": "shadow candidate reads more", "service": sid,
+                                    "active": active.spec, "candidate": candidate.spec,
+                                    "prefetch": wider})
         out[sid] = candidate
     return out
