@@ -144,12 +144,15 @@ def test_a_full_shadow_queue_drops_and_counts(tmp_path: Path) -> None:
 
 def test_a_call_goes_before_waiting_shadow_evaluations() -> None:
     worker = Worker(background_limit=10)
-    gate, order = threading.Event(), []
+    gate, order = threading.Event(), list[str]()
+
+    def shadow(i: int) -> Any:
+        return lambda: order.append(f"shadow {i}")
 
     async def run() -> None:
         busy = worker.submit(gate.wait)
         for i in range(3):
-            assert worker.offer(lambda i=i: order.append(f"shadow {i}"))
+            assert worker.offer(shadow(i))
         call_job = worker.submit(lambda: order.append("call"))
         gate.set()
         await busy
