@@ -11,7 +11,10 @@ on 127.0.0.1, so the client does not compete with it for the GIL; adds JSON,
 HTTP, the JWT check and the hop to the evaluation thread), and over HTTP with
 C clients at once (calls queue for the one evaluation thread, so latency grows
 with C). Each is measured with strict and with lean intake (``create_app(intake=...)``),
-alternately, in ``--rounds`` rounds. ``calls/s`` is the throughput of a row: with C clients
+alternately, in ``--rounds`` rounds. The HTTP rows are measured again with a shadow
+candidate on (``create_app(shadow=...)``: another version of the ruleset, ``--candidate``,
+evaluated after each answer on the same thread), so the cost of shadow mode shows.
+``calls/s`` is the throughput of a row: with C clients
 always waiting, mean latency = C / throughput, so the latency of C clients is set by how many
 calls per second the service completes.
 
@@ -42,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import cdss
 from cdss.hooks import handle_patient_view, prefetch_templates
+from cdss.rulesets import available_rulesets
 from cdss.service import base_url, bind, create_app, load_config, serve_in_background
 
 AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -131,14 +135,15 @@ def body(rs: cdss.Ruleset) -> dict[str, Any]:
 ISSUER = "https://bench-ehr.example"
 
 
-def serve(rs: cdss.Ruleset, config_file: str, intake: str) -> None:
+def serve(rs: cdss.Ruleset, config_file: str, intake: str, candidate: str | None) -> None:
     """Child process: serve ``rs`` on loopback with the configuration in
     ``config_file`` (its public URL is the loopback URL), print the URL, stop
     when stdin closes."""
     sock = bind("127.0.0.1")
     url = base_url(sock)
     config = load_config(config_file, public_url=url, environ={})
-    app = create_app(rulesets=(rs,), clock=lambda: AS_OF, config=config, intake=intake)
+    app = create_app(rulesets=(rs,), clock=lambda: AS_OF, config=config, intake=intake,
+                     shadow={rs.id: candidate} if candidate else None)
     with serve_in_background(app, sock=sock) as base:
         print(base, flush=True)
         sys.stdin.read()
@@ -172,7 +177,7 @@ def in_process(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: in
 
 
 def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int,
-              concurrency: int) -> list[Row]:
+              concurrency: int, candidate: str | None = None) -> list[Row]:
     """The service in a child process: ``calls`` calls from one client, then
     ``calls`` from ``concurrency`` clients at once."""
     key = ec.generate_private_key(ec.SECP384R1())
@@ -183,7 +188,8 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
     config_file.write_bytes(orjson.dumps({"issuers": [
         {"issuer": ISSUER, "jwks": {"keys": [jwk]}}]}))
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(config_file),
-                              "--ruleset", rs.spec, "--intake", intake],
+                              "--ruleset", rs.spec, "--intake", intake,
+                              *(["--candidate", candidate] if candidate else [])],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdin is not None
@@ -191,6 +197,7 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
     if not base.startswith("http://127.0.0.1:"):
         raise SystemExit(f"the service did not start: {base!r}")
     rows: list[Row] = []
+    name = f"{intake} + shadow" if candidate else intake
     try:
         url = f"{base}/cds-services/{rs.id}"
         signed = iter(tokens(key, url, 20 + 2 * calls))
@@ -205,7 +212,7 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
                 response = client.post(url, json=request, headers=headers)
                 samples.append(time.perf_counter() - start)
                 response.raise_for_status()
-            rows.append((f"{intake}: HTTP, 1 client", samples, time.perf_counter() - began))
+            rows.append((f"{name}: HTTP, 1 client", samples, time.perf_counter() - began))
 
         async def clients() -> list[float]:
             limits = httpx.Limits(max_connections=concurrency)
@@ -224,7 +231,7 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
 
         began = time.perf_counter()
         samples = asyncio.run(clients())
-        rows.append((f"{intake}: HTTP, {concurrency} clients", samples,
+        rows.append((f"{name}: HTTP, {concurrency} clients", samples,
                      time.perf_counter() - began))
     finally:
         child.stdin.close()  # the child serves until its stdin closes
@@ -244,11 +251,16 @@ def main() -> None:
                              "the row shown is the round with the lowest p99")
     parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--intake", default="strict", help=argparse.SUPPRESS)
+    parser.add_argument("--candidate", default=None,
+                        help="the shadow candidate (default: another version of the ruleset)")
     args = parser.parse_args()
     rs = cdss.load_ruleset(args.ruleset)
     if args.serve:
-        serve(rs, args.serve, args.intake)
+        serve(rs, args.serve, args.intake, args.candidate)
         return
+    candidate = args.candidate or next(
+        (s for s in sorted(available_rulesets(), reverse=True)
+         if s.startswith(f"{rs.id}@") and s != rs.spec), None)
     request = body(rs)
     count = 1 + sum(len(v.get("entry", [])) for k, v in request["prefetch"].items()
                     if v is not None and k != "patient")
@@ -259,14 +271,18 @@ def main() -> None:
     best: dict[str, Row] = {}
     for _ in range(args.rounds):
         for intake in ("strict", "lean"):
+            shadowed = over_http(rs, request, intake, args.calls, args.concurrency,
+                                 candidate) if candidate else []
             for row in [in_process(rs, request, intake, args.calls),
-                        *over_http(rs, request, intake, args.calls, args.concurrency)]:
+                        *over_http(rs, request, intake, args.calls, args.concurrency),
+                        *shadowed]:
                 if row[0] not in best or _pct(row[1], 99) < _pct(best[row[0]][1], 99):
                     best[row[0]] = row
 
     print(f"ruleset {rs.spec}; patient-view with {count} prefetched resources "
           f"({len(cards)} cards); {args.calls} calls per row, best of {args.rounds} "
           "alternated rounds by p99; times in ms")
+    print(f"shadow candidate: {candidate or 'none'}")
     print(f"{'':30} {'p50':>8} {'p99':>8} {'mean':>8} {'calls/s':>8}")
     for name in sorted(best, key=lambda n: (n.split(":")[1], n)):
         _, values, seconds = best[name]
