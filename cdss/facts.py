@@ -43,13 +43,13 @@ from cdss.terminology import Terminology, codings
 from cdss.units import convert
 
 __all__ = [
+    "ORDER_TYPES",
     "DataQualityNote",
     "Fact",
     "Facts",
     "LeftOutResource",
     "build_facts",
     "contributes",
-    "ORDER_TYPES",
     "draft_order_resources",
     "parse_time",
 ]

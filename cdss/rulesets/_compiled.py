@@ -26,9 +26,9 @@ from cdss.rulesets._schema import (
 
 __all__ = [
     "FIELDS",
-    "ORDER",
     "FIELD_TYPES",
     "OPS",
+    "ORDER",
     "CompiledRule",
     "Pattern",
     "Test",
