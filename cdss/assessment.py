@@ -168,6 +168,8 @@ class DataRequest(_Out):
     #: The draft orders the result is needed to judge (the ``order`` facts the
     #: requesting rules matched), when any. In the JSON only when there are.
     orders: list[Evidence] = Field(default_factory=list, exclude_if=lambda v: not v)
+    #: The citation of the rule asking; like ``lookback_days``, not in the JSON.
+    citation: Citation | None = Field(default=None, exclude=True)
 
 
 class TraceEntry(_Out):

@@ -215,7 +215,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
                         analyte=analyte, display=concept.display,
                         loinc=ruleset.order_loinc(analyte), reason=action.request.reason,
                         rule_id=rule.id, lookback_days=_lookback(ruleset, analyte),
-                        orders=orders)
+                        orders=orders, citation=cite(rule))
                 elif orders:  # a later rule needs it for draft orders too
                     old_req = requests[analyte]
                     merged = _unique([*old_req.orders, *orders])

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from cdss.assessment import Assessment, Flag, Referral
+from cdss.assessment import Assessment, Citation, DataRequest, Evidence, Flag, Referral
 from cdss.errors import InvalidArgument
 from cdss.outputs.fhir import (
     NAMESPACE,
@@ -73,6 +73,8 @@ def _source(ruleset: Ruleset | None, assessment: Assessment,
 def _evidence_md(flag: Flag | Referral) -> list[str]:
     lines = []
     for ev in flag.evidence:
+        if ev.kind == "order":  # the draft orders are named on their own
+            continue
         shown = ", ".join(f"{k} {_code_span(v)}" for k, v in sorted(ev.values.items())
                           if k in ("value", "unit", "status", "site", "nocturnal", "age",
                                    "sex"))
@@ -163,6 +165,78 @@ def _flag_card(flag: Flag, refs: list[Referral], assessment: Assessment,
     return _finish(card, hook_instance, _links(flag, *refs))
 
 
+def _order_name(order: Evidence) -> str:
+    """What a draft order says (its medication or lab), for a card."""
+    return _text(str(order.values.get("text") or order.fact))
+
+
+def _order_ref(order: Evidence) -> str:
+    return str(order.values.get("reference") or (order.sources[0] if order.sources else ""))
+
+
+def _order_lines(orders: Sequence[Evidence]) -> list[str]:
+    return [f"- {_code_span(_order_ref(o))}: {_code_span(_order_name(o))}" for o in orders]
+
+
+def _order_card(flag: Flag, order: Evidence, assessment: Assessment, ruleset: Ruleset | None,
+                hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+    """A card on one draft order a flag concerns: which order (reference and
+    text), why, the evidence, the citation, and, when the rule suggests
+    removing the order, a ``delete`` suggestion of it."""
+    name, ref = _order_name(order), _order_ref(order)
+    lines = [f"**Draft order:** {_code_span(ref)} {_code_span(name)}", "",
+             f"**Severity:** {flag.severity}", "", _text(flag.rationale)]
+    evidence = _evidence_md(flag)
+    if evidence:
+        lines += ["", "**Evidence**", "", *evidence]
+    lines += ["", _citation_md(flag)]
+    card: dict[str, Any] = {
+        "summary": _summary(f"{flag.display} ({name})"),
+        "indicator": _INDICATOR[flag.severity],
+        "detail": "\n".join(lines),
+        "source": _source(ruleset, assessment, {
+            "system": code_system(assessment.ruleset.id, "flag"), "code": flag.code,
+            "display": flag.display}),
+    }
+    if flag.order_suggestion == "remove":
+        body: dict[str, Any] = {"label": f"Remove the draft order: {name}", "actions": [
+            {"type": "delete", "description": f"Remove the draft order {ref} ({name})",
+             "resourceId": [ref]}]}
+        body["uuid"] = _uuid(hook_instance, "suggestion", body)
+        card["suggestions"] = [body]
+    return _finish(card, hook_instance, _links(flag))
+
+
+def _order_lab_card(req: DataRequest, assessment: Assessment, ruleset: Ruleset | None,
+                    hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+    """A card asking for a lab the draft orders of ``req`` need: which orders,
+    why, and a suggestion creating the lab order (its ``supportingInfo``
+    naming the draft orders)."""
+    code = f" (LOINC {req.loinc})" if req.loinc else ""
+    names = ", ".join(dict.fromkeys(_order_name(o) for o in req.orders))
+    lines = [f"**{req.display}**{code} is needed to judge the draft "
+             f"order{'s' if len(req.orders) > 1 else ''}:", "", *_order_lines(req.orders), "",
+             _text(req.reason)]
+    if req.citation is not None:
+        c = req.citation
+        title = f"[{c.title}]({c.url})" if c.url else c.title
+        lines += ["", f"**Source:** {title}, section \"{c.section}\" (rule `{req.rule_id}`)"]
+    card: dict[str, Any] = {
+        "summary": _summary(f"No recent {req.display.lower()} for the draft order ({names})"),
+        "indicator": "warning",
+        "detail": "\n".join(lines),
+        "source": _source(ruleset, assessment),
+    }
+    order = lab_order_request(req, assessment)
+    if order is not None:
+        order = {**order, "supportingInfo": [{"reference": _order_ref(o)}
+                                             for o in req.orders]}
+        card["suggestions"] = [_suggestion(f"Order {req.display}",
+                                           f"Create a draft order for {req.display}{code}",
+                                           order, hook_instance)]
+    return _finish(card, hook_instance)
+
+
 def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | None,
                    hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
     lines = [f"**Urgency:** {ref.urgency}", "", _text(ref.rationale)]
@@ -184,7 +258,7 @@ def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | Non
 
 def _data_card(assessment: Assessment, ruleset: Ruleset | None,
                hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
-    requests = assessment.data_requests
+    requests = [r for r in assessment.data_requests if not r.orders]
     lines = ["The ruleset needs these results to complete its assessment:", ""]
     suggestions = []
     for req in requests:
@@ -262,8 +336,40 @@ def _plan_card(assessment: Assessment, ruleset: Ruleset | None,
 CARD_EXTENSION = "dev.cdss.provenance"
 
 
+def _cited(card: Mapping[str, Any], assessment: Assessment) -> list[dict[str, str]]:
+    """The citations of the rules behind a card (found by the rule ids and
+    flag, referral and plan-item codes the Assessment ties to it)."""
+    topic = (card.get("source") or {}).get("topic") or {}
+    found: list[tuple[str, Citation]] = []
+    for flag in assessment.flags:
+        if topic.get("code") == flag.code and topic.get("system", "").endswith("/flag"):
+            found.append((flag.rule_id, flag.citation))
+    for ref in assessment.referrals:
+        if (topic.get("code") == ref.code and topic.get("system", "").endswith("/referral")) \
+                or f"**Referral:** {ref.display}" in str(card.get("detail", "")):
+            found.append((ref.rule_id, ref.citation))
+    for req in assessment.data_requests:
+        if req.citation is not None and (req.display in str(card.get("summary", ""))
+                                         or f"**{req.display}**" in str(card.get("detail"))):
+            found.append((req.rule_id, req.citation))
+    if str(card.get("summary", "")).startswith("Prevention plan"):
+        for item in assessment.plan:
+            found += [(", ".join(item.rule_ids), c) for c in item.citations]
+        for sup in assessment.suppressed:
+            found.append((sup.rule_id, sup.citation))
+    out: list[dict[str, str]] = []
+    for rule_id, c in found:
+        entry = {"rule": rule_id, "source": c.source, "title": c.title, "section": c.section}
+        if c.url:
+            entry["url"] = c.url
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
 def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
-          hook_instance: uuid.UUID | str | None = None) -> list[dict[str, Any]]:
+          hook_instance: uuid.UUID | str | None = None,
+          only_orders: bool = False) -> list[dict[str, Any]]:
     """``assessment`` as CDS Hooks 2.0 cards, most urgent first.
 
     One card per flag (``indicator``: critical → critical, high and moderate →
@@ -271,32 +377,58 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     (a ``create`` action with a draft ServiceRequest); a card for any referral
     no flag carries; a warning when resources were left out as unreadable; one
     for data requests (suggestions order the labs); one for the plan (a
-    suggestion creates a draft CarePlan). ``source.label`` is the ruleset's
-    ``id@version`` and ``source.url`` its canonical URL. Every card and
-    suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
-    ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256
-    and the engine that ran.
+    suggestion creates a draft CarePlan). A flag on draft orders gives one
+    card per order instead, naming it (a ``delete`` suggestion of it when the
+    rule suggests removing it), and a lab needed to judge draft orders its
+    own card, whose suggestion creates the lab order. ``only_orders`` (the
+    order hooks) keeps only the cards on draft orders and the warning on
+    resources left out. ``source.label`` is the ruleset's ``id@version`` and
+    ``source.url`` its canonical URL. Every card and suggestion has a uuid5
+    of ``hook_instance`` and its content. Each card's ``extension`` (key
+    :data:`CARD_EXTENSION`) names the ruleset, its version, developer,
+    release date and sha256, the engine that ran and the citations of the
+    rules behind the card.
     """
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
     out = []
     attached: set[str] = set()
     for flag in assessment.flags:
+        if flag.orders:
+            out += [_order_card(flag, order, assessment, ruleset, hook_instance)
+                    for order in flag.orders]
+            continue
+        if only_orders:
+            continue
         refs = [r for r in assessment.referrals
                 if r.rule_id == flag.rule_id and r.code not in attached]
         attached.update(r.code for r in refs)
         out.append(_flag_card(flag, refs, assessment, ruleset, hook_instance))
     for ref in assessment.referrals:
-        if ref.code not in attached:
+        if ref.code not in attached and not only_orders:
             out.append(_referral_card(ref, assessment, ruleset, hook_instance))
     if assessment.left_out:
         out.append(_left_out_card(assessment, ruleset, hook_instance))
-    if assessment.data_requests:
+    for req in assessment.data_requests:
+        if req.orders:
+            out.append(_order_lab_card(req, assessment, ruleset, hook_instance))
+    if any(not r.orders for r in assessment.data_requests) and not only_orders:
         out.append(_data_card(assessment, ruleset, hook_instance))
-    if assessment.plan or assessment.suppressed:
+    if (assessment.plan or assessment.suppressed) and not only_orders:
         out.append(_plan_card(assessment, ruleset, hook_instance))
-    provenance = {"ruleset": assessment.ruleset.spec, "sha256": assessment.ruleset.sha256,
-                  "engine": assessment.engine}
+    ident = assessment.ruleset
+    developer = ident.developer or (ruleset.file.developer if ruleset is not None else None)
+    released = ident.release_date or (
+        ruleset.file.release_date.isoformat()
+        if ruleset is not None and ruleset.file.release_date else None)
+    provenance: dict[str, Any] = {"ruleset": ident.spec, "version": ident.version,
+                                  "sha256": ident.sha256, "engine": assessment.engine}
+    if developer:
+        provenance["developer"] = developer
+    if released:
+        provenance["releaseDate"] = released
     for card in out:  # after the uuids, which depend on the content only
-        card["extension"] = {CARD_EXTENSION: dict(provenance)}
+        cited = _cited(card, assessment)
+        card["extension"] = {CARD_EXTENSION: {**provenance, **(
+            {"citations": cited} if cited else {})}}
     return out
