@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from cdss.errors import InvalidArgument
 from cdss.evaluation import resolve_as_of, resolve_ruleset
-from cdss.rulesets import Analyte, CompiledRule, Pattern, Ruleset, Test, _content
+from cdss.rulesets import ORDER, Analyte, CompiledRule, Pattern, Ruleset, Test, _content
 from cdss.terminology import LOINC, SNOMED, UCUM
 from cdss.units import convert
 
@@ -208,6 +208,7 @@ class _Kit:
         # string hash order of the process (PYTHONHASHSEED)
         self.kinds.update({name: "derived" for name in sorted(ruleset.derived_facts)})
         self.kinds["patient"] = "patient"
+        self.kinds[ORDER] = ORDER
         self.codings: dict[str, list[_content.Coding]] = _content.concept_codings(vs)
         self.units = {name: unit_factors(a) for name, a in vs.analytes.items()}
         self.sites = [n for n, c in vs.concepts.items() if c.kind == "body_site" and c.codes]
@@ -860,6 +861,22 @@ def _presence_want(draw: st.DrawFn, kit: _Kit, want: _Want) -> list[Group]:
     return [[draw(_allergy(kit, want.fact, state=state))]]
 
 
+@st.composite
+def _order_want(draw: st.DrawFn, kit: _Kit, want: _Want) -> list[Group]:
+    """A draft MedicationRequest of a medication concept the pattern names (a
+    record's draft orders are its draft MedicationRequests; lab orders come
+    only as separate draft orders, which these records do not hold)."""
+    named = [v for t in want.tests if t.field == "concept"
+             for v in (t.value if t.op == "in" else (t.value,))]
+    concepts = [c for c in named if kit.kinds.get(str(c)) == "medication"]
+    if not concepts:
+        return []
+    res = draw(_medication(kit, str(_pick(draw, concepts)), status="draft"))
+    if res["resourceType"] != "MedicationRequest":
+        res = {**res, "resourceType": "MedicationRequest", "intent": "order"}
+    return [[res]]
+
+
 def _want(draw: st.DrawFn, kit: _Kit, pattern: Pattern, wants: list[_Want],
           depth: int) -> None:
     if kit.kinds.get(pattern.fact) == "derived":
@@ -921,6 +938,8 @@ def _aimed_record(draw: st.DrawFn, kit: _Kit, targets: tuple[CompiledRule, ...],
             groups += draw(_finding_want(kit, want))
         elif kind in ("condition", "medication", "allergy"):
             groups += draw(_presence_want(kit, want))
+        elif kind == ORDER:
+            groups += draw(_order_want(kit, want))
     groups += draw(_background(kit, 3, mess))
     return _assemble(patient, groups)
 
