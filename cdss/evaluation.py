@@ -208,7 +208,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
                 suppressions.append((firing, action.suppress))
             elif action.request:
                 analyte = action.request.analyte
-                orders = [ev for ev in evidence if ev.kind == ORDER]
+                orders = _by_order([ev for ev in evidence if ev.kind == ORDER])
                 if analyte not in requests:
                     concept = ruleset.valuesets.concepts[analyte]
                     requests[analyte] = DataRequest(
@@ -218,7 +218,7 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
                         orders=orders, citation=cite(rule))
                 elif orders:  # a later rule needs it for draft orders too
                     old_req = requests[analyte]
-                    merged = _unique([*old_req.orders, *orders])
+                    merged = _by_order(_unique([*old_req.orders, *orders]))
                     requests[analyte] = old_req.model_copy(update={"orders": merged})
 
     catalogue = {item.code: (i, item) for i, item in enumerate(ruleset.file.plan_items)}
@@ -268,6 +268,11 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
         incomplete=bool(facts.left_out),
         left_out=list(facts.left_out),
     )
+
+
+def _by_order(orders: list[Evidence]) -> list[Evidence]:
+    """Order evidence by the draft order's reference, then its concept."""
+    return sorted(orders, key=lambda ev: (ev.sources, str(ev.values.get("concept"))))
 
 
 def _unique(items: list[Any]) -> list[Any]:

@@ -232,7 +232,8 @@ class OrderSelectContext(OrderContext):
         known = set(self.order_references)
         for i, ref in enumerate(self.selections):
             if ref not in known:
-                raise ValueError(f"selections[{i}] {ref!r} is not an order of draftOrders")
+                raise ValueError(f"context.selections[{i}] {ref!r} is not an order of "
+                                 "context.draftOrders")
         return self
 
 
