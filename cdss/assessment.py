@@ -51,6 +51,11 @@ class RulesetIdentity(_Out):
     #: outputs that name it. Known where the Assessment was made; not part of
     #: its JSON, whose bytes stay those of the versions already recorded.
     url: str | None = Field(default=None, exclude=True)
+    #: Who developed the ruleset and when this version was released (its
+    #: file's ``developer`` and ``release_date``), for the outputs' source
+    #: attributes; like ``url``, not part of the JSON.
+    developer: str | None = Field(default=None, exclude=True)
+    release_date: str | None = Field(default=None, exclude=True)
 
     @property
     def spec(self) -> str:
@@ -95,6 +100,15 @@ class Flag(_Out):
     rationale: str
     citation: Citation
     evidence: list[Evidence]
+    #: ``remove``: the rule suggests removing the draft orders it matched (the
+    #: ``order`` facts of ``evidence``). In the JSON only when set.
+    order_suggestion: Literal["remove"] | None = Field(
+        default=None, exclude_if=lambda v: v is None)
+
+    @property
+    def orders(self) -> list[Evidence]:
+        """The draft orders the flag concerns: its ``order`` evidence."""
+        return [ev for ev in self.evidence if ev.kind == "order"]
 
 
 class Referral(_Out):
@@ -151,6 +165,11 @@ class DataRequest(_Out):
     #: How recent a result must be to count (the analyte's lookback), for the
     #: outputs that ask for it. Like ``RulesetIdentity.url``, not in the JSON.
     lookback_days: int | None = Field(default=None, exclude=True)
+    #: The draft orders the result is needed to judge (the ``order`` facts the
+    #: requesting rules matched), when any. In the JSON only when there are.
+    orders: list[Evidence] = Field(default_factory=list, exclude_if=lambda v: not v)
+    #: The citation of the rule asking; like ``lookback_days``, not in the JSON.
+    citation: Citation | None = Field(default=None, exclude=True)
 
 
 class TraceEntry(_Out):

@@ -24,7 +24,7 @@ from cdss.engine import Firing, resolve_engine, run
 from cdss.errors import InvalidArgument
 from cdss.facts import Fact, Facts, build_facts, contributes, parse_time
 from cdss.intake import read_record
-from cdss.rulesets import Ruleset, load_ruleset
+from cdss.rulesets import ORDER, Ruleset, load_ruleset
 
 __all__ = ["assess", "evaluate", "extract_facts", "resolve_as_of", "resolve_ruleset"]
 
@@ -69,6 +69,8 @@ def extract_facts(
     timezone: str | tzinfo = "UTC",
     paths: Sequence[str | Path] | None = None,
     concept_maps: Sequence[str | Path] = (),
+    draft_orders: Any = None,
+    selections: Sequence[str] | None = None,
 ) -> Facts:
     """Read ``record`` and return its :class:`~cdss.facts.Facts` for ``ruleset``
     (arguments as for :func:`evaluate`)."""
@@ -79,7 +81,8 @@ def extract_facts(
                          relevant=lambda resource: contributes(resource, terminology))
     return build_facts(parsed, rs.terminology, as_of=when,
                        finding_lookback_days=rs.file.finding_lookback_days,
-                       on_invalid=on_invalid)
+                       on_invalid=on_invalid, draft_orders=draft_orders,
+                       selections=selections)
 
 
 def evaluate(
@@ -93,6 +96,8 @@ def evaluate(
     timezone: str | tzinfo = "UTC",
     paths: Sequence[str | Path] | None = None,
     concept_maps: Sequence[str | Path] = (),
+    draft_orders: Any = None,
+    selections: Sequence[str] | None = None,
 ) -> Assessment:
     """Evaluate one patient's FHIR R4 record with a ruleset.
 
@@ -112,11 +117,19 @@ def evaluate(
     :class:`~cdss.errors.InputError` instead. A record whose Patient cannot be
     read, or that holds two patients, is always refused. A dateTime with a
     time but no zone is read in ``timezone`` (an IANA name), with a note.
+
+    ``draft_orders`` are the orders being written (a Bundle or a list of
+    MedicationRequest, ServiceRequest, ... resources with status ``draft``, as
+    CDS Hooks ``draftOrders``); they, and the record's draft
+    MedicationRequests, become ``order`` facts, never active medications.
+    ``selections`` are the references of the orders under review
+    (order-select); ``None`` means every draft order (order-sign).
     Raises only :class:`~cdss.errors.CDSSError`.
     """
     rs = resolve_ruleset(ruleset, paths, concept_maps)
     facts = extract_facts(record, ruleset=rs, as_of=as_of, mode=mode, on_invalid=on_invalid,
-                          timezone=timezone)
+                          timezone=timezone, draft_orders=draft_orders,
+                          selections=selections)
     return assess(facts, rs, engine=engine)
 
 
@@ -171,7 +184,8 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
             if action.flag:
                 new = Flag(code=action.flag.code, display=action.flag.display,
                            severity=action.flag.severity, rule_id=rule.id,
-                           rationale=rule.rationale, citation=cite(rule), evidence=evidence)
+                           rationale=rule.rationale, citation=cite(rule), evidence=evidence,
+                           order_suggestion=action.flag.order_suggestion)
                 old = flags.get(new.code)
                 if old is None or SEVERITY_RANK[new.severity] > SEVERITY_RANK[old.severity]:
                     flags[new.code] = new
@@ -194,12 +208,18 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
                 suppressions.append((firing, action.suppress))
             elif action.request:
                 analyte = action.request.analyte
+                orders = _by_order([ev for ev in evidence if ev.kind == ORDER])
                 if analyte not in requests:
                     concept = ruleset.valuesets.concepts[analyte]
                     requests[analyte] = DataRequest(
                         analyte=analyte, display=concept.display,
                         loinc=ruleset.order_loinc(analyte), reason=action.request.reason,
-                        rule_id=rule.id, lookback_days=_lookback(ruleset, analyte))
+                        rule_id=rule.id, lookback_days=_lookback(ruleset, analyte),
+                        orders=orders, citation=cite(rule))
+                elif orders:  # a later rule needs it for draft orders too
+                    old_req = requests[analyte]
+                    merged = _by_order(_unique([*old_req.orders, *orders]))
+                    requests[analyte] = old_req.model_copy(update={"orders": merged})
 
     catalogue = {item.code: (i, item) for i, item in enumerate(ruleset.file.plan_items)}
     removed: dict[str, Suppressed] = {}
@@ -230,7 +250,9 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
     rs = ruleset.file
     return Assessment(
         ruleset=RulesetIdentity(id=rs.id, version=rs.version, sha256=ruleset.sha256,
-                                title=rs.title, url=rs.canonical_url),
+                                title=rs.title, url=rs.canonical_url, developer=rs.developer,
+                                release_date=rs.release_date.isoformat()
+                                if rs.release_date else None),
         as_of=facts.as_of,
         engine=engine,
         patient=facts.patient,
@@ -246,6 +268,11 @@ def assess(facts: Facts, ruleset: Ruleset, *, engine: str = "auto") -> Assessmen
         incomplete=bool(facts.left_out),
         left_out=list(facts.left_out),
     )
+
+
+def _by_order(orders: list[Evidence]) -> list[Evidence]:
+    """Order evidence by the draft order's reference, then its concept."""
+    return sorted(orders, key=lambda ev: (ev.sources, str(ev.values.get("concept"))))
 
 
 def _unique(items: list[Any]) -> list[Any]:

@@ -10,7 +10,16 @@ units, and time windows are relative to ``as_of``. One fact per concept:
 * a finding (``leg_cramps``...): ``status`` ``present`` or ``absent`` from the
   latest record, with ``site`` and ``nocturnal`` when recorded; no fact at all
   means unknown, which is never the same as absent;
-* a condition, a medication class, an allergy: present when active.
+* a condition, a medication class, an allergy: present when active;
+* ``order``: one fact per draft order and concept it maps to (a
+  MedicationRequest by the medication value sets, RxNorm codes or ingredient
+  names; a ServiceRequest by its lab code), with ``concept``, ``status``
+  (``draft``), ``selected`` (the order is under review: one of the
+  order-select ``selections``, or any order being signed), ``reference``
+  (``MedicationRequest/o1``) and ``resource_type``; ``text`` (what the order
+  says) is for the outputs, not for rules. Draft orders are never active
+  medications: a rule on ``loop_diuretic`` does not see a loop diuretic
+  being ordered.
 
 Entered-in-error, cancelled, preliminary-only and future-dated data are
 ignored and listed as data-quality notes.
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -29,16 +38,19 @@ from pydantic import BaseModel, ConfigDict
 
 from cdss.errors import InputError
 from cdss.intake import Record
+from cdss.rulesets import ORDER
 from cdss.terminology import Terminology, codings
 from cdss.units import convert
 
 __all__ = [
+    "ORDER_TYPES",
     "DataQualityNote",
     "Fact",
     "Facts",
     "LeftOutResource",
     "build_facts",
     "contributes",
+    "draft_order_resources",
     "parse_time",
 ]
 
@@ -48,6 +60,9 @@ _FINAL = frozenset({"final", "amended", "corrected"})
 _PRESENT = frozenset({"52101004", "373066001", "Y", "y", "true"})
 _ABSENT = frozenset({"2667000", "373067005", "N", "n", "false"})
 _ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+#: The resource types a draft order may be (CDS Hooks ``draftOrders``).
+ORDER_TYPES = frozenset({"DeviceRequest", "MedicationRequest", "NutritionOrder",
+                         "ServiceRequest", "VisionPrescription"})
 
 
 class _Frozen(BaseModel):
@@ -190,8 +205,10 @@ def _recency_key(resource: Mapping[str, Any], when: datetime) -> tuple[Any, ...]
 
 class _Builder:
     def __init__(self, record: Record, terminology: Terminology, as_of: datetime,
-                 finding_lookback_days: int) -> None:
+                 finding_lookback_days: int,
+                 selections: Collection[str] | None = None) -> None:
         self.record = record
+        self.selections = None if selections is None else frozenset(selections)
         self.term = terminology
         self.as_of = as_of
         self.finding_lookback = finding_lookback_days
@@ -427,6 +444,52 @@ class _Builder:
                 when = onset or self.as_of
                 self.finding(concept, cond, self.age_days(when), _recency_key(cond, when))
 
+    def medication_request(self, med: Mapping[str, Any]) -> None:
+        """A MedicationRequest of the record: a draft one is a draft order."""
+        if med.get("status") == "draft":
+            self.order(med)
+        else:
+            self.medication(med)
+
+    def order(self, res: Mapping[str, Any]) -> None:
+        """A draft order: one ``order`` fact per concept it maps to."""
+        rtype = str(res.get("resourceType"))
+        if res.get("status") != "draft":
+            raise InputError(f"a draft order must have status 'draft', not "
+                             f"{res.get('status')!r}", resource_type=rtype,
+                             resource_id=str(res.get("id")), field="status")
+        if rtype == "MedicationRequest":
+            codeable = res.get("medicationCodeableConcept")
+            concepts = {c for c in self.term.concepts_of(codeable)
+                        if self.term.kind(c) == "medication"}
+            if not concepts:
+                concepts = _named_medications(codeable, self.term)
+                if concepts:
+                    self.note("medication-by-name", res,
+                              f"code not in the value sets; class "
+                              f"{', '.join(sorted(concepts))} recognised from the "
+                              "ingredient name")
+        elif rtype == "ServiceRequest":
+            codeable = res.get("code")
+            concepts = {c for c in self.term.concepts_of(codeable)
+                        if self.term.kind(c) == "lab"}
+        else:
+            codeable, concepts = None, set()
+        if not concepts:
+            self.no_concept(res, codeable)
+            return
+        ref = _ref(res)
+        selected = self.selections is None or ref in self.selections
+        text = _order_text(codeable)
+        for concept in sorted(concepts):
+            values: dict[str, Scalar] = {
+                "concept": concept, "status": "draft", "selected": selected,
+                "reference": ref, "resource_type": rtype,
+                "text": text or self.term.valuesets.concepts[concept].display}
+            fid = f"{ORDER}:{concept}:{ref}"
+            self.facts[fid] = Fact(id=fid, name=ORDER, kind=ORDER, values=values,
+                                   sources=(ref,))
+
     def medication(self, med: Mapping[str, Any]) -> None:
         codeable = med.get("medicationCodeableConcept")
         concepts = {c for c in self.term.concepts_of(codeable)
@@ -590,25 +653,93 @@ def _named_medications(codeable: Any, terminology: Terminology) -> set[str]:
     return found
 
 
+def _order_text(codeable: Any) -> str | None:
+    """What an order's CodeableConcept says: its text, else its first display."""
+    if not isinstance(codeable, Mapping):
+        return None
+    if isinstance(codeable.get("text"), str) and codeable["text"].strip():
+        return " ".join(str(codeable["text"]).split())
+    for coding in _items(codeable.get("coding")):
+        if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
+            return " ".join(str(coding["display"]).split())
+    return None
+
+
+def draft_order_resources(orders: Any) -> list[Mapping[str, Any]]:
+    """The resources of draft orders given as a Bundle (CDS Hooks
+    ``draftOrders``), a list of resources or one resource; InputError for
+    anything else, or for a resource that is not of an order type."""
+    if orders is None:
+        return []
+    if isinstance(orders, Mapping) and orders.get("resourceType") == "Bundle":
+        entries = orders.get("entry") or []
+        if not isinstance(entries, list):
+            raise InputError("draft orders: Bundle.entry must be a list",
+                             resource_type="Bundle", field="entry")
+        items: list[Any] = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("resource"), Mapping):
+                raise InputError(f"draft orders: entry {i} holds no resource",
+                                 resource_type="Bundle", field=f"entry[{i}]")
+            items.append(entry["resource"])
+    elif isinstance(orders, Mapping):
+        items = [orders]
+    elif isinstance(orders, Sequence) and not isinstance(orders, (str, bytes)):
+        items = list(orders)
+    else:
+        raise InputError("draft orders must be a Bundle, a list of resources or a resource")
+    out = []
+    for i, res in enumerate(items):
+        if not isinstance(res, Mapping) or res.get("resourceType") not in ORDER_TYPES:
+            rtype = res.get("resourceType") if isinstance(res, Mapping) else None
+            raise InputError(f"draft order {i} is {rtype!r}, not one of "
+                             f"{', '.join(sorted(ORDER_TYPES))}", field="resourceType")
+        if not isinstance(res.get("id"), str) or not res["id"]:
+            raise InputError(f"draft order {i} has no id", resource_type=str(res["resourceType"]),
+                             field="id")
+        out.append(res)
+    return out
+
+
+def _order_patient(res: Mapping[str, Any]) -> str | None:
+    """The patient reference of a draft order (``patient`` on NutritionOrder and
+    VisionPrescription, ``subject`` on the others)."""
+    key = "patient" if res.get("resourceType") in ("NutritionOrder", "VisionPrescription") \
+        else "subject"
+    subject = res.get(key)
+    ref = subject.get("reference") if isinstance(subject, Mapping) else None
+    return ref if isinstance(ref, str) else None
+
+
 def _allergy_codes(allergy: Mapping[str, Any]) -> list[Any]:
     return [allergy.get("code")] + [r.get("substance") for r in _items(allergy.get("reaction"))
                                     if isinstance(r, Mapping)]
 
 
 def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
-                finding_lookback_days: int = 365, on_invalid: str = "refuse") -> Facts:
+                finding_lookback_days: int = 365, on_invalid: str = "refuse",
+                draft_orders: Any = None,
+                selections: Collection[str] | None = None) -> Facts:
     """Turn one patient's record into :class:`Facts` at ``as_of``.
 
     A resource whose content cannot be read (a bad date or value) raises
     :class:`InputError` with ``on_invalid="refuse"``; with ``"leave-out"`` it
     is left out and listed in :attr:`Facts.left_out`, with a note.
+
+    ``draft_orders`` (a Bundle or a list of resources, as CDS Hooks
+    ``draftOrders``) and the draft MedicationRequests of the record become
+    ``order`` facts; ``selections`` names the orders under review
+    (order-select), ``None`` every one (order-sign). A draft order about
+    another patient than the record's, and a selection naming no draft order,
+    are always refused.
     """
-    builder = _Builder(record, terminology, as_of, finding_lookback_days)
+    orders = draft_order_resources(draft_orders)
+    builder = _Builder(record, terminology, as_of, finding_lookback_days, selections)
     builder.patient()
     left_out = [LeftOutResource(resource=lo.resource, field=lo.field, reason=lo.reason)
                 for lo in record.left_out]
     readers = {"Observation": builder.observation, "Condition": builder.condition,
-               "MedicationRequest": builder.medication,
+               "MedicationRequest": builder.medication_request,
                "MedicationStatement": builder.medication,
                "AllergyIntolerance": builder.allergy}
     for resource in record.resources:
@@ -621,6 +752,24 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
             if on_invalid == "refuse":
                 raise
             left_out.append(LeftOutResource(resource=_ref(resource), field=exc.field,
+                                            reason=exc.reason))
+    refs = {_ref(res) for res in orders} | {
+        _ref(res) for res in record.resources
+        if res.get("resourceType") == "MedicationRequest" and res.get("status") == "draft"}
+    for ref in sorted(set(selections or ()) - refs):
+        raise InputError(f"selection {ref!r} names no draft order", field="selections")
+    for res in orders:
+        about = _order_patient(res)
+        if about is not None and record.patient_ref is not None and about != record.patient_ref:
+            raise InputError(f"the draft order is about {about}, not {record.patient_ref}",
+                             resource_type=str(res.get("resourceType")),
+                             resource_id=str(res.get("id")), field="subject")
+        try:
+            builder.order(res)
+        except InputError as exc:
+            if on_invalid == "refuse":
+                raise
+            left_out.append(LeftOutResource(resource=_ref(res), field=exc.field,
                                             reason=exc.reason))
     builder.finish()
     for code, ref, message in record.notes:

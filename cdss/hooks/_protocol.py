@@ -2,12 +2,15 @@
 :mod:`cdss.service`); the only network access is the optional fetch from the
 CDS client's FHIR server, through a callable that callers may inject.
 
-* :func:`discovery` is the discovery document: one ``patient-view`` service
-  per ruleset, with prefetch templates for what the ruleset reads. Prefetch
-  tokens may only name context fields (``{{context.patientId}}``) and the
-  user ids, so a template cannot say "the last 90 days": the searches carry no
-  date and the lookback windows are applied when facts are built (a lab older
-  than its lookback counts as missing and is noted).
+* :func:`discovery` is the discovery document: per ruleset a ``patient-view``
+  service and, when asked, an ``order-select`` and an ``order-sign`` service
+  (:func:`hook_services`), with prefetch templates for what the ruleset
+  reads. Prefetch tokens may only name context fields
+  (``{{context.patientId}}``) and the user ids, and have no date arithmetic,
+  so a template cannot say "the last 90 days": patient-view searches carry
+  no date, the order hooks ask for the newest results of each lab
+  (``_sort=-date&_count=``), and the lookback windows are applied when facts
+  are built (a lab older than its lookback counts as missing and is noted).
 * :func:`validate_request` turns a request body into a :class:`HookRequest`,
   raising :class:`~cdss.errors.HookRequestError` (with the HTTP ``status`` to
   answer) with a message naming the field.
@@ -24,7 +27,15 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
@@ -34,11 +45,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cdss.assessment import Assessment
 from cdss.errors import HookRequestError, InputError, InvalidArgument
+from cdss.facts import ORDER_TYPES
 from cdss.outputs.cds_hooks import cards
 from cdss.rulesets import Ruleset
 
-#: The one hook these services answer.
+#: The hook every ruleset's first service answers (its id is the ruleset's).
 HOOK = "patient-view"
+#: The order hooks, answered by the services ``<id>-order-select`` and ``<id>-order-sign``.
+ORDER_SELECT = "order-select"
+ORDER_SIGN = "order-sign"
+#: Every hook a ruleset is served for, in discovery order.
+HOOKS = (HOOK, ORDER_SELECT, ORDER_SIGN)
+#: How many of the newest results of each lab the order hooks' prefetch asks for.
+LAB_COUNT = 20
 #: Pages of a search followed at most when fetching from a FHIR server.
 MAX_PAGES = 100
 _PATIENT_TOKEN = "{{context.patientId}}"
@@ -151,24 +170,109 @@ def _validated(body: Any, model: type[_Body], what: str) -> _Body:
         raise HookRequestError(_message(exc, what)) from None
 
 
-def _message(exc: ValidationError, what: str) -> str:
+def _message(exc: ValidationError, what: str, prefix: str = "") -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or what
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or what
         parts.append(f"{loc}: {err['msg']}")
     more = len(exc.errors()) - 5
     return f"invalid {what}: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def validate_request(body: Any) -> HookRequest:
+class OrderContext(BaseModel):
+    """``context`` of ``order-sign``: the user, the patient, the encounter
+    (optional) and ``draftOrders``, a Bundle of the orders being signed
+    (MedicationRequest, ServiceRequest, NutritionOrder, ...), each with status
+    ``draft`` and about the context's patient."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    userId: str = Field(min_length=1)
+    patientId: str = Field(pattern=_FHIR_ID)
+    encounterId: str | None = None
+    draftOrders: dict[str, Any]
+
+    @field_validator("draftOrders")
+    @classmethod
+    def _bundle(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("resourceType") != "Bundle":
+            raise ValueError("must be a FHIR Bundle")
+        entries = value.get("entry")
+        if not isinstance(entries, list):
+            raise ValueError("Bundle.entry must be a list of the draft orders")
+        for i, entry in enumerate(entries):
+            res = entry.get("resource") if isinstance(entry, Mapping) else None
+            where = f"entry[{i}].resource"
+            if not isinstance(res, Mapping):
+                raise ValueError(f"{where} is missing")
+            if res.get("resourceType") not in ORDER_TYPES:
+                raise ValueError(f"{where}.resourceType {res.get('resourceType')!r} is not an "
+                                 f"order type ({', '.join(sorted(ORDER_TYPES))})")
+            if not isinstance(res.get("id"), str) or not re.match(_FHIR_ID, res["id"]):
+                raise ValueError(f"{where}.id must be a FHIR id")
+            if res.get("status") != "draft":
+                raise ValueError(f"{where}.status must be 'draft', not {res.get('status')!r}")
+        return value
+
+    @property
+    def order_references(self) -> list[str]:
+        """``Type/id`` of every draft order, in Bundle order."""
+        return [f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                for e in self.draftOrders["entry"]]
+
+
+class OrderSelectContext(OrderContext):
+    """``context`` of ``order-select``: as order-sign's, plus ``selections``,
+    the references (``MedicationRequest/103``) of the orders just selected,
+    each one of ``draftOrders``."""
+
+    selections: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _selected_are_drafts(self) -> OrderSelectContext:
+        known = set(self.order_references)
+        for i, ref in enumerate(self.selections):
+            if ref not in known:
+                raise ValueError(f"context.selections[{i}] {ref!r} is not an order of "
+                                 "context.draftOrders")
+        return self
+
+
+_CONTEXTS: dict[str, type[BaseModel]] = {ORDER_SELECT: OrderSelectContext,
+                                         ORDER_SIGN: OrderContext}
+
+
+def validate_request(body: Any, hook: str | None = None) -> HookRequest:
     """Validate a CDS Hooks request (a dict, or JSON text/bytes).
 
     Raises :class:`HookRequestError` (status 400) naming the offending field:
     a missing ``hook``, a ``hookInstance`` that is not a UUID, a
     ``context.patientId`` that is not a FHIR id, a ``fhirAuthorization``
     without ``fhirServer``, a prefetch value that is not a resource or null.
+    With ``hook`` (the hook of the service called) the request must be for
+    that hook, and an order hook's context is checked as its hook defines it
+    (``context.userId``, ``context.draftOrders``, ``context.selections``).
     """
-    return _validated(body, HookRequest, "request")
+    req = _validated(body, HookRequest, "request")
+    if hook is not None:
+        _check_hook(req, hook)
+        model = _CONTEXTS.get(hook)
+        if model is not None:
+            try:
+                model.model_validate(req.context.model_dump())
+            except ValidationError as exc:
+                raise HookRequestError(_message(exc, "request", prefix="context")) from None
+    return req
+
+
+def order_context(request: HookRequest) -> tuple[list[Any], list[str] | None]:
+    """The draft orders of an order hook's request and its selections
+    (``None`` for order-sign: every draft order is being signed)."""
+    extra = request.context.model_extra or {}
+    bundle = extra.get("draftOrders") or {}
+    orders = [e["resource"] for e in bundle.get("entry") or []]
+    selections = extra.get("selections") if request.hook == ORDER_SELECT else None
+    return orders, (list(selections) if selections is not None else None)
 
 
 class Coding(_Model):
@@ -236,19 +340,40 @@ def _codes_of_kind(ruleset: Ruleset, kind: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def prefetch_templates(ruleset: Ruleset) -> dict[str, str]:
-    """The prefetch templates of the service of ``ruleset``, by key.
+def _lab_codes(ruleset: Ruleset, concept: str) -> list[str]:
+    vs = ruleset.valuesets
+    out = [f"{vs.systems.get(c.system, c.system)}|{c.code}" for c in vs.concepts[concept].codes]
+    out += [f"{vs.systems.get(e.system, e.system)}|{e.code}" for cmap in ruleset.concept_maps
+            for e in cmap.maps if e.concept == concept]
+    return list(dict.fromkeys(out))
 
-    Observations are searched by the codes of the ruleset's labs (``labs``)
-    and findings (``findings``); conditions, medications and allergies by
-    patient only, because their value sets hold code prefixes (ICD-10-CM, ATC)
-    and names that a token search cannot express. A resource type is asked
-    for only when the ruleset has concepts read from it.
+
+def prefetch_templates(ruleset: Ruleset, hook: str = HOOK) -> dict[str, str]:
+    """The prefetch templates of the ``hook`` service of ``ruleset``, by key.
+
+    Observations are searched by the codes of the ruleset's labs and findings
+    (``findings``); conditions, medications and allergies by patient only,
+    because their value sets hold code prefixes (ICD-10-CM, ATC) and names
+    that a token search cannot express. A resource type is asked for only
+    when the ruleset has concepts read from it. ``patient-view`` searches
+    every lab at once (``labs``). The order hooks, called at every order
+    selected or signed, ask for the newest :data:`LAB_COUNT` results of each
+    lab (``lab-<concept>``: ``_sort=-date&_count=``), the only bound a
+    template can state (its tokens have no date arithmetic), and for active
+    medications only (``status=active``); their draft orders come in the
+    context.
     """
     kinds = {c.kind for c in ruleset.valuesets.concepts.values()}
     pid = _PATIENT_TOKEN
     out = {"patient": f"Patient/{pid}"}
-    if "lab" in kinds:
+    orders = hook != HOOK
+    if "lab" in kinds and orders:
+        for name, concept in ruleset.valuesets.concepts.items():
+            codes = _lab_codes(ruleset, name) if concept.kind == "lab" else []
+            if codes:
+                out[f"lab-{name}"] = (f"Observation?patient={pid}&code={','.join(codes)}"
+                                      f"&_sort=-date&_count={LAB_COUNT}")
+    elif "lab" in kinds:
         out["labs"] = f"Observation?patient={pid}&code={','.join(_codes_of_kind(ruleset, 'lab'))}"
     if "finding" in kinds:
         out["findings"] = (f"Observation?patient={pid}"
@@ -256,8 +381,9 @@ def prefetch_templates(ruleset: Ruleset) -> dict[str, str]:
     if kinds & {"condition", "finding"}:
         out["conditions"] = f"Condition?patient={pid}"
     if "medication" in kinds:
-        out["medicationRequests"] = f"MedicationRequest?patient={pid}"
-        out["medicationStatements"] = f"MedicationStatement?patient={pid}"
+        active = "&status=active" if orders else ""
+        out["medicationRequests"] = f"MedicationRequest?patient={pid}{active}"
+        out["medicationStatements"] = f"MedicationStatement?patient={pid}{active}"
     if "allergy" in kinds:
         out["allergies"] = f"AllergyIntolerance?patient={pid}"
     return out
@@ -288,17 +414,73 @@ def service_ids(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset]) -> dict[str
     return out
 
 
-def discovery(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset]) -> dict[str, Any]:
-    """The CDS Hooks discovery document (``GET /cds-services``)."""
-    services = []
+def single_page(template: str) -> bool:
+    """Whether a prefetch template asks for one page only (the newest results:
+    ``_count``): fetched, its ``next`` pages are not followed."""
+    return "&_count=" in template
+
+
+def hook_services(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset],
+                  hooks: Sequence[str] = HOOKS) -> dict[str, tuple[str, Ruleset]]:
+    """Service id → (hook, ruleset): per ruleset of :func:`service_ids`, its
+    ``patient-view`` service under its own id and each order hook under
+    ``<id>-<hook>`` (``plantar-cramps-order-select``)."""
+    out: dict[str, tuple[str, Ruleset]] = {}
     for sid, rs in service_ids(rulesets).items():
+        for hook in hooks:
+            if hook not in HOOKS:
+                raise InvalidArgument(f"hook must be one of {HOOKS}, not {hook!r}")
+            hid = sid if hook == HOOK else f"{sid}-{hook}"
+            if hid in out:
+                raise InvalidArgument(f"service id {hid!r} is given twice")
+            out[hid] = (hook, rs)
+    return out
+
+
+def source_attributes(ruleset: Ruleset) -> dict[str, Any]:
+    """What a ruleset says of itself for decision-support transparency: its
+    id, version, developer, release date, canonical URL, content hash and the
+    documents its rules cite (title, publisher, URL, the rules citing each)."""
+    f = ruleset.file
+    cited: dict[str, list[str]] = {}
+    for rule in f.rules:
+        cited.setdefault(rule.citation.source, []).append(rule.id)
+    sources = []
+    for key, src in f.sources.items():
+        entry = {"key": key, "title": _text(src.title), "publisher": src.publisher,
+                 "url": src.url, "rules": cited.get(key, [])}
+        sources.append({k: v for k, v in entry.items() if v})
+    out = {"ruleset": f.id, "version": f.version, "developer": f.developer,
+           "releaseDate": f.release_date.isoformat() if f.release_date else None,
+           "status": f.status, "url": f.canonical_url, "sha256": ruleset.sha256,
+           "sources": sources}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+#: The key of the discovery extension with a service's source attributes.
+SOURCE_EXTENSION = "dev.cdss.source"
+
+
+def discovery(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset],
+              hooks: Sequence[str] = (HOOK,)) -> dict[str, Any]:
+    """The CDS Hooks discovery document (``GET /cds-services``): one service
+    per ruleset and hook (:func:`hook_services`; ``hooks`` defaults to
+    ``patient-view`` alone), each with the ruleset's source attributes in its
+    extension :data:`SOURCE_EXTENSION`."""
+    services = []
+    for sid, (hook, rs) in hook_services(rulesets, hooks).items():
+        made_by = f", developer {rs.file.developer}" if rs.file.developer else ""
+        released = f", released {rs.file.release_date.isoformat()}" \
+            if rs.file.release_date else ""
+        what = "" if hook == HOOK else f" Cards on the draft orders ({hook})."
         services.append({
-            "hook": HOOK,
+            "hook": hook,
             "id": sid,
             "title": _text(rs.file.title),
-            "description": f"{_text(rs.file.description)} (ruleset {rs.spec}, "
-                           f"sha256 {rs.sha256})",
-            "prefetch": prefetch_templates(rs),
+            "description": f"{_text(rs.file.description)}{what} (ruleset {rs.spec}"
+                           f"{made_by}{released}, sha256 {rs.sha256})",
+            "prefetch": prefetch_templates(rs, hook),
+            "extension": {SOURCE_EXTENSION: source_attributes(rs)},
         })
     return {"services": services}
 
@@ -323,7 +505,8 @@ def missing_prefetch(request: HookRequest, ruleset: Ruleset) -> dict[str, str]:
     missing and the request names no ``fhirServer`` to fetch them from.
     """
     given = request.prefetch or {}
-    missing = {k: q for k, q in prefetch_templates(ruleset).items() if k not in given}
+    missing = {k: q for k, q in prefetch_templates(ruleset, _hook_of(request)).items()
+               if k not in given}
     if not missing:
         return {}
     if request.fhirServer is None:
@@ -402,11 +585,13 @@ def _read_errors() -> Iterator[None]:
 def _paging(url: str, base: str) -> Generator[str, Any, Any]:
     """The paging of a search, for either kind of fetch: yields each URL to GET
     (``url``, then the ``next`` pages on ``base``'s host only, at most
-    :data:`MAX_PAGES`), is sent its page, and returns one Bundle with every
-    page's entries."""
+    :data:`MAX_PAGES`; none for a :func:`single_page` search), is sent its
+    page, and returns one Bundle with every page's entries."""
     pages: list[Any] = []
     next_url: str | None = url
     while next_url is not None:
+        if pages and single_page(url):
+            break
         if len(pages) >= MAX_PAGES:
             raise HookRequestError(f"the FHIR search has more than {MAX_PAGES} pages",
                                    status=412)
@@ -472,7 +657,7 @@ def _record(request: HookRequest, ruleset: Ruleset,
     given = request.prefetch or {}
     seen: set[tuple[str, str]] = set()
     record: list[Mapping[str, Any]] = []
-    for key in prefetch_templates(ruleset):
+    for key in prefetch_templates(ruleset, _hook_of(request)):
         if key in given:
             value, origin = given[key], "prefetch"
         elif key in fetched:
@@ -498,38 +683,56 @@ def _record(request: HookRequest, ruleset: Ruleset,
 # --------------------------------------------------------------------------- #
 # Handling a call
 # --------------------------------------------------------------------------- #
-def _check_hook(request: HookRequest) -> None:
-    if request.hook != HOOK:
-        raise HookRequestError(f"this service answers the {HOOK!r} hook, not {request.hook!r}")
+def _hook_of(request: HookRequest) -> str:
+    """The hook whose templates a request is read with (patient-view's for any other)."""
+    return request.hook if request.hook in HOOKS else HOOK
+
+
+def _check_hook(request: HookRequest, hook: str = HOOK) -> None:
+    if request.hook != hook:
+        raise HookRequestError(f"this service answers the {hook!r} hook, not {request.hook!r}")
 
 
 def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
                      fetched: Mapping[str, Any] | None = None,
                      as_of: datetime | date | str | None = None,
-                     timezone: str = "UTC", mode: str = "strict") -> dict[str, Any]:
+                     timezone: str = "UTC", mode: str = "strict",
+                     hook: str = HOOK) -> dict[str, Any]:
     """Evaluate ``request`` with its prefetch plus the ``fetched`` values of
     the keys it lacked, and return the response body ``{"cards": [...]}``.
     A resource that cannot be read is left out (a warning card says which);
     ``timezone`` is the zone of times the EHR sent without one; ``mode`` the
-    intake (``strict`` or ``lean``, as :func:`cdss.evaluate` takes it)."""
+    intake (``strict`` or ``lean``, as :func:`cdss.evaluate` takes it).
+    ``hook`` is the hook of the service called: the request must be for it;
+    for an order hook the context's draft orders (and order-select's
+    selections) are evaluated with the record and only the cards on draft
+    orders are returned (with the warning when resources were left out)."""
     assessment = assess_request(request, ruleset, fetched=fetched, as_of=as_of,
-                                timezone=timezone, mode=mode)
-    return {"cards": cards(assessment, ruleset, hook_instance=request.hookInstance)}
+                                timezone=timezone, mode=mode, hook=hook)
+    return {"cards": cards(assessment, ruleset, hook_instance=request.hookInstance,
+                           only_orders=hook != HOOK)}
 
 
 def assess_request(request: HookRequest, ruleset: Ruleset, *,
                    fetched: Mapping[str, Any] | None = None,
                    as_of: datetime | date | str | None = None,
-                   timezone: str = "UTC", mode: str = "strict") -> Assessment:
+                   timezone: str = "UTC", mode: str = "strict",
+                   hook: str = HOOK) -> Assessment:
     """The Assessment :func:`evaluate_request` renders as cards (same
     arguments, same refusals)."""
     from cdss.evaluation import evaluate
 
-    _check_hook(request)
+    if hook != HOOK and request.hook == hook:
+        request = validate_request(request.model_dump(mode="json"), hook)
+    _check_hook(request, hook)
     record = _record(request, ruleset, fetched or {})
+    orders, selections = order_context(request) if hook != HOOK else (None, None)
+    if orders:  # the order being written replaces any copy of it in the chart
+        drafts = {(o["resourceType"], o["id"]) for o in orders}
+        record = [r for r in record if (r.get("resourceType"), r.get("id")) not in drafts]
     try:
         assessment = evaluate(record, ruleset=ruleset, as_of=as_of, timezone=timezone,
-                              mode=mode)
+                              mode=mode, draft_orders=orders, selections=selections)
     except InputError as exc:
         raise HookRequestError(f"the patient's data cannot be used: {exc}") from None
     if assessment.patient not in (None, request.patient_reference):
@@ -551,8 +754,23 @@ def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
     unusable data, 412 when data is missing and cannot be fetched. ``as_of``
     defaults to now; ``mode`` is the intake (``strict`` or ``lean``).
     """
-    req = request if isinstance(request, HookRequest) else validate_request(request)
-    _check_hook(req)
+    return handle_hook(request, ruleset, hook=HOOK, fetch=fetch, as_of=as_of,
+                       timezone=timezone, mode=mode)
+
+
+def handle_hook(request: HookRequest | Mapping[str, Any] | str | bytes, ruleset: Ruleset, *,
+                hook: str, fetch: Fetch | None = None,
+                as_of: datetime | date | str | None = None,
+                timezone: str = "UTC", mode: str = "strict") -> dict[str, Any]:
+    """Answer a call of the ``hook`` service of ``ruleset`` (``patient-view``,
+    ``order-select`` or ``order-sign``): ``{"cards": [...]}``, as
+    :func:`handle_patient_view` does. An order hook's request is validated as
+    its hook defines it (400 naming the field: ``context.draftOrders``,
+    ``context.selections``) and answered with the cards on its draft orders."""
+    if hook not in HOOKS:
+        raise InvalidArgument(f"hook must be one of {HOOKS}, not {hook!r}")
+    req = validate_request(request.model_dump(mode="json") if isinstance(request, HookRequest)
+                           else request, hook)
     missing = missing_prefetch(req, ruleset)
     fetched: dict[str, Any] = {}
     if missing:
@@ -562,4 +780,4 @@ def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
         for key, url in missing.items():
             fetched[key] = collect_pages(url, headers, get, req.fhirServer)
     return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of, timezone=timezone,
-                            mode=mode)
+                            mode=mode, hook=hook)

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from cdss.assessment import Assessment, Flag, Referral
+from cdss.assessment import Assessment, Citation, DataRequest, Evidence, Flag, Referral
 from cdss.errors import InvalidArgument
 from cdss.outputs.fhir import (
     NAMESPACE,
@@ -73,6 +73,8 @@ def _source(ruleset: Ruleset | None, assessment: Assessment,
 def _evidence_md(flag: Flag | Referral) -> list[str]:
     lines = []
     for ev in flag.evidence:
+        if ev.kind == "order":  # the draft orders are named on their own
+            continue
         shown = ", ".join(f"{k} {_code_span(v)}" for k, v in sorted(ev.values.items())
                           if k in ("value", "unit", "status", "site", "nocturnal", "age",
                                    "sex"))
@@ -178,6 +180,78 @@ def _flag_card(flag: Flag, refs: list[Referral], assessment: Assessment,
     return _finish(card, hook_instance, _links(flag, *refs))
 
 
+def _order_name(order: Evidence) -> str:
+    """What a draft order says (its medication or lab), for a card."""
+    return _text(str(order.values.get("text") or order.fact))
+
+
+def _order_ref(order: Evidence) -> str:
+    return str(order.values.get("reference") or (order.sources[0] if order.sources else ""))
+
+
+def _order_lines(orders: Sequence[Evidence]) -> list[str]:
+    return [f"- {_code_span(_order_ref(o))}: {_code_span(_order_name(o))}" for o in orders]
+
+
+def _order_card(flag: Flag, order: Evidence, assessment: Assessment, ruleset: Ruleset | None,
+                hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+    """A card on one draft order a flag concerns: which order (reference and
+    text), why, the evidence, the citation, and, when the rule suggests
+    removing the order, a ``delete`` suggestion of it."""
+    name, ref = _order_name(order), _order_ref(order)
+    lines = [f"**Draft order:** {_code_span(ref)} {_code_span(name)}", "",
+             f"**Severity:** {flag.severity}", "", _text(flag.rationale)]
+    evidence = _evidence_md(flag)
+    if evidence:
+        lines += ["", "**Evidence**", "", *evidence]
+    lines += ["", _citation_md(flag)]
+    card: dict[str, Any] = {
+        "summary": _summary(f"{flag.display} ({name})"),
+        "indicator": _INDICATOR[flag.severity],
+        "detail": "\n".join(lines),
+        "source": _source(ruleset, assessment, {
+            "system": code_system(assessment.ruleset.id, "flag"), "code": flag.code,
+            "display": flag.display}),
+    }
+    if flag.order_suggestion == "remove":
+        body: dict[str, Any] = {"label": f"Remove the draft order: {name}", "actions": [
+            {"type": "delete", "description": f"Remove the draft order {ref} ({name})",
+             "resourceId": [ref]}]}
+        body["uuid"] = _uuid(hook_instance, "suggestion", body)
+        card["suggestions"] = [body]
+    return _finish(card, hook_instance, _links(flag))
+
+
+def _order_lab_card(req: DataRequest, assessment: Assessment, ruleset: Ruleset | None,
+                    hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+    """A card asking for a lab the draft orders of ``req`` need: which orders,
+    why, and a suggestion creating the lab order (its ``supportingInfo``
+    naming the draft orders)."""
+    code = f" (LOINC {req.loinc})" if req.loinc else ""
+    names = ", ".join(dict.fromkeys(_order_name(o) for o in req.orders))
+    lines = [f"**{req.display}**{code} is needed to judge the draft "
+             f"order{'s' if len(req.orders) > 1 else ''}:", "", *_order_lines(req.orders), "",
+             _text(req.reason)]
+    if req.citation is not None:
+        c = req.citation
+        title = f"[{c.title}]({c.url})" if c.url else c.title
+        lines += ["", f"**Source:** {title}, section \"{c.section}\" (rule `{req.rule_id}`)"]
+    card: dict[str, Any] = {
+        "summary": _summary(f"No recent {req.display.lower()} for the draft order ({names})"),
+        "indicator": "warning",
+        "detail": "\n".join(lines),
+        "source": _source(ruleset, assessment),
+    }
+    order = lab_order_request(req, assessment)
+    if order is not None:
+        order = {**order, "supportingInfo": [{"reference": _order_ref(o)}
+                                             for o in req.orders]}
+        card["suggestions"] = [_suggestion(f"Order {req.display}",
+                                           f"Create a draft order for {req.display}{code}",
+                                           order, hook_instance)]
+    return _finish(card, hook_instance)
+
+
 def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | None,
                    hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
     lines = [f"**Urgency:** {ref.urgency}", "", _text(ref.rationale)]
@@ -202,7 +276,7 @@ def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | Non
 
 def _data_card(assessment: Assessment, ruleset: Ruleset | None,
                hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
-    requests = assessment.data_requests
+    requests = [r for r in assessment.data_requests if not r.orders]
     lines = ["The ruleset needs these results to complete its assessment:", ""]
     suggestions = []
     for req in requests:
@@ -280,8 +354,33 @@ def _plan_card(assessment: Assessment, ruleset: Ruleset | None,
 CARD_EXTENSION = "dev.cdss.provenance"
 
 
+def _cited(rule_ids: Sequence[str], assessment: Assessment) -> list[dict[str, str]]:
+    """The citations of the rules ``rule_ids`` behind a card, as the
+    Assessment's flags, referrals, data requests, plan items and suppressions
+    made by those rules carry them."""
+    ids = set(rule_ids)
+    found: list[tuple[str, Citation]] = []
+    found += [(f.rule_id, f.citation) for f in assessment.flags if f.rule_id in ids]
+    found += [(r.rule_id, r.citation) for r in assessment.referrals if r.rule_id in ids]
+    found += [(r.rule_id, r.citation) for r in assessment.data_requests
+              if r.rule_id in ids and r.citation is not None]
+    for item in assessment.plan:
+        if ids & set(item.rule_ids):
+            found += [(", ".join(item.rule_ids), c) for c in item.citations]
+    found += [(s.rule_id, s.citation) for s in assessment.suppressed if s.rule_id in ids]
+    out: list[dict[str, str]] = []
+    for rule_id, c in found:
+        entry = {"rule": rule_id, "source": c.source, "title": c.title, "section": c.section}
+        if c.url:
+            entry["url"] = c.url
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
 def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
-          hook_instance: uuid.UUID | str | None = None) -> list[dict[str, Any]]:
+          hook_instance: uuid.UUID | str | None = None,
+          only_orders: bool = False) -> list[dict[str, Any]]:
     """``assessment`` as CDS Hooks 2.0 cards, most urgent first.
 
     One card per flag (``indicator``: critical → critical, high and moderate →
@@ -289,44 +388,73 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     (a ``create`` action with a draft ServiceRequest); a card for any referral
     no flag carries; a warning when resources were left out as unreadable; one
     for data requests (suggestions order the labs); one for the plan (a
-    suggestion creates a draft CarePlan). ``source.label`` is the ruleset's
-    ``id@version`` and ``source.url`` its canonical URL. Every card and
-    suggestion has a uuid5 of ``hook_instance`` and its content. Each card's
-    ``extension`` (key :data:`CARD_EXTENSION`) names the ruleset, its sha256,
-    the engine that ran, the card's ``kind`` (``flag``, ``referral``,
-    ``left-out``, ``data-request``, ``plan``) and the ``rules`` that made it
-    (none for ``left-out``).
-    Flag and referral cards offer the ruleset's ``overrideReasons`` (its
-    ``override_reasons``, or the rule's selection of them) when it declares any.
+    suggestion creates a draft CarePlan). A flag on draft orders gives one
+    card per order instead, naming it (a ``delete`` suggestion of it when the
+    rule suggests removing it), and a lab needed to judge draft orders its
+    own card, whose suggestion creates the lab order. ``only_orders`` (the
+    order hooks) keeps only the cards on draft orders and the warning on
+    resources left out. ``source.label`` is the ruleset's ``id@version`` and
+    ``source.url`` its canonical URL. Every card and suggestion has a uuid5
+    of ``hook_instance`` and its content. Each card's ``extension`` (key
+    :data:`CARD_EXTENSION`) names the ruleset, its version, developer,
+    release date and sha256, the engine that ran, the card's ``kind``
+    (``flag``, ``order``, ``referral``, ``left-out``, ``data-request``,
+    ``order-lab``, ``plan``), the ``rules`` that made it (none for
+    ``left-out``) and their citations. Flag and referral cards offer the
+    ruleset's ``overrideReasons`` (its ``override_reasons``, or the rule's
+    selection of them) when it declares any.
     """
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
     out: list[tuple[dict[str, Any], str, list[str]]] = []  # card, kind, rule ids
     attached: set[str] = set()
     for flag in assessment.flags:
+        if flag.orders:
+            out += [(_order_card(flag, order, assessment, ruleset, hook_instance), "order",
+                     [flag.rule_id]) for order in flag.orders]
+            continue
+        if only_orders:
+            continue
         refs = [r for r in assessment.referrals
                 if r.rule_id == flag.rule_id and r.code not in attached]
         attached.update(r.code for r in refs)
         out.append((_flag_card(flag, refs, assessment, ruleset, hook_instance), "flag",
                     [flag.rule_id]))
     for ref in assessment.referrals:
-        if ref.code not in attached:
+        if ref.code not in attached and not only_orders:
             out.append((_referral_card(ref, assessment, ruleset, hook_instance), "referral",
                         [ref.rule_id]))
     if assessment.left_out:
         out.append((_left_out_card(assessment, ruleset, hook_instance), "left-out", []))
-    if assessment.data_requests:
+    for req in assessment.data_requests:
+        if req.orders:
+            out.append((_order_lab_card(req, assessment, ruleset, hook_instance), "order-lab",
+                        [req.rule_id]))
+    unordered = [r for r in assessment.data_requests if not r.orders]
+    if unordered and not only_orders:
         out.append((_data_card(assessment, ruleset, hook_instance), "data-request",
-                    _rules(*assessment.data_requests)))
-    if assessment.plan or assessment.suppressed:
+                    _rules(*unordered)))
+    if (assessment.plan or assessment.suppressed) and not only_orders:
         out.append((_plan_card(assessment, ruleset, hook_instance), "plan",
                     _rules(*assessment.plan, *assessment.suppressed)))
-    provenance = {"ruleset": assessment.ruleset.spec, "sha256": assessment.ruleset.sha256,
-                  "engine": assessment.engine}
+    ident = assessment.ruleset
+    developer = ident.developer or (ruleset.file.developer if ruleset is not None else None)
+    released = ident.release_date or (
+        ruleset.file.release_date.isoformat()
+        if ruleset is not None and ruleset.file.release_date else None)
+    provenance: dict[str, Any] = {"ruleset": ident.spec, "version": ident.version,
+                                  "sha256": ident.sha256, "engine": assessment.engine}
+    if developer:
+        provenance["developer"] = developer
+    if released:
+        provenance["releaseDate"] = released
     for card, kind, rule_ids in out:  # after the uuids, which depend on the content only
         ext: dict[str, Any] = {**provenance, "kind": kind}
         if rule_ids:  # a left-out card comes from the data, not from a rule
             ext["rules"] = rule_ids
+            cited = _cited(rule_ids, assessment)
+            if cited:
+                ext["citations"] = cited
         card["extension"] = {CARD_EXTENSION: ext}
     return [card for card, _, _ in out]
 

@@ -14,7 +14,7 @@ JSON Schema (:func:`ruleset_json_schema`).
 from __future__ import annotations
 
 from cdss import _exports
-from cdss.rulesets._compiled import FIELD_TYPES, FIELDS, CompiledRule, Pattern, Test
+from cdss.rulesets._compiled import FIELD_TYPES, FIELDS, ORDER, CompiledRule, Pattern, Test
 from cdss.rulesets._docgen import render_ruleset_doc
 from cdss.rulesets._loading import load_ruleset_file
 from cdss.rulesets._registry import (
@@ -55,6 +55,7 @@ from cdss.rulesets._schema import (
 __all__ = [
     "FIELDS",
     "FIELD_TYPES",
+    "ORDER",
     "Action",
     "Analyte",
     "CitationDef",

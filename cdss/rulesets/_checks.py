@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cdss.errors import RulesetError
-from cdss.rulesets._compiled import FIELD_TYPES, FIELDS, fact_kinds, operations
+from cdss.rulesets._compiled import FIELD_TYPES, FIELDS, ORDER, fact_kinds, operations
 from cdss.rulesets._reading import suggest
 from cdss.rulesets._schema import RulesetFile, ThresholdRef, ValueSetFile
 
@@ -30,6 +30,7 @@ _UNKNOWN = {
     "category": "unknown plan category {!r}",
     "analyte": "unknown analyte {!r}",
     "override reason": "override reason {!r} is not in the ruleset's override_reasons",
+    "order concept": "unknown medication or lab concept {!r} for a draft order",
 }
 #: The names an action uses: where in the action, and what kind of name.
 _ACTION_NAMES = (
@@ -78,6 +79,8 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
         "category": {item.category for item in rfile.plan_items},
         "analyte": valuesets.analytes,
         "override reason": {r.code for r in rfile.override_reasons},
+        "order concept": {name for name, c in valuesets.concepts.items()
+                          if c.kind in ("medication", "lab")},
     })
     if len(names.defined["override reason"]) != len(rfile.override_reasons):
         raise RulesetError("override reason codes must be unique", path=p,
@@ -112,12 +115,21 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
                             + (f" (fields: {sorted(allowed)})" if allowed else ""),
                             path=p, rule_id=rule.id, field=f"{where}.where.{fname}",
                             suggestion=suggest(fname, allowed))
+                    if kind == ORDER:
+                        _check_order_test(names, part, fname, test, rule.id,
+                                          f"{where}.where.{fname}")
                     for op, operand in operations(test):
                         _check_operand(fname, op, operand, p, rule.id, f"{where}.where.{fname}")
                         if isinstance(operand, ThresholdRef):
                             names.require("threshold", operand.threshold, rule_id=rule.id,
                                           field=f"{where}.where.{fname}.{op}")
         for i, action in enumerate(rule.then):
+            if action.flag and action.flag.order_suggestion and \
+                    not any(c.fact == ORDER for c in rule.when.all):
+                raise RulesetError(
+                    "order_suggestion needs an `order` pattern in `all`: the draft orders "
+                    "it applies to", path=p, rule_id=rule.id,
+                    field=f"then.{i}.flag.order_suggestion")
             for dotted, kind in _ACTION_NAMES:
                 used = _walk(action, dotted.split("."))
                 if used is not None:
@@ -134,6 +146,26 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
     for i, policy in enumerate(rfile.policies):
         names.require("category", policy.no_plan_category,
                       field=f"policies.{i}.no_plan_category")
+
+
+def _check_order_test(names: _Names, part: str, fname: str, test: Any, rule_id: str,
+                      where: str) -> None:
+    """A draft order's ``concept`` names a medication or lab concept; ``selected``
+    is only required (``true``), never negated, so that a rule that fires on
+    the orders selected also fires when every order is signed (order-sign
+    cards are at least as strict as order-select's)."""
+    ops = operations(test)
+    if fname == "concept":
+        for op, operand in ops:
+            for value in (operand if op == "in" else [operand]):
+                if op in ("eq", "ne", "in") and isinstance(value, str):
+                    names.require("order concept", value, field=f"{where}.{op}",
+                                  rule_id=rule_id)
+    if fname == "selected" and (part == "none" or ops != [("eq", True)]):
+        raise RulesetError(
+            "selected may only be required (`selected: true`) in `all` or `any`: a rule on "
+            "orders not selected, or negating a selected order, would fire on order-select "
+            "and not on order-sign", path=names.path, rule_id=rule_id, field=where)
 
 
 def _check_operand(fname: str, op: str, operand: Any, path: str, rule_id: str,

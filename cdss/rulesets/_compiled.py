@@ -28,6 +28,7 @@ __all__ = [
     "FIELDS",
     "FIELD_TYPES",
     "OPS",
+    "ORDER",
     "CompiledRule",
     "Pattern",
     "Test",
@@ -45,6 +46,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "condition": frozenset(),
     "medication": frozenset(),
     "allergy": frozenset(),
+    "order": frozenset({"concept", "status", "selected", "reference", "resource_type"}),
     "derived": frozenset(),
 }
 #: The type of each field, so that both engines compare alike.
@@ -52,7 +54,11 @@ FIELD_TYPES: dict[str, str] = {
     "age": "number", "value": "number", "age_days": "number",
     "sex": "text", "unit": "text", "status": "text", "site": "text",
     "computed": "bool", "nocturnal": "bool",
+    "concept": "text", "reference": "text", "resource_type": "text", "selected": "bool",
 }
+#: The fact of every draft order (one per concept an order maps to): built in,
+#: like ``patient``, so no value set may take its name.
+ORDER = "order"
 #: The comparison operators, in the order a comparison's tests are listed.
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "exists")
 _FACT_KINDS = frozenset({"lab", "finding", "condition", "medication", "allergy"})
@@ -135,6 +141,10 @@ def fact_kinds(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) -> dict[
     for name, concept in valuesets.concepts.items():
         if concept.kind in _FACT_KINDS:
             kinds[name] = concept.kind
+    if ORDER in kinds:
+        raise RulesetError(f"concept {ORDER!r} has the name of the draft-order fact",
+                           path=str(path), field="concepts")
+    kinds[ORDER] = ORDER
     for rule in rfile.rules:
         for i, action in enumerate(rule.then):
             if action.derive:

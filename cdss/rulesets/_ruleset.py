@@ -31,7 +31,8 @@ __all__ = ["Ruleset", "content_hash"]
 #: Fields added to the file formats after rulesets were first pinned: left out
 #: of the content hash while unset, so that older files keep their hashes.
 _LATER_FIELDS = frozenset({"exists", "laterality", "site", "nocturnal", "extends",
-                           "bilateral", "qualifiers", "override_reasons"})
+                           "bilateral", "qualifiers", "override_reasons", "order_suggestion",
+                           "developer", "release_date"})
 #: Fields of a ruleset file that decide no answer: left out of the content hash.
 _CHECKED_ONLY = frozenset({"policies"})
 

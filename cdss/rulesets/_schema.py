@@ -8,6 +8,7 @@ key is an error at load time, not a silently ignored rule.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,12 +101,13 @@ class PatternDef(_Strict):
     """
 
     fact: Annotated[str, Field(pattern=NAME, description=(
-        "The fact to match: a concept of the value sets, `patient`, or a fact a rule "
-        "derives."))]
+        "The fact to match: a concept of the value sets, `patient`, `order` (a draft "
+        "order), or a fact a rule derives."))]
     where: dict[str, Scalar | Comparison] = Field(default_factory=dict, description=(
         "Tests on the fact's fields, by field name (patient: age, sex; lab: value, unit, "
-        "status, age_days, computed; finding: status, site, nocturnal, age_days): a bare "
-        "value means equality, a mapping holds comparisons."))
+        "status, age_days, computed; finding: status, site, nocturnal, age_days; order: "
+        "concept, status, selected, reference, resource_type): a bare value means "
+        "equality, a mapping holds comparisons."))
 
 
 class When(_Strict):
@@ -133,6 +135,11 @@ class FlagAction(_Strict):
     display: str = Field(description="What the flag says, for a clinician.")
     severity: Severity = Field(description="low, moderate, high or critical; a critical "
                                            "flag is a red flag.")
+    order_suggestion: Literal["remove"] | None = Field(None, description=(
+        "For a flag on draft orders (a rule with an `order` pattern in `all`): `remove` "
+        "suggests removing the draft orders the rule matched. Only where the rule's "
+        "rationale justifies it (e.g. a contraindication); otherwise leave it out and the "
+        "card suggests nothing about the order."))
 
 
 class ReferralAction(_Strict):
@@ -315,6 +322,10 @@ class RulesetFile(_Strict):
     description: str = Field(description="What the ruleset is for and what it reads.")
     canonical_url: str | None = Field(None, description=(
         "The ruleset's canonical URL, which the FHIR output names."))
+    developer: str | None = Field(None, description=(
+        "Who developed and maintains the ruleset (named on every card and in discovery)."))
+    release_date: date | None = Field(None, description=(
+        "The date this version was released (named on every card and in discovery)."))
     sources: Annotated[dict[Annotated[str, Field(pattern=NAME)], Source], Field(
         min_length=1, description="The documents rules cite, by key.")]
     claims: dict[Annotated[str, Field(pattern=r"^C\d+$")], str] = Field(

@@ -3,9 +3,12 @@
 :func:`create_app` returns a Starlette application:
 
 ``GET /cds-services``
-    the discovery document, one ``patient-view`` service per ruleset;
+    the discovery document: per ruleset a ``patient-view`` service (id: the
+    ruleset's service id) and its ``order-select`` and ``order-sign`` services
+    (``<id>-order-select``, ``<id>-order-sign``);
 ``POST /cds-services/{id}``
-    a ``patient-view`` call, answered with cards;
+    a call of that service's hook, answered with cards (one call path for
+    every hook: authentication, limits, fetching, the evaluation thread);
 ``POST /cds-services/{id}/feedback``
     feedback on cards (accepted / overridden), validated, logged as counts,
     and passed to an optional callback.
@@ -88,10 +91,12 @@ from cdss.errors import (
     ServiceConfigError,
 )
 from cdss.hooks import (
+    HOOKS,
     FeedbackRequest,
     Fetch,
     HookRequest,
     discovery,
+    hook_services,
     service_ids,
     validate_feedback,
     validate_request,
@@ -227,7 +232,8 @@ class _Service:
         self.clock = clock
         self.fetch = fetch
         self.on_feedback = on_feedback
-        self.document = discovery(settings.services)
+        self.endpoints = hook_services(settings.services, HOOKS)
+        self.document = discovery(settings.services, hooks=HOOKS)
         self.runtime = Runtime(self.limit.fhir_timeout_seconds,
                                self.limit.evaluation_timeout_seconds, self.limit.shadow_queue)
         self.store = settings.store
@@ -252,12 +258,18 @@ class _Service:
 
     def ruleset_of(self, request: Request, record: dict[str, Any]) -> tuple[str, Ruleset]:
         """The service the path names and its ruleset (404 for an unknown one)."""
-        sid = request.path_params["service_id"]
-        rs = self.settings.services.get(sid)
-        if rs is None:
-            raise HookRequestError(f"no CDS service {sid!r}; see GET /cds-services", status=404)
-        record["service"], record["ruleset"] = sid, rs.spec
+        sid, _, rs = self.service_of(request, record)
         return sid, rs
+
+    def service_of(self, request: Request, record: dict[str, Any]) -> tuple[str, str, Ruleset]:
+        """The service the path names, its hook and its ruleset (404 for an unknown one)."""
+        sid = request.path_params["service_id"]
+        found = self.endpoints.get(sid)
+        if found is None:
+            raise HookRequestError(f"no CDS service {sid!r}; see GET /cds-services", status=404)
+        hook, rs = found
+        record["service"], record["ruleset"] = sid, rs.spec
+        return sid, hook, rs
 
     async def parsed(self, request: Request, what: str, validate: Callable[[bytes], Any]) -> Any:
         """The body read within the size limit, its depth checked before parsing,
@@ -272,11 +284,11 @@ class _Service:
         return await checked(body, check_and_validate)
 
     async def evaluate(self, req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
-                       as_of: datetime | None = None) -> Any:
+                       hook: str, as_of: datetime | None = None) -> Any:
         """The cards, from the evaluation thread within the evaluation timeout (else 503)."""
         work = self.runtime.worker().submit(functools.partial(
             evaluate_in_thread, req, rs, fetched, as_of, self.settings.zone_name,
-            self.settings.intake))
+            self.settings.intake, hook))
         try:
             return await asyncio.wait_for(work, timeout=self.limit.evaluation_timeout_seconds)
         except asyncio.TimeoutError:
@@ -290,22 +302,24 @@ class _Service:
         return json_response(self.document)
 
     async def call_service(self, request: Request, record: dict[str, Any]) -> Response:
-        """``POST /cds-services/{id}``: a ``patient-view`` call, answered with cards."""
+        """``POST /cds-services/{id}``: a call of the service's hook, answered with cards."""
         sid = request.path_params["service_id"]
         caller = await self.caller_of(request, f"/cds-services/{sid}")
         record["issuer"] = caller.issuer
-        _, rs = self.ruleset_of(request, record)
-        req: HookRequest = await self.parsed(request, "request body", validate_request)
+        _, hook, rs = self.service_of(request, record)
+        record["event"] = hook
+        req: HookRequest = await self.parsed(request, "request body",
+                                             functools.partial(validate_request, hook=hook))
         record["hookInstance"] = str(req.hookInstance)
         fetched = await fetch_missing(req, rs, caller, self.limit, client=self.runtime.http,
                                       fetch=self.fetch)
         as_of = self.after.as_of(sid, self.clock() if self.clock is not None else None)
-        result = await self.evaluate(req, rs, fetched, as_of)
+        result = await self.evaluate(req, rs, fetched, hook, as_of)
         record["cards"] = len(result["cards"])
         response = json_response(result)
         # after the answer is sent: its cards noted, the shadow candidate queued
         response.background = BackgroundTask(self.after, sid, rs, req, fetched, as_of, result,
-                                             self.runtime.worker())
+                                             self.runtime.worker(), hook)
         return response
 
     async def feedback(self, request: Request, record: dict[str, Any]) -> Response:

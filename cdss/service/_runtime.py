@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from cdss.errors import HookRequestError
-from cdss.hooks import HookRequest, evaluate_request
+from cdss.hooks import HOOK, HookRequest, evaluate_request
 from cdss.rulesets import Ruleset
 from cdss.service._logging import emit, log_failure
 from cdss.service._responses import INTERNAL, HTTPError
@@ -43,14 +43,14 @@ def no_cookies() -> http.cookiejar.CookieJar:
 
 def evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
                         as_of: datetime | None, timezone_name: str = "UTC",
-                        mode: str = "strict") -> Any:
+                        mode: str = "strict", hook: str = HOOK) -> Any:
     """:func:`evaluate_request`, in the evaluation thread. A failure of any kind
     (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
     would stop the event loop) is logged without its message and becomes a
     500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
     try:
         return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name,
-                                mode=mode)
+                                mode=mode, hook=hook)
     except HookRequestError:
         raise
     except BaseException as exc:

@@ -30,7 +30,7 @@ from typing import Any
 
 from cdss._changes import rule_changes
 from cdss.errors import HookRequestError
-from cdss.hooks import HookRequest, assess_request
+from cdss.hooks import HOOK, HookRequest, assess_request
 from cdss.outputs.cds_hooks import CARD_EXTENSION, cards
 from cdss.rulesets import Ruleset
 from cdss.service._logging import emit, log_failure
@@ -108,8 +108,9 @@ class AfterAnswer:
 
     def __call__(self, service: str, active: Ruleset, req: HookRequest,
                  fetched: dict[str, Any], as_of: datetime | None, body: Mapping[str, Any],
-                 worker: Worker) -> None:
-        """After the answer ``body`` was sent: note its cards, queue the shadow."""
+                 worker: Worker, hook: str = HOOK) -> None:
+        """After the answer ``body`` to a call of ``hook`` was sent: note its
+        cards, queue the shadow."""
         try:
             if self.store is not None:
                 self.store.record_cards(service, active.spec, active.sha256, issued_cards(body))
@@ -118,7 +119,7 @@ class AfterAnswer:
                 return
 
             def job() -> None:
-                self._shadow(service, active, candidate, req, fetched, as_of, body)
+                self._shadow(service, active, candidate, req, fetched, as_of, body, hook)
 
             if worker.offer(job):
                 self.counts["queued"] += 1
@@ -150,14 +151,16 @@ class AfterAnswer:
 
     def _shadow(self, service: str, active: Ruleset, candidate: Ruleset, req: HookRequest,
                 fetched: dict[str, Any], as_of: datetime | None,
-                body: Mapping[str, Any]) -> None:
+                body: Mapping[str, Any], hook: str) -> None:
         """In the evaluation thread: evaluate both versions, compare, record."""
         try:
             try:
                 before = assess_request(req, active, fetched=fetched, as_of=as_of,
-                                        timezone=self.timezone_name, mode=self.intake)
+                                        timezone=self.timezone_name, mode=self.intake,
+                                        hook=hook)
                 after = assess_request(req, candidate, fetched=fetched, as_of=as_of,
-                                       timezone=self.timezone_name, mode=self.intake)
+                                       timezone=self.timezone_name, mode=self.intake,
+                                       hook=hook)
             except HookRequestError:  # the candidate refuses data the active version took
                 self.counts["failed"] += 1
                 emit(logging.WARNING, {"event": "shadow failed", "service": service,
@@ -166,7 +169,8 @@ class AfterAnswer:
                 if self.store is not None:
                     self.store.record_shadow(self._call(service, active, candidate, failed=True))
                 return
-            shown = cards(after, candidate, hook_instance=req.hookInstance)
+            shown = cards(after, candidate, hook_instance=req.hookInstance,
+                          only_orders=hook != HOOK)
             changes = [*rule_changes(before, after), *card_changes(body["cards"], shown)]
             self.counts["evaluated"] += 1
             call = self._call(service, active, candidate, changes=tuple(changes),

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from cdss.errors import InvalidArgument
 from cdss.evaluation import resolve_as_of, resolve_ruleset
-from cdss.rulesets import Analyte, CompiledRule, Pattern, Ruleset, Test, _content
+from cdss.rulesets import ORDER, Analyte, CompiledRule, Pattern, Ruleset, Test, _content
 from cdss.terminology import LOINC, SNOMED, UCUM
 from cdss.units import convert
 
@@ -208,6 +208,7 @@ class _Kit:
         # string hash order of the process (PYTHONHASHSEED)
         self.kinds.update({name: "derived" for name in sorted(ruleset.derived_facts)})
         self.kinds["patient"] = "patient"
+        self.kinds[ORDER] = ORDER
         self.codings: dict[str, list[_content.Coding]] = _content.concept_codings(vs)
         self.units = {name: unit_factors(a) for name, a in vs.analytes.items()}
         self.sites = [n for n, c in vs.concepts.items() if c.kind == "body_site" and c.codes]
@@ -762,11 +763,13 @@ def _numbers(tests: Sequence[Test], low: float, high: float) -> tuple[list[float
 
 def _texts(tests: Sequence[Test], field: str, choices: Sequence[Any]) -> tuple[list[Any], int]:
     """The ``choices`` for a text or boolean field, those passing ``tests``
-    first, and how many do; ``None`` (the field left out) passes only when
-    there is no test, and then comes first."""
+    first, and how many do; ``None`` (the field left out) passes when there
+    is no test, and then comes first, or when the tests pass on a fact
+    without the field (``exists: false``)."""
     if not tests:
         return sorted(choices, key=lambda c: c is not None), len(choices)
-    passing = [c for c in choices if c is not None and all(t.holds({field: c}) for t in tests)]
+    passing = [c for c in choices
+               if all(t.holds({} if c is None else {field: c}) for t in tests)]
     return passing + [c for c in choices if c not in passing], len(passing)
 
 
@@ -860,6 +863,22 @@ def _presence_want(draw: st.DrawFn, kit: _Kit, want: _Want) -> list[Group]:
     return [[draw(_allergy(kit, want.fact, state=state))]]
 
 
+@st.composite
+def _order_want(draw: st.DrawFn, kit: _Kit, want: _Want) -> list[Group]:
+    """A draft MedicationRequest of a medication concept the pattern names (a
+    record's draft orders are its draft MedicationRequests; lab orders come
+    only as separate draft orders, which these records do not hold)."""
+    named = [v for t in want.tests if t.field == "concept"
+             for v in (t.value if t.op == "in" else (t.value,))]
+    concepts = [c for c in named if kit.kinds.get(str(c)) == "medication"]
+    if not concepts:
+        return []
+    res = draw(_medication(kit, str(_pick(draw, concepts)), status="draft"))
+    if res["resourceType"] != "MedicationRequest":
+        res = {**res, "resourceType": "MedicationRequest", "intent": "order"}
+    return [[res]]
+
+
 def _want(draw: st.DrawFn, kit: _Kit, pattern: Pattern, wants: list[_Want],
           depth: int) -> None:
     if kit.kinds.get(pattern.fact) == "derived":
@@ -921,6 +940,8 @@ def _aimed_record(draw: st.DrawFn, kit: _Kit, targets: tuple[CompiledRule, ...],
             groups += draw(_finding_want(kit, want))
         elif kind in ("condition", "medication", "allergy"):
             groups += draw(_presence_want(kit, want))
+        elif kind == ORDER:
+            groups += draw(_order_want(kit, want))
     groups += draw(_background(kit, 3, mess))
     return _assemble(patient, groups)
 

@@ -54,6 +54,11 @@ class Case(BaseModel):
     #: ``refuse`` runs the case as a caller that refuses a record with an
     #: unreadable resource; by default such a resource is left out.
     on_invalid: str = "leave-out"
+    #: Orders being written (CDS Hooks ``draftOrders``: resources with status
+    #: draft) and the references of those selected (order-select; none given:
+    #: every order is being signed).
+    draft_orders: list[Any] = []
+    selections: list[str] | None = None
 
 
 def _params() -> list[Any]:
@@ -79,13 +84,15 @@ def test_case(path: Path, case: Case, version: str, engine: str) -> None:
         error_type = getattr(errors, expected.error.type)
         with pytest.raises(error_type) as info:
             cdss.evaluate(case.record, ruleset=ruleset, as_of=case.as_of, engine=engine,
-                          on_invalid=case.on_invalid)
+                          on_invalid=case.on_invalid, draft_orders=case.draft_orders,
+                          selections=case.selections)
         for name in ("resource_type", "resource_id", "field"):
             if getattr(expected.error, name) is not None:
                 assert getattr(info.value, name) == getattr(expected.error, name), name
         return
     a = cdss.evaluate(case.record, ruleset=ruleset, as_of=case.as_of, engine=engine,
-                      on_invalid=case.on_invalid)
+                      on_invalid=case.on_invalid, draft_orders=case.draft_orders,
+                      selections=case.selections)
     assert [lo.resource for lo in a.left_out] == expected.left_out
     assert a.incomplete == bool(expected.left_out)
     assert {f.code: f.severity for f in a.flags} == expected.flags

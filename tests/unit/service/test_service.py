@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 import cdss
 from cdss import cli
-from cdss.hooks import discovery, handle_patient_view, prefetch_templates
+from cdss.hooks import HOOKS, discovery, handle_patient_view, prefetch_templates
 from cdss.service import ServiceConfigError, create_app, serve_in_background
 from tests.support.builders import bundle, finding, lab, patient
 from tests.support.paths import ROOT
@@ -157,7 +157,7 @@ def test_discovery(base: str, rs: cdss.Ruleset) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
     assert r.headers["access-control-allow-origin"] == "*"
-    assert r.json() == discovery([rs])
+    assert r.json() == discovery([rs], hooks=HOOKS)
     assert r.json()["services"][0]["id"] == "plantar-cramps"
 
 
@@ -489,7 +489,7 @@ def test_cdss_serve_insecure_dev_logs_no_patient_data(rs: cdss.Ruleset) -> None:
               lab("m-zq81x", "19123-9", 2.113, "mg/dL", when=when, pid=pid)]
     try:
         r = httpx.get(f"{served.address}/cds-services")
-        assert r.status_code == 200 and r.json() == discovery([rs])
+        assert r.status_code == 200 and r.json() == discovery([rs], hooks=HOOKS)
         body = call(rs, pid, record)
         body["prefetch"]["patient"].update(NAMED)
         r = httpx.post(f"{served.address}/cds-services/plantar-cramps", json=body)
