@@ -453,13 +453,22 @@ class _Prestarted:
             worker.stop()
 
 
-def _prestart_count(executor: str, workers: int, partitions: int, resumed: bool) -> int:
-    """How many worker processes to start before the spill: one per worker
-    (no more than there are partitions) for a fresh local screen; none on
-    Dask, inline (``workers=0``), or on resume (partitions may be done)."""
+def _prestart_count(executor: str, workers: int, partitions: int, resumed: bool,
+                    cores: int | None = None) -> int:
+    """How many worker processes to start before the spill: for a fresh local
+    screen, one per worker (no more than there are partitions) but leaving
+    the spill one of the ``cores`` (default: those this process may run on),
+    as nothing can be evaluated before the spill ends; the others start after
+    it. None on Dask, inline (``workers=0``), or on resume (partitions may be
+    done)."""
     if executor != "local" or resumed:
         return 0
-    return max(0, min(workers, partitions))
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+    return max(0, min(workers, partitions, max(1, cores - 1)))
 
 
 class _LocalWorker:
