@@ -49,6 +49,7 @@ from typing import Any
 
 AS_OF = "2026-03-01"
 RULESET = "plantar-cramps@1.0.0"
+CAREBUNDLE_DATE = "2026-02-15"
 
 
 # --------------------------------------------------------------------------- #
@@ -75,8 +76,10 @@ def carebundle_cohort(folder: Path, patients: int, seed: int) -> Path:
     ``folder``, reused when it was made with the same request."""
     from importlib.metadata import version
 
+    # the encounters two weeks before the screen's as_of: their labs are inside the rules'
+    # lookbacks (carebundle's default date, 2026-01-01, is not, and no lab would be read)
     args = ["generate", "--profile", "mixed", "--sex", "mixed", "--count", str(patients),
-            "--seed", str(seed), "--format", "ndjson"]
+            "--seed", str(seed), "--format", "ndjson", "--reference-date", CAREBUNDLE_DATE]
     request = {"carebundle": version("carebundle"), "args": args}
     marker = folder / ".request.json"  # a dot file: not an input of the screen
     if marker.exists() and json.loads(marker.read_text()) == request:
