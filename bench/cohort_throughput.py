@@ -20,6 +20,13 @@ timings are its own. Usage (see bench/README.md)::
 
 ``--quick`` runs everything on small cohorts in about a minute, to check the
 script works.
+
+``--carebundle N`` measures instead a cohort of ``N`` patients written by carebundle (a
+third-party synthetic FHIR R4 generator, ``pip install carebundle``; realistic patients of
+about 45 resources, most of which no rule reads): the floor and screens with 1 and 2 workers,
+interleaved ``--repeat`` times, then a table of the medians with ratios::
+
+    python bench/cohort_throughput.py --carebundle 1800 --data /tmp/cdss-bench-data
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Any
 
 AS_OF = "2026-03-01"
 RULESET = "plantar-cramps@1.0.0"
+CAREBUNDLE_DATE = "2026-02-15"
 
 
 # --------------------------------------------------------------------------- #
@@ -63,7 +71,33 @@ def cohort(folder: Path, patients: int, seed: int) -> Path:
     return folder
 
 
+def carebundle_cohort(folder: Path, patients: int, seed: int) -> Path:
+    """A carebundle bulk export (NDJSON, one file per resource type, no manifest) in
+    ``folder``, reused when it was made with the same request."""
+    from importlib.metadata import version
+
+    # the encounters two weeks before the screen's as_of: their labs are inside the rules'
+    # lookbacks (carebundle's default date, 2026-01-01, is not, and no lab would be read)
+    args = ["generate", "--profile", "mixed", "--sex", "mixed", "--count", str(patients),
+            "--seed", str(seed), "--format", "ndjson", "--reference-date", CAREBUNDLE_DATE]
+    request = {"carebundle": version("carebundle"), "args": args}
+    marker = folder / ".request.json"  # a dot file: not an input of the screen
+    if marker.exists() and json.loads(marker.read_text()) == request:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "carebundle.cli", *args, "--out", str(folder)],
+                   check=True, stdout=subprocess.DEVNULL)
+    marker.write_text(json.dumps(request))
+    print(f"carebundle: {patients:,} patients in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    return folder
+
+
 def ndjson_files(folder: Path) -> list[Path]:
+    """The export's files: those its manifest names, or every NDJSON file."""
+    if not (folder / "manifest.json").exists():
+        return sorted(p for p in folder.iterdir() if p.name.endswith((".ndjson", ".ndjson.gz")))
     manifest = json.loads((folder / "manifest.json").read_text())
     return [folder / item["url"] for item in manifest["output"]]
 
@@ -202,6 +236,94 @@ def screen_in_subprocess(**config: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- #
+# A carebundle cohort: floor and 1 / 2 workers, interleaved
+# --------------------------------------------------------------------------- #
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def carebundle_bench(data: Path, patients: int, seed: int, repeat: int) -> dict[str, Any]:
+    """The floor and screens with 1 and 2 workers of a carebundle cohort, run in turn
+    ``repeat`` times (floor, 1, 2, floor, 1, 2...), and one screen of a cohort a quarter of
+    the size for memory; medians and their ratios."""
+    big = carebundle_cohort(data / f"carebundle-n{patients}-s{seed}", patients, seed)
+    small_n = max(1, patients // 4)
+    small = carebundle_cohort(data / f"carebundle-n{small_n}-s{seed}", small_n, seed)
+    runs: dict[str, list[dict[str, Any]]] = {"floor": [], "w1": [], "w2": []}
+    for _ in range(repeat):
+        runs["floor"].append(floor(big, patients))
+        print(f"  floor: {runs['floor'][-1]['patients_per_second']:,} patients/s",
+              file=sys.stderr)
+        for workers in (1, 2):
+            runs[f"w{workers}"].append(screen_in_subprocess(
+                label=f"{workers} worker(s)", inputs=big, workers=workers, mode="lean",
+                tune_malloc=False))
+    small_run = screen_in_subprocess(label=f"2 workers, {small_n:,} patients", inputs=small,
+                                     workers=2, mode="lean", tune_malloc=False)
+    pps = {name: _median([r["patients_per_second"] for r in rs]) for name, rs in runs.items()}
+    phases = {name: {phase: round(_median([r["timings"].get(phase, 0.0) for r in rs]), 3)
+                     for phase in ("spill_seconds", "evaluate_seconds", "merge_seconds",
+                                   "worker_seconds", "worker_cpu_seconds")}
+              for name, rs in runs.items() if name != "floor"}
+    per_cpu = {name: _median([r["patients_per_cpu_second"] for r in rs])
+               for name, rs in runs.items() if name != "floor"}
+    peaks = {name: {what: max(r[what] or 0 for r in rs)
+                    for what in ("peak_parent_mb", "peak_worker_mb", "peak_total_mb")}
+             for name, rs in runs.items() if name != "floor"}
+    loads = [x for name in ("w1", "w2") for r in runs[name] for x in r["load_average"]]
+    first = runs["w1"][0]
+    result = {
+        "cohort": {"generator": "carebundle", "patients": first["patients"],
+                   "resources": runs["floor"][0]["resources"],
+                   "bytes": runs["floor"][0]["bytes"], "partitions_w1": first["partitions"],
+                   "partitions_w2": runs["w2"][0]["partitions"]},
+        "repeat": repeat, "median_patients_per_second": pps,
+        "median_patients_per_cpu_second": per_cpu, "median_phases": phases,
+        "peak_mb": peaks, "small": small_run,
+        "load_average": [min(loads), max(loads)],
+        "ratios": {
+            "w1_vs_floor": round(pps["w1"] / pps["floor"], 4),
+            "w2_vs_w1": round(pps["w2"] / pps["w1"], 2),
+            "w2_vs_floor": round(pps["w2"] / pps["floor"], 4),
+            "peak_total_4x_patients": round(peaks["w2"]["peak_total_mb"]
+                                            / small_run["peak_total_mb"], 2)
+            if peaks["w2"]["peak_total_mb"] and small_run.get("peak_total_mb") else None,
+            "peak_worker_4x_patients": round(peaks["w2"]["peak_worker_mb"]
+                                             / small_run["peak_worker_mb"], 2),
+        },
+    }
+    print(carebundle_table(result), file=sys.stderr)
+    return result
+
+
+def carebundle_table(result: dict[str, Any]) -> str:
+    """The medians as a Markdown table."""
+    pps, phases, peaks = (result["median_patients_per_second"], result["median_phases"],
+                          result["peak_mb"])
+    ratios = result["ratios"]
+    per_cpu = result["median_patients_per_cpu_second"]
+    lines = ["| run | patients/s (median) | ratio | spill / evaluate / merge s | "
+             "worker wall / CPU s | patients per CPU-s | peak MB parent / worker / total |",
+             "|---|---|---|---|---|---|---|",
+             f"| floor: read + `orjson.loads` | {pps['floor']:,.0f} | 1 | | | | |"]
+    for name, label, ratio in (("w1", "screen, 1 worker", f"/ floor = {ratios['w1_vs_floor']}"),
+                               ("w2", "screen, 2 workers", f"/ 1 worker = {ratios['w2_vs_w1']}")):
+        ph, pk = phases[name], peaks[name]
+        lines.append(f"| {label} | {pps[name]:,.0f} | {ratio} | {ph['spill_seconds']} / "
+                     f"{ph['evaluate_seconds']} / {ph['merge_seconds']} | "
+                     f"{ph['worker_seconds']} / {ph['worker_cpu_seconds']} | "
+                     f"{per_cpu[name]:,.0f} | {pk['peak_parent_mb']} / "
+                     f"{pk['peak_worker_mb']} / {pk['peak_total_mb']} |")
+    small = result["small"]
+    lines.append(f"| screen, 2 workers, {small['patients']:,} patients | "
+                 f"{small['patients_per_second']:,} | | | | | {small['peak_parent_mb']} / "
+                 f"{small['peak_worker_mb']} / {small['peak_total_mb']} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
 # The whole benchmark
 # --------------------------------------------------------------------------- #
 def main(argv: list[str] | None = None) -> int:
@@ -216,10 +338,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="alternated repetitions of the comparisons (best is kept)")
     parser.add_argument("--quick", action="store_true", help="small cohorts, to check it runs")
+    parser.add_argument("--carebundle", type=int, default=None, metavar="N",
+                        help="measure a carebundle cohort of N patients instead (floor, 1 and "
+                             "2 workers, interleaved --repeat times)")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
         print(json.dumps(run_one(json.loads(args.run_one))))
+        return 0
+    if args.carebundle:
+        data = args.data or Path(tempfile.gettempdir()) / "cdss-bench-data"
+        data.mkdir(parents=True, exist_ok=True)
+        found = {"machine": {"python": platform.python_version(),
+                             "platform": platform.platform(), "cpus": os.cpu_count()},
+                 **carebundle_bench(data, args.carebundle, args.seed, args.repeat)}
+        text = json.dumps(found, indent=2)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
         return 0
     patients = 3000 if args.quick else args.patients
     if args.quick:

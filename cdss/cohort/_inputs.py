@@ -312,6 +312,8 @@ class _Spiller:
         self.handle: IO[bytes] | None = None
         self.reported = 0
         self.unreported = 0
+        # the last key's partition and bytes: a file often holds one patient's lines in a row
+        self.last: tuple[str, int, bytes] = ("", -1, b"")
 
     def advance(self, n: int) -> None:
         """Count ``n`` bytes read; every 4 MiB, tell the progress bar how far
@@ -337,12 +339,15 @@ class _Spiller:
 
     def write(self, key: str, rtype: str, file_index: int, number: int, alias: str,
               payload: bytes) -> None:
-        part = partition_of(key, self.partitions)
+        last_key, part, encoded = self.last
+        if key != last_key or part < 0:
+            part, encoded = partition_of(key, self.partitions), key.encode()
+            self.last = (key, part, encoded)
         handle = self.handles.get(part)
         if handle is None:
             handle = self.handles[part] = (self.folder / f"p{part:05d}.tsv").open(
                 "ab", buffering=1 << 16)
-        handle.write(b"\t".join((key.encode(), rtype.encode(), str(file_index).encode(),
+        handle.write(b"\t".join((encoded, rtype.encode(), str(file_index).encode(),
                                  str(number).encode(), alias.encode(), payload)) + b"\n")
         self.stats.attributed += 1
         self.stats.types[rtype] += 1
@@ -374,7 +379,7 @@ class _Spiller:
         number = line if line is not None else (entry or 0)
         where: dict[str, Any] = {"line": line, "entry": entry}
         self.stats.items += 1
-        if not isinstance(obj, Mapping):
+        if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: orjson's, fast
             self.error("not-an-object", f"a JSON {type(obj).__name__}, not a resource object",
                        label, **where)
             return
@@ -400,7 +405,8 @@ class _Spiller:
         reference = None
         for name in fields:
             value = obj.get(name)
-            if isinstance(value, Mapping) and isinstance(value.get("reference"), str):
+            if (type(value) is dict or isinstance(value, Mapping)) and isinstance(
+                    value.get("reference"), str):
                 reference = value["reference"]
                 break
         known = rtype in RESOURCE_TYPES

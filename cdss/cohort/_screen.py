@@ -401,11 +401,13 @@ class _Containment:
 
 
 def _run_tasks(tasks: Sequence[PartitionTask], *, executor: str, workers: int, client: Any,
-               scheduler: str | None, work: Path, on_done: OnDone) -> None:
-    """Run ``tasks`` inline (``workers=0``), in ``spawn`` worker processes, or
-    on a Dask cluster; call ``on_done(counts)`` as each partition is done. A
-    worker that dies costs the patient in flight an error row (see
-    :class:`_Containment`); inline, nothing can survive the process dying."""
+               scheduler: str | None, work: Path, on_done: OnDone,
+               prestarted: _Prestarted | None = None) -> None:
+    """Run ``tasks`` inline (``workers=0``), in ``spawn`` worker processes (those
+    ``prestarted`` before the spill first), or on a Dask cluster; call
+    ``on_done(counts)`` as each partition is done. A worker that dies costs
+    the patient in flight an error row (see :class:`_Containment`); inline,
+    nothing can survive the process dying."""
     if not tasks:
         return
     if executor == "dask":
@@ -415,7 +417,58 @@ def _run_tasks(tasks: Sequence[PartitionTask], *, executor: str, workers: int, c
         for task in tasks:
             on_done(run_partition(task))
         return
-    _run_local(tasks, workers=workers, on_done=on_done)
+    _run_local(tasks, workers=workers, on_done=on_done,
+               pool=prestarted.take() if prestarted is not None else None)
+
+
+def _pickled(rulesets: Sequence[Ruleset]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((r.key, pickle.dumps(r)) for r in rulesets)
+
+
+class _Prestarted:
+    """Local worker processes started before the spill pass, so that their
+    start-up (spawn, imports, loading the unit registry: about a second each,
+    see :func:`cdss.cohort._worker.warm_up`) overlaps the spill rather than
+    delaying the first partitions. :func:`_run_local` takes them over; those
+    not taken (the spill failed, or every partition was reused) are stopped
+    on exit."""
+
+    def __init__(self, count: int) -> None:
+        import multiprocessing
+
+        self.workers: list[_LocalWorker] = []
+        if count > 0:
+            context = multiprocessing.get_context("spawn")
+            self.workers = [_LocalWorker(context) for _ in range(count)]
+
+    def take(self) -> list[_LocalWorker]:
+        taken, self.workers = self.workers, []
+        return taken
+
+    def __enter__(self) -> _Prestarted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.take():
+            worker.stop()
+
+
+def _prestart_count(executor: str, workers: int, partitions: int, resumed: bool,
+                    cores: int | None = None) -> int:
+    """How many worker processes to start before the spill: for a fresh local
+    screen, one per worker (no more than there are partitions) but leaving
+    the spill one of the ``cores`` (default: those this process may run on),
+    as nothing can be evaluated before the spill ends; the others start after
+    it. None on Dask, inline (``workers=0``), or on resume (partitions may be
+    done)."""
+    if executor != "local" or resumed:
+        return 0
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+    return max(0, min(workers, partitions, max(1, cores - 1)))
 
 
 class _LocalWorker:
@@ -424,6 +477,8 @@ class _LocalWorker:
     def __init__(self, context: Any) -> None:
         from cdss.cohort._worker import worker_loop
 
+        # nothing large in the arguments: spawn writes them to the child's pipe, and
+        # more than a pipe holds would block here until the child has started
         self.conn, child = context.Pipe()
         self.process = context.Process(target=worker_loop, args=(child,), daemon=True,
                                        name="cdss-screen-worker")
@@ -469,11 +524,13 @@ class _LocalWorker:
         return code
 
 
-def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: OnDone) -> None:
+def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: OnDone,
+               pool: list[_LocalWorker] | None = None) -> None:
     """Run ``tasks`` in at most ``workers`` processes of our own (not a
     ProcessPoolExecutor, which breaks as a whole when one process dies and
-    cannot say which): a dead process is replaced, and its partition handled
-    by :class:`_Containment` while the others carry on."""
+    cannot say which), starting with those in ``pool`` (started earlier, none
+    of which has run a task): a dead process is replaced, and its partition
+    handled by :class:`_Containment` while the others carry on."""
     import multiprocessing
     from multiprocessing.connection import wait
 
@@ -481,7 +538,7 @@ def _run_local(tasks: Sequence[PartitionTask], *, workers: int, on_done: OnDone)
     contain = _Containment(tasks, "local")
     queue: deque[tuple[PartitionTask, bool]] = deque((task, False) for task in tasks)
     slots = max(1, min(workers, len(tasks)))
-    pool: list[_LocalWorker] = []
+    pool = list(pool or [])
     failure: CohortError | None = None
     lost = 0  # processes gone before they could take a task
 
@@ -744,13 +801,14 @@ def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int,
                          workers: int, client: Any, scheduler: str | None,
                          tune_malloc: bool, progress: _Progress,
                          evaluator: Callable[..., Any] | None = None,
+                         prestarted: _Prestarted | None = None,
                          ) -> tuple[dict[int, PartitionCounts], int, float]:
     """Evaluate every partition without a done marker; return all counts, the
     number reused from an earlier run, and the seconds spent."""
     work.parts.mkdir(parents=True, exist_ok=True)
     done = work.done_counts(partitions, kind)
     reused = len(done)
-    pickled = tuple((r.key, pickle.dumps(r)) for r in rulesets)
+    pickled = _pickled(rulesets)
     # malloc is tuned in worker processes only, never in the caller's process
     tune = tune_malloc and (executor == "dask" or workers > 0)
     tasks = [PartitionTask(kind=kind, partition=p, spill=str(work.spill / f"p{p:05d}.tsv"),
@@ -769,7 +827,7 @@ def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int,
 
     started = time.perf_counter()
     _run_tasks(tasks, executor=executor, workers=workers, client=client, scheduler=scheduler,
-               work=work.root, on_done=on_done)
+               work=work.root, on_done=on_done, prestarted=prestarted)
     return done, reused, time.perf_counter() - started
 
 
@@ -950,13 +1008,14 @@ def screen(
     if not resumed:
         for name in _OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
-    with _Progress(progress) as bar:
+    with _Prestarted(_prestart_count(executor, workers, n, resumed)) as prestarted, \
+            _Progress(progress) as bar:
         stats, spill_seconds = _spill(work, sources, n, bar)
         spilled = stats if isinstance(stats, dict) else stats.to_dict()
         counts, reused, eval_seconds = _evaluate_partitions(
             work, kind="screen", partitions=n, rulesets=[rs], as_of=when, mode=mode,
             executor=executor, workers=workers, client=client, scheduler=scheduler,
-            tune_malloc=tune_malloc, progress=bar, evaluator=evaluator)
+            tune_malloc=tune_malloc, progress=bar, evaluator=evaluator, prestarted=prestarted)
     merge_started = time.perf_counter()
     summary = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, executor,
                             workers, resumed, sources)
@@ -965,6 +1024,7 @@ def screen(
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
                "total_seconds": round(time.perf_counter() - started, 3),
                "worker_seconds": round(sum(c.seconds for c in counts.values()), 3),
+               "worker_cpu_seconds": round(sum(c.cpu_seconds for c in counts.values()), 3),
                "partitions_reused": reused}
     total = timings["total_seconds"] or 1e-9
     timings["patients_per_second"] = round(summary["counts"]["patients"] / total, 1)
@@ -1099,14 +1159,15 @@ def diff(
         n, _ = _prepare(work, kind="diff", sources=sources, rulesets=[rs_before, rs_after],
                         as_of=when, mode=mode, workers=workers, partitions=None, resume=False,
                         evaluator=evaluator)
-        with _Progress(progress) as bar:
+        with _Prestarted(_prestart_count(executor, workers, n, False)) as prestarted, \
+                _Progress(progress) as bar:
             stats, _ = _spill(work, sources, n, bar)
             spilled = stats if isinstance(stats, dict) else stats.to_dict()
             counts, _, _ = _evaluate_partitions(
                 work, kind="diff", partitions=n, rulesets=[rs_before, rs_after], as_of=when,
                 mode=mode, executor=executor, workers=workers, client=client,
                 scheduler=scheduler, tune_malloc=tune_malloc, progress=bar,
-                evaluator=evaluator)
+                evaluator=evaluator, prestarted=prestarted)
         changes = [orjson.loads(payload)
                    for _, payload in _merged_lines(_part_paths(work, n, "diff"))]
     report = DiffReport(

@@ -1,0 +1,178 @@
+"""Local worker processes start before the spill pass and warm up there.
+
+A fresh local screen starts its worker processes before it spills the
+inputs, so that their start-up (spawn, imports, the unit registry) overlaps
+the spill; the partitions then run in exactly those processes. Nothing of the
+results depends on it: the screen is the same as with processes started
+after the spill.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from builders import lab
+from test_cohort_support import AS_OF, RULESET, write_ndjson
+
+from cdss.cohort import CohortError, screen
+from cdss.cohort import _screen as cohort_mod
+from cdss.cohort import _worker as worker_mod
+from cdss.cohort._worker import PartitionCounts
+
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
+_IDS = tuple(f"p{i}" for i in range(12))
+
+
+def _cohort(folder: Path) -> Path:
+    write_ndjson(folder / "Patient.ndjson", [
+        {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1970-01-01"}
+        for pid in _IDS])
+    write_ndjson(folder / "Observation.ndjson",
+                 [lab(f"k-{pid}", "2823-3", 3.1 if i % 2 else 4.2, "mmol/L", pid=pid)
+                  for i, pid in enumerate(_IDS)])
+    return folder
+
+
+def _record_prestarted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the processes started before the spill, as they start."""
+    pids: list[int] = []
+    real = cohort_mod._Prestarted.__init__
+
+    def init(self: Any, count: int) -> None:
+        real(self, count)
+        pids.extend(w.process.pid for w in self.workers)
+
+    monkeypatch.setattr(cohort_mod._Prestarted, "__init__", init)
+    return pids
+
+
+def _record_counts(monkeypatch: pytest.MonkeyPatch) -> dict[int, PartitionCounts]:
+    """Every partition's counts, as the merge receives them."""
+    seen: dict[int, PartitionCounts] = {}
+    real = cohort_mod._merge_screen
+
+    def merge(work: Any, out_dir: Path, partitions: int,
+              counts: dict[int, PartitionCounts], *args: Any, **kwargs: Any) -> Any:
+        seen.update(counts)
+        return real(work, out_dir, partitions, counts, *args, **kwargs)
+
+    monkeypatch.setattr(cohort_mod, "_merge_screen", merge)
+    return seen
+
+
+@pytest.mark.parametrize(("executor", "workers", "partitions", "resumed", "cores", "expected"), [
+    ("local", 2, 8, False, 4, 2),
+    ("local", 1, 4, False, 2, 1),
+    ("local", 2, 8, False, 2, 1),  # one core left to the spill
+    ("local", 8, 32, False, 8, 7),
+    ("local", 1, 4, False, 1, 1),  # one core: the worker starts all the same
+    ("local", 4, 2, False, 8, 2),  # no more processes than partitions
+    ("local", 0, 4, False, 2, 0),  # inline: no process
+    ("local", 2, 8, True, 4, 0),  # resumed: partitions may be done already
+    ("dask", 2, 8, False, 4, 0),
+])
+def test_how_many_processes_start_before_the_spill(executor: str, workers: int,
+                                                   partitions: int, resumed: bool,
+                                                   cores: int, expected: int) -> None:
+    assert cohort_mod._prestart_count(executor, workers, partitions, resumed,
+                                      cores) == expected
+
+
+def test_partitions_run_in_the_processes_started_before_the_spill(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _record_prestarted(monkeypatch)
+    counts = _record_counts(monkeypatch)
+    real_count = cohort_mod._prestart_count
+    monkeypatch.setattr(cohort_mod, "_prestart_count",
+                        lambda *args: real_count(*args, cores=4))
+    spilled_with: list[int] = []
+    real_spill = cohort_mod._spill
+
+    def spill(*args: Any, **kwargs: Any) -> Any:
+        spilled_with.append(len(started))  # the processes exist when the spill starts
+        return real_spill(*args, **kwargs)
+
+    monkeypatch.setattr(cohort_mod, "_spill", spill)
+    summary = screen([_cohort(tmp_path / "in")], ruleset=RULESET, as_of=AS_OF,
+                     out=tmp_path / "out", workers=2, partitions=4)
+    assert summary.balanced and summary.assessed == len(_IDS)
+    assert spilled_with == [2]
+    assert len(set(started)) == 2
+    assert {c.pid for c in counts.values()} <= set(started)
+    assert len(counts) == 4
+
+
+def test_the_same_results_as_a_screen_in_this_process(tmp_path: Path) -> None:
+    inputs = _cohort(tmp_path / "in")
+    files = ("assessments.ndjson", "errors.ndjson")
+    here = screen([inputs], ruleset=RULESET, as_of=AS_OF, out=tmp_path / "w0", workers=0,
+                  partitions=4)
+    there = screen([inputs], ruleset=RULESET, as_of=AS_OF, out=tmp_path / "w2", workers=2,
+                   partitions=4)
+    for name in files:
+        assert here.files[name].read_bytes() == there.files[name].read_bytes()
+    assert here.flags == there.flags and here.flags.get("hypokalemia") == len(_IDS) // 2
+
+
+def test_processes_started_for_a_spill_that_fails_are_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _record_prestarted(monkeypatch)
+    real_count = cohort_mod._prestart_count
+    monkeypatch.setattr(cohort_mod, "_prestart_count",
+                        lambda *args: real_count(*args, cores=4))
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise CohortError("the disk is full")
+
+    monkeypatch.setattr(cohort_mod, "_spill", failing)
+    with pytest.raises(CohortError, match="the disk is full"):
+        screen([_cohort(tmp_path / "in")], ruleset=RULESET, as_of=AS_OF,
+               out=tmp_path / "out", workers=2, partitions=4)
+    assert len(started) == 2
+    for pid in started:  # ended and reaped: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_warm_up_loads_the_unit_registry() -> None:
+    from cdss import units
+
+    units._registry.cache_clear()
+    worker_mod.warm_up()
+    assert units._registry.cache_info().currsize == 1
+
+
+def test_warm_up_leaves_a_failure_to_the_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdss import units
+
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise units.DependencyError("no registry", package="ucumvert")
+
+    monkeypatch.setattr(units, "_registry", broken)
+    worker_mod.warm_up()  # does not raise: the patient that needs a unit reports it
+    assert calls == [1]
+
+
+def test_worker_cpu_seconds_are_in_the_timings(tmp_path: Path) -> None:
+    summary = screen([_cohort(tmp_path / "in")], ruleset=RULESET, as_of=AS_OF,
+                     out=tmp_path / "out", workers=1, partitions=2)
+    assert summary.timings["worker_cpu_seconds"] > 0
+    assert summary.timings["worker_cpu_seconds"] <= summary.timings["worker_seconds"] * 1.5
+
+
+def test_a_done_marker_without_cpu_seconds_is_still_read() -> None:
+    marker = PartitionCounts(kind="screen", patients=2, errors=0, partition=3,
+                             assessed=2, cpu_seconds=1.5).to_json()
+    assert PartitionCounts.from_json(marker).cpu_seconds == 1.5
+    older = orjson.loads(marker)
+    del older["cpu_seconds"]
+    read = PartitionCounts.from_json(orjson.dumps(older))
+    assert read.cpu_seconds == 0.0 and read.partition == 3 and read.assessed == 2
