@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 import pytest
-from builders import lab
-from test_cohort_support import AS_OF, RULESET, write_ndjson
 
 from cdss.cohort import CohortError, screen
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort import _worker as worker_mod
 from cdss.cohort._worker import PartitionCounts
+from cdss.errors import DependencyError
+from tests.support.builders import lab
+from tests.support.cohort import AS_OF, RULESET, write_ndjson
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 
@@ -89,7 +90,8 @@ def test_partitions_run_in_the_processes_started_before_the_spill(
     counts = _record_counts(monkeypatch)
     real_count = cohort_mod._prestart_count
     monkeypatch.setattr(cohort_mod, "_prestart_count",
-                        lambda *args: real_count(*args, cores=4))
+                        lambda executor, workers, partitions, resumed: real_count(
+                            executor, workers, partitions, resumed, cores=4))
     spilled_with: list[int] = []
     real_spill = cohort_mod._spill
 
@@ -124,7 +126,8 @@ def test_processes_started_for_a_spill_that_fails_are_stopped(
     started = _record_prestarted(monkeypatch)
     real_count = cohort_mod._prestart_count
     monkeypatch.setattr(cohort_mod, "_prestart_count",
-                        lambda *args: real_count(*args, cores=4))
+                        lambda executor, workers, partitions, resumed: real_count(
+                            executor, workers, partitions, resumed, cores=4))
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise CohortError("the disk is full")
@@ -154,7 +157,7 @@ def test_warm_up_leaves_a_failure_to_the_evaluation(monkeypatch: pytest.MonkeyPa
 
     def broken() -> None:
         calls.append(1)
-        raise units.DependencyError("no registry", package="ucumvert")
+        raise DependencyError("no registry", package="ucumvert")
 
     monkeypatch.setattr(units, "_registry", broken)
     worker_mod.warm_up()  # does not raise: the patient that needs a unit reports it

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builders import lab
-from test_cohort_support import write_ndjson
-
 from cdss.cohort._inputs import discover, partition_of, spill
+from tests.support.builders import lab
+from tests.support.cohort import write_ndjson
 
 
 def test_each_line_goes_to_its_patients_partition_in_input_order(tmp_path: Path) -> None:
@@ -31,6 +30,7 @@ def test_each_line_goes_to_its_patients_partition_in_input_order(tmp_path: Path)
             key, _, _, number, _, _ = line.split(b"\t", 5)
             placed.setdefault(key.decode(), []).append((part, int(number)))
     for pid in set(ids):
-        key = f"Patient/{pid}"
+        reference = f"Patient/{pid}"
         expected_lines = [n + 1 for n, p in enumerate(ids) if p == pid]
-        assert placed[key] == [(partition_of(key, partitions), n) for n in expected_lines]
+        assert placed[reference] == [(partition_of(reference, partitions), n)
+                                     for n in expected_lines]
