@@ -109,7 +109,7 @@ from cdss.service._fhir_client import Caller, fetch_missing
 from cdss.service._limits import check_depth, checked, read_body
 from cdss.service._logging import INSECURE, emit, log_failure, quiet_http_loggers
 from cdss.service._responses import CATEGORY, INTERNAL, HTTPError, error_response, json_response
-from cdss.service._runtime import Runtime, evaluate_in_thread
+from cdss.service._runtime import Runtime, assess_in_thread, evaluate_in_thread
 from cdss.service._shadow import AfterAnswer, load_candidates
 from cdss.service._store import Store, open_store
 
@@ -284,11 +284,13 @@ class _Service:
         return await checked(body, check_and_validate)
 
     async def evaluate(self, req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
-                       hook: str, as_of: datetime | None = None) -> Any:
-        """The cards, from the evaluation thread within the evaluation timeout (else 503)."""
+                       hook: str, as_of: datetime | None = None, *,
+                       with_assessment: bool = False) -> Any:
+        """The cards, from the evaluation thread within the evaluation timeout
+        (else 503); with ``with_assessment``, ``(cards, Assessment)``."""
+        run = assess_in_thread if with_assessment else evaluate_in_thread
         work = self.runtime.worker().submit(functools.partial(
-            evaluate_in_thread, req, rs, fetched, as_of, self.settings.zone_name,
-            self.settings.intake, hook))
+            run, req, rs, fetched, as_of, self.settings.zone_name, self.settings.intake, hook))
         try:
             return await asyncio.wait_for(work, timeout=self.limit.evaluation_timeout_seconds)
         except asyncio.TimeoutError:
@@ -314,12 +316,16 @@ class _Service:
         fetched = await fetch_missing(req, rs, caller, self.limit, client=self.runtime.http,
                                       fetch=self.fetch)
         as_of = self.after.as_of(sid, self.clock() if self.clock is not None else None)
-        result = await self.evaluate(req, rs, fetched, hook, as_of)
+        shadowed = sid in self.after.candidates
+        result = await self.evaluate(req, rs, fetched, hook, as_of, with_assessment=shadowed)
+        served = None
+        if shadowed:  # the candidate is compared with the Assessment behind the cards
+            result, served = result
         record["cards"] = len(result["cards"])
         response = json_response(result)
         # after the answer is sent: its cards noted, the shadow candidate queued
         response.background = BackgroundTask(self.after, sid, rs, req, fetched, as_of, result,
-                                             self.runtime.worker(), hook)
+                                             self.runtime.worker(), hook, served)
         return response
 
     async def feedback(self, request: Request, record: dict[str, Any]) -> Response:

@@ -4,26 +4,29 @@ thread-safe), replaced when it is wedged, and one HTTP client without cookies.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
 import httpx
 
+from cdss.assessment import Assessment
 from cdss.errors import HookRequestError
-from cdss.hooks import HOOK, HookRequest, evaluate_request
+from cdss.hooks import HOOK, HookRequest, assess_request, evaluate_request
+from cdss.outputs.cds_hooks import cards
 from cdss.rulesets import Ruleset
 from cdss.service._logging import emit, log_failure
 from cdss.service._responses import INTERNAL, HTTPError
 
-__all__ = ["Runtime", "Worker", "evaluate_in_thread", "no_cookies"]
+__all__ = ["Runtime", "Worker", "assess_in_thread", "evaluate_in_thread", "no_cookies"]
 
 #: Evaluation threads left running past their timeout at most; past that, no new one.
 _MAX_STUCK = 2
@@ -48,9 +51,28 @@ def evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
     (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
     would stop the event loop) is logged without its message and becomes a
     500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
-    try:
+    with _contained():
         return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name,
                                 mode=mode, hook=hook)
+
+
+def assess_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
+                     as_of: datetime | None, timezone_name: str = "UTC",
+                     mode: str = "strict", hook: str = HOOK) -> tuple[Any, Assessment]:
+    """:func:`evaluate_in_thread` that also gives the Assessment behind the
+    cards (for a shadowed service, whose candidate is compared with it)."""
+    with _contained():
+        assessment = assess_request(req, rs, fetched=fetched, as_of=as_of,
+                                    timezone=timezone_name, mode=mode, hook=hook)
+        body = {"cards": cards(assessment, rs, hook_instance=req.hookInstance,
+                               only_orders=hook != HOOK)}
+        return body, assessment
+
+
+@contextlib.contextmanager
+def _contained() -> Iterator[None]:
+    try:
+        yield
     except HookRequestError:
         raise
     except BaseException as exc:

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdss._changes import rule_changes
+from cdss.assessment import Assessment
 from cdss.errors import HookRequestError
 from cdss.hooks import HOOK, HookRequest, assess_request
 from cdss.outputs.cds_hooks import CARD_EXTENSION, cards
@@ -108,9 +109,10 @@ class AfterAnswer:
 
     def __call__(self, service: str, active: Ruleset, req: HookRequest,
                  fetched: dict[str, Any], as_of: datetime | None, body: Mapping[str, Any],
-                 worker: Worker, hook: str = HOOK) -> None:
+                 worker: Worker, hook: str = HOOK, served: Assessment | None = None) -> None:
         """After the answer ``body`` to a call of ``hook`` was sent: note its
-        cards, queue the shadow."""
+        cards, queue the shadow (``served``: the Assessment behind ``body``,
+        else the active version is evaluated again)."""
         try:
             if self.store is not None:
                 self.store.record_cards(service, active.spec, active.sha256, issued_cards(body))
@@ -119,7 +121,7 @@ class AfterAnswer:
                 return
 
             def job() -> None:
-                self._shadow(service, active, candidate, req, fetched, as_of, body, hook)
+                self._shadow(service, active, candidate, req, fetched, as_of, body, hook, served)
 
             if worker.offer(job):
                 self.counts["queued"] += 1
@@ -151,13 +153,14 @@ class AfterAnswer:
 
     def _shadow(self, service: str, active: Ruleset, candidate: Ruleset, req: HookRequest,
                 fetched: dict[str, Any], as_of: datetime | None,
-                body: Mapping[str, Any], hook: str) -> None:
-        """In the evaluation thread: evaluate both versions, compare, record."""
+                body: Mapping[str, Any], hook: str, served: Assessment | None) -> None:
+        """In the evaluation thread: evaluate the candidate (and the active
+        version, unless its Assessment is ``served``), compare, record."""
         try:
             try:
-                before = assess_request(req, active, fetched=fetched, as_of=as_of,
-                                        timezone=self.timezone_name, mode=self.intake,
-                                        hook=hook)
+                before = served if served is not None else assess_request(
+                    req, active, fetched=fetched, as_of=as_of, timezone=self.timezone_name,
+                    mode=self.intake, hook=hook)
                 after = assess_request(req, candidate, fetched=fetched, as_of=as_of,
                                        timezone=self.timezone_name, mode=self.intake,
                                        hook=hook)

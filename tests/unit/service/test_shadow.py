@@ -189,3 +189,31 @@ def test_an_unusable_store_path_stops_the_service_at_start(tmp_path: Path) -> No
         create_app(rulesets=(ACTIVE,), insecure_dev=True, store=garbage)
     result = CliRunner().invoke(cli.app, ["shadow-report", "--store", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no store file" in result.output
+
+
+def test_the_shadow_reuses_the_served_assessment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each shadowed call evaluates twice (the active version once, to answer,
+    and the candidate once), never the active version again."""
+    import cdss.service._runtime as runtime_mod
+    import cdss.service._shadow as shadow_mod
+
+    evaluated: list[str] = []
+    for module in (runtime_mod, shadow_mod):
+        real = module.assess_request
+
+        def counted(req: Any, rs: cdss.Ruleset, *args: Any, _real: Any = real,
+                    **kwargs: Any) -> Any:
+            evaluated.append(rs.spec)
+            return _real(req, rs, *args, **kwargs)
+
+        monkeypatch.setattr(module, "assess_request", counted)
+    rs = cdss.load_ruleset(ACTIVE)
+    app = create_app(rulesets=(ACTIVE,), clock=lambda: NOW, insecure_dev=True,
+                     shadow={"plantar-cramps": CANDIDATE})
+    with serve_in_background(app) as url:
+        for n in range(3):
+            body = call(rs, f"reuse-{n}", cramps_beside_plantar_fasciitis(f"reuse-{n}"))
+            assert httpx.post(f"{url}/cds-services/plantar-cramps", json=body).status_code == 200
+        wait_for(lambda: app.state.shadow.counts["evaluated"] == 3)
+    assert sorted(evaluated) == [ACTIVE] * 3 + [CANDIDATE] * 3
+    assert app.state.shadow.summary()["differing"] == 3
