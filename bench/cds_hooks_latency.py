@@ -1,11 +1,17 @@
-"""Latency of a CDS Hooks ``patient-view`` call with ~40 prefetched resources.
+"""Latency of a CDS Hooks call with ~40 prefetched resources.
 
 Usage::
 
     python bench/cds_hooks_latency.py [--calls N] [--concurrency C] [--ruleset ID] [--rounds R]
+                                      [--hook patient-view|order-select|order-sign]
+                                      [--candidate ID@VERSION]
+
+The order hooks are called with two draft orders (a loop diuretic and an ACE
+inhibitor); their services need a ruleset with order rules
+(``--ruleset plantar-cramps@1.3.0``).
 
 Measures p50 and p99 of the same call three ways: in process
-(``handle_patient_view``: request validation, intake, facts, rules, cards),
+(``handle_hook``: request validation, intake, facts, rules, cards),
 over HTTP on loopback one call at a time (the service runs in a child process
 on 127.0.0.1, so the client does not compete with it for the GIL; adds JSON,
 HTTP, the JWT check and the hop to the evaluation thread), and over HTTP with
@@ -44,7 +50,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import cdss
-from cdss.hooks import handle_patient_view, prefetch_templates
+from cdss.hooks import HOOK, HOOKS, handle_hook, prefetch_templates
 from cdss.rulesets import available_rulesets
 from cdss.service import base_url, bind, create_app, load_config, serve_in_background
 
@@ -107,10 +113,25 @@ def record() -> list[dict[str, Any]]:
     return out
 
 
-def body(rs: cdss.Ruleset) -> dict[str, Any]:
-    """A patient-view request whose prefetch satisfies every template of ``rs``."""
+#: The orders an order-select / order-sign call is about: a loop diuretic and an
+#: ACE inhibitor (RxNorm clinical drugs), drafts for the bench patient.
+DRAFT_ORDERS = [
+    {"resourceType": "MedicationRequest", "id": f"draft-{name}", "status": "draft",
+     "intent": "order", "subject": SUBJECT,
+     "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code}]}}
+    for name, code in (("furosemide", "313988"), ("lisinopril", "314076"))]
+
+
+def service_id(rs: cdss.Ruleset, hook: str) -> str:
+    """The id the service gives the ``hook`` service of ``rs``."""
+    return rs.id if hook == HOOK else f"{rs.id}-{hook}"
+
+
+def body(rs: cdss.Ruleset, hook: str = HOOK) -> dict[str, Any]:
+    """A ``hook`` request whose prefetch satisfies every template of ``rs``
+    for that hook (for the order hooks, with :data:`DRAFT_ORDERS`)."""
     resources = record()
-    templates = prefetch_templates(rs)
+    templates = prefetch_templates(rs, hook)
     prefetch: dict[str, Any] = {k: None for k in templates}
     prefetch["patient"] = {"resourceType": "Patient", "id": PID, "birthDate": "1968-04-02",
                            "gender": "female"}
@@ -128,14 +149,22 @@ def body(rs: cdss.Ruleset) -> dict[str, Any]:
         if found:
             prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
                              "entry": [{"resource": r} for r in found]}
-    return {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": "Practitioner/bench", "patientId": PID}, "prefetch": prefetch}
+    context: dict[str, Any] = {"userId": "Practitioner/bench", "patientId": PID}
+    if hook != HOOK:
+        context.update(encounterId="bench-encounter", draftOrders={
+            "resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": r} for r in DRAFT_ORDERS]})
+        if hook == "order-select":
+            context["selections"] = [f"MedicationRequest/{DRAFT_ORDERS[0]['id']}"]
+    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context,
+            "prefetch": prefetch}
 
 
 ISSUER = "https://bench-ehr.example"
 
 
-def serve(rs: cdss.Ruleset, config_file: str, intake: str, candidate: str | None) -> None:
+def serve(rs: cdss.Ruleset, config_file: str, intake: str, candidate: str | None,
+          hook: str) -> None:
     """Child process: serve ``rs`` on loopback with the configuration in
     ``config_file`` (its public URL is the loopback URL), print the URL, stop
     when stdin closes."""
@@ -143,7 +172,7 @@ def serve(rs: cdss.Ruleset, config_file: str, intake: str, candidate: str | None
     url = base_url(sock)
     config = load_config(config_file, public_url=url, environ={})
     app = create_app(rulesets=(rs,), clock=lambda: AS_OF, config=config, intake=intake,
-                     shadow={rs.id: candidate} if candidate else None)
+                     shadow={service_id(rs, hook): candidate} if candidate else None)
     with serve_in_background(app, sock=sock) as base:
         print(base, flush=True)
         sys.stdin.read()
@@ -166,12 +195,12 @@ Row = tuple[str, list[float], float]  # name, latencies, seconds for all of them
 
 
 def in_process(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int) -> Row:
-    """``handle_patient_view`` ``calls`` times, one after the other."""
+    """``handle_hook`` ``calls`` times, one after the other."""
     samples = []
     began = time.perf_counter()
     for _ in range(calls):
         start = time.perf_counter()
-        handle_patient_view(request, rs, as_of=AS_OF, mode=intake)
+        handle_hook(request, rs, hook=request["hook"], as_of=AS_OF, mode=intake)
         samples.append(time.perf_counter() - start)
     return f"{intake}: in process", samples, time.perf_counter() - began
 
@@ -189,6 +218,7 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
         {"issuer": ISSUER, "jwks": {"keys": [jwk]}}]}))
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(config_file),
                               "--ruleset", rs.spec, "--intake", intake,
+                              "--hook", request["hook"],
                               *(["--candidate", candidate] if candidate else [])],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
@@ -199,7 +229,7 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
     rows: list[Row] = []
     name = f"{intake} + shadow" if candidate else intake
     try:
-        url = f"{base}/cds-services/{rs.id}"
+        url = f"{base}/cds-services/{service_id(rs, request['hook'])}"
         signed = iter(tokens(key, url, 20 + 2 * calls))
         with httpx.Client(timeout=60) as client:
             for _ in range(20):  # warm the connection and the evaluation thread
@@ -251,21 +281,23 @@ def main() -> None:
                              "the row shown is the round with the lowest p99")
     parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--intake", default="strict", help=argparse.SUPPRESS)
+    parser.add_argument("--hook", default=HOOK, choices=HOOKS,
+                        help="the hook called (order hooks: with two draft orders)")
     parser.add_argument("--candidate", default=None,
                         help="the shadow candidate (default: another version of the ruleset)")
     args = parser.parse_args()
     rs = cdss.load_ruleset(args.ruleset)
     if args.serve:
-        serve(rs, args.serve, args.intake, args.candidate)
+        serve(rs, args.serve, args.intake, args.candidate, args.hook)
         return
     candidate = args.candidate or next(
         (s for s in sorted(available_rulesets(), reverse=True)
          if s.startswith(f"{rs.id}@") and s != rs.spec), None)
-    request = body(rs)
+    request = body(rs, args.hook)
     count = 1 + sum(len(v.get("entry", [])) for k, v in request["prefetch"].items()
                     if v is not None and k != "patient")
-    cards = handle_patient_view(request, rs, as_of=AS_OF)["cards"]  # warm caches
-    if handle_patient_view(request, rs, as_of=AS_OF, mode="lean")["cards"].__len__() != \
+    cards = handle_hook(request, rs, hook=args.hook, as_of=AS_OF)["cards"]  # warm caches
+    if len(handle_hook(request, rs, hook=args.hook, as_of=AS_OF, mode="lean")["cards"]) != \
             len(cards):
         raise SystemExit("strict and lean intake give different cards")
     best: dict[str, Row] = {}
@@ -279,7 +311,7 @@ def main() -> None:
                 if row[0] not in best or _pct(row[1], 99) < _pct(best[row[0]][1], 99):
                     best[row[0]] = row
 
-    print(f"ruleset {rs.spec}; patient-view with {count} prefetched resources "
+    print(f"ruleset {rs.spec}; {args.hook} with {count} prefetched resources "
           f"({len(cards)} cards); {args.calls} calls per row, best of {args.rounds} "
           "alternated rounds by p99; times in ms")
     print(f"shadow candidate: {candidate or 'none'}")

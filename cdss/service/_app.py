@@ -187,7 +187,8 @@ def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | Non
     if mode not in ("strict", "lean"):
         raise InvalidArgument(f"intake must be 'strict' or 'lean', not {mode!r}")
     candidates = load_candidates(
-        services, shadow if shadow is not None else (config.shadow if config else {}),
+        hook_services(services, HOOKS),
+        shadow if shadow is not None else (config.shadow if config else {}),
         functools.partial(load_ruleset, paths=paths, concept_maps=concept_maps))
     kept = open_store(config.store if config is not None else None, store)
     return _Settings(services, config, dev_servers, zone_name, limit, mode, candidates, kept)

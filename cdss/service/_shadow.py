@@ -198,10 +198,11 @@ class AfterAnswer:
                                              "dropped")}
 
 
-def load_candidates(services: Mapping[str, Ruleset], shadow: Mapping[str, str | Ruleset],
-                    load: Any) -> dict[str, Ruleset]:
+def load_candidates(services: Mapping[str, tuple[str, Ruleset]],
+                    shadow: Mapping[str, str | Ruleset], load: Any) -> dict[str, Ruleset]:
     """The candidate ruleset of each service named in ``shadow`` (``load(spec)``
-    loads one), checked at start: the service exists and the candidate is not
+    loads one; ``services``: service id → (hook, active ruleset), every hook's
+    services included), checked at start: the service exists and the candidate is not
     the active version. Both are evaluated on the data the active version's
     prefetch brings; a candidate whose prefetch would ask for more (codes a
     new version added) is logged at start, as it may miss some of its findings."""
@@ -215,12 +216,12 @@ def load_candidates(services: Mapping[str, Ruleset], shadow: Mapping[str, str | 
             raise ServiceConfigError(f"no service {sid!r} to shadow (services: "
                                      f"{', '.join(sorted(services))})", field=where)
         candidate = spec if isinstance(spec, Ruleset) else load(spec)
-        active = services[sid]
+        hook, active = services[sid]
         if candidate.key == active.key:
             raise ServiceConfigError(f"the candidate {candidate.spec} is the active version",
                                      field=where)
-        wider = sorted(key for key, query in prefetch_templates(candidate).items()
-                       if prefetch_templates(active).get(key) != query)
+        wider = sorted(key for key, query in prefetch_templates(candidate, hook).items()
+                       if prefetch_templates(active, hook).get(key) != query)
         if wider:  # it sees only what the active version's prefetch brings
             emit(logging.WARNING, {"event": "shadow candidate reads more", "service": sid,
                                     "active": active.spec, "candidate": candidate.spec,

@@ -217,3 +217,31 @@ def test_the_shadow_reuses_the_served_assessment(monkeypatch: pytest.MonkeyPatch
         wait_for(lambda: app.state.shadow.counts["evaluated"] == 3)
     assert sorted(evaluated) == [ACTIVE] * 3 + [CANDIDATE] * 3
     assert app.state.shadow.summary()["differing"] == 3
+
+
+def test_an_order_sign_service_can_be_shadowed(tmp_path: Path) -> None:
+    """Order services are shadowed like patient-view: here the candidate has no
+    order rules, so the order card is lost, per rule; the answer is the active one."""
+    from tests.support.builders import PID as ORDER_PID
+    from tests.support.orders import ORDERS_SPEC, draft_med, order_request
+
+    active = cdss.load_ruleset(ORDERS_SPEC)
+    record = [lab("k1", "2823-3", 3.1, "mmol/L", when="2026-02-20", pid=ORDER_PID)]
+    body = order_request(active, "order-sign", record, [draft_med("o1", "313988")])
+    sid = f"{active.id}-order-sign"
+    plain = create_app(rulesets=(ORDERS_SPEC,), clock=lambda: NOW, insecure_dev=True)
+    with serve_in_background(plain) as url:
+        expected = httpx.post(f"{url}/cds-services/{sid}", json=body)
+    assert expected.status_code == 200 and expected.json()["cards"]
+    db = tmp_path / "store.sqlite3"
+    app = create_app(rulesets=(ORDERS_SPEC,), clock=lambda: NOW, insecure_dev=True,
+                     shadow={sid: "plantar-cramps@1.2.0"}, store=db)
+    with serve_in_background(app) as url:
+        r = httpx.post(f"{url}/cds-services/{sid}", json=body)
+        assert r.content == expected.content
+        wait_for(lambda: app.state.shadow.counts["evaluated"] == 1)
+        assert app.state.store.flushed()
+    [service] = shadow_report(db)["services"]
+    assert service["service"] == sid and service["differing"] == 1
+    lost = {r["rule"] for r in service["rules"] if r["lost"]}
+    assert "PC-ORD-01" in lost
