@@ -5,10 +5,12 @@ file only, never the service."""
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -31,7 +33,7 @@ def _time(value: str | None, option: str) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
-def _fail(exc: CDSSError) -> None:
+def _fail(exc: CDSSError) -> NoReturn:
     typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
@@ -43,6 +45,21 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
              for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _report(read: Callable[..., dict[str, Any]], store: Path, since: str | None,
+            until: str | None, as_json: bool) -> dict[str, Any] | None:
+    """The report ``read`` gives for the period, printed as JSON (then None) or
+    headed by its period for a table; a store that cannot be read exits 2."""
+    try:
+        report = read(store, since=_time(since, "--since"), until=_time(until, "--until"))
+    except CDSSError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return None
+    typer.echo(_period(report))
+    return report
 
 
 def _period(report: dict[str, Any]) -> str:
@@ -67,15 +84,10 @@ def register(app: typer.Typer) -> None:
         """Feedback per rule: cards shown, accepted, overridden, override reasons."""
         from cdss.service._store import feedback_report as report_of
 
-        try:
-            report = report_of(store, since=_time(since, "--since"),
-                               until=_time(until, "--until"), comments=comments)
-        except CDSSError as exc:
-            _fail(exc)
-        if as_json:
-            sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        report = _report(functools.partial(report_of, comments=comments), store, since, until,
+                         as_json)
+        if report is None:
             return
-        typer.echo(_period(report))
         rows = []
         for r in report["rules"]:
             rate = None if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.0%}"
@@ -99,15 +111,9 @@ def register(app: typer.Typer) -> None:
         and lost."""
         from cdss.service._store import shadow_report as report_of
 
-        try:
-            report = report_of(store, since=_time(since, "--since"),
-                               until=_time(until, "--until"))
-        except CDSSError as exc:
-            _fail(exc)
-        if as_json:
-            sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        report = _report(report_of, store, since, until, as_json)
+        if report is None:
             return
-        typer.echo(_period(report))
         for s in report["services"]:
             typer.echo(f"\n{s['service']}: {s['active']} (active) vs {s['candidate']} "
                        f"(candidate)")
