@@ -143,21 +143,25 @@ def _local_target(manifest: Path, url: str, where: str) -> Path:
     """The file on this machine a manifest's ``url`` names.
 
     A plain path is relative to the manifest's folder; a ``file:`` URL is
-    taken as it is; an ``http(s):`` URL is local when a file of its last path
-    segment lies next to the manifest (a downloaded export), and otherwise
-    refused: the screen reads no network.
+    taken as it is; an ``http(s):`` URL is local when its path, or the end of
+    its path (at least the last segment), names a file in the manifest's
+    folder (a downloaded export), and otherwise refused: the screen reads no
+    network.
     """
     folder = manifest.parent
     parsed = urlparse(url)
     if parsed.scheme == "file":
         target = Path(unquote(parsed.path))
     elif parsed.scheme in ("http", "https"):
-        name = Path(unquote(parsed.path)).name
-        target = folder / name if name else folder
-        if not name or not target.is_file():
+        parts = [p for p in unquote(parsed.path).split("/") if p not in ("", ".", "..")]
+        copies = [folder.joinpath(*parts[i:]) for i in range(len(parts))]
+        found = next((copy for copy in copies if copy.is_file()), None)
+        if found is None:
+            name = parts[-1] if parts else "?"
             raise CohortError(f"{manifest}: {where} names the remote file {url!r}, and no "
-                              f"downloaded copy ({name or '?'}) lies next to the manifest; "
+                              f"downloaded copy ({name}) lies in the manifest's folder; "
                               "download the export's files first")
+        target = found
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise CohortError(f"{manifest}: {where} names {url!r}, not a local file "
                           f"({parsed.scheme}: URLs are not read)")
