@@ -297,3 +297,17 @@ def test_every_shape_gives_the_assessments_of_one_plain_folder(tmp_path: Path) -
     counts: Mapping[str, Any] = shapes.resources
     assert counts["block_headers"] == 2 and counts["export_errors"] == 1
     assert counts["attributed"] == plain.resources["attributed"]
+
+
+def test_the_screen_command_shows_the_exports_own_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cdss.cli import app
+
+    root = _export_shapes(tmp_path / "shapes")
+    result = CliRunner().invoke(app, [
+        "screen", str(root), "--ruleset", RULESET, "--as-of", AS_OF, "--out",
+        str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "the export's own error rows" in result.output
+    assert "block headers skipped" in result.output
