@@ -2,7 +2,12 @@
 
 A cohort arrives as FHIR Bulk Data NDJSON (several files per resource type,
 lines in any order, optionally gzip-compressed), as a bulk-export folder with
-its manifest, or as a folder of Bundles. Screening needs each patient's
+its manifest, as a folder of Bundles, or as a folder of such folders.
+Manifests follow the FHIR Bulk Data Access IG from STU2 (2.0.0) to the STU4
+ballot (4.0.0-ballot): ``output``, ``error`` (``outcome`` in the STU4
+ballot), ``deleted``, ``outputOrganizedBy`` (STU3, 3.0.0: each patient's
+block opens with a header ``Parameters`` resource, skipped here) and partial
+manifests chained by a ``link`` with ``relation`` ``next`` (STU3). Screening needs each patient's
 resources together, and the cohort may not fit in memory, so the first pass
 streams every resource once and appends it to one of ``N`` partition files
 chosen by a stable hash of its patient reference (blake2b: the same partition
@@ -21,7 +26,9 @@ Nothing is dropped silently: a line that cannot be attributed to a patient (a
 truncated line, a resource without a subject, an unknown resource type
 without one) becomes a resource error row naming its file and line; a file
 that is not NDJSON becomes a file error row; resources that belong to no
-patient (Organization, Practitioner, Medication...) are counted.
+patient (Organization, Practitioner, Medication...) are counted, and so are
+block headers and the manifest's deleted files; each line of the export's own
+error files becomes an ``export`` error row.
 """
 
 from __future__ import annotations
