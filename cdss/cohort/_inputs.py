@@ -135,7 +135,10 @@ def _load_manifest(path: Path) -> Mapping[str, Any] | None:
     try:
         if path.stat().st_size > _MANIFEST_MAX:
             return None
-        data = orjson.loads(_read_all(path))
+        raw = _read_all(path)
+        if b'"output"' not in raw:  # most JSON files of a folder are Bundles: not parsed twice
+            return None
+        data = orjson.loads(raw)
     except (OSError, orjson.JSONDecodeError, EOFError, zlib.error, gzip.BadGzipFile):
         return None
     if not isinstance(data, Mapping) or not isinstance(data.get("output"), list):
