@@ -38,6 +38,11 @@ def _show_summary(summary: ScreenSummary) -> None:
                          ("resource error rows", summary.resource_errors),
                          ("file error rows", summary.file_errors)):
         table.add_row(label, f"{value:,}")
+    for label, key in (("the export's own error rows", "export_errors"),
+                       ("block headers skipped", "block_headers"),
+                       ("deleted files not read", "deleted_files")):
+        if summary.resources.get(key):
+            table.add_row(label, f"{summary.resources[key]:,}")
     table.add_row("count in = count out", "yes" if summary.balanced else "NO")
     console.print(table)
     if summary.flags:

@@ -2,7 +2,12 @@
 
 A cohort arrives as FHIR Bulk Data NDJSON (several files per resource type,
 lines in any order, optionally gzip-compressed), as a bulk-export folder with
-its manifest, or as a folder of Bundles. Screening needs each patient's
+its manifest, as a folder of Bundles, or as a folder of such folders.
+Manifests follow the FHIR Bulk Data Access IG from STU2 (2.0.0) to the STU4
+ballot (4.0.0-ballot): ``output``, ``error`` (``outcome`` in the STU4
+ballot), ``deleted``, ``outputOrganizedBy`` (STU3, 3.0.0: each patient's
+block opens with a header ``Parameters`` resource, skipped here) and partial
+manifests chained by a ``link`` with ``relation`` ``next`` (STU3). Screening needs each patient's
 resources together, and the cohort may not fit in memory, so the first pass
 streams every resource once and appends it to one of ``N`` partition files
 chosen by a stable hash of its patient reference (blake2b: the same partition
@@ -21,7 +26,9 @@ Nothing is dropped silently: a line that cannot be attributed to a patient (a
 truncated line, a resource without a subject, an unknown resource type
 without one) becomes a resource error row naming its file and line; a file
 that is not NDJSON becomes a file error row; resources that belong to no
-patient (Organization, Practitioner, Medication...) are counted.
+patient (Organization, Practitioner, Medication...) are counted, and so are
+block headers and the manifest's deleted files; each line of the export's own
+error files becomes an ``export`` error row.
 """
 
 from __future__ import annotations
@@ -72,22 +79,44 @@ _JSON_SUFFIXES = (".json", ".json.gz")
 @dataclass(frozen=True)
 class InputFile:
     """One input file: ``ndjson`` (one resource per line) or ``json`` (a
-    Bundle, a resource or a list of them)."""
+    Bundle, a resource or a list of them).
+
+    ``role`` is what a bulk-export manifest says the file holds: ``data``
+    (an ``output`` entry, or a file found without a manifest), ``errors``
+    (an ``error`` entry, or ``outcome`` in later versions: OperationOutcome
+    resources, the export's own errors, never patient data) or ``deleted``
+    (a ``deleted`` entry: counted, not read).
+    """
 
     path: Path
     kind: str
     label: str
+    role: str = "data"
 
     def fingerprint(self) -> dict[str, Any]:
         """Path, size and modification time: what ``--resume`` compares."""
         stat = self.path.stat()
-        return {"path": str(self.path), "kind": self.kind, "bytes": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns}
+        found: dict[str, Any] = {"path": str(self.path), "kind": self.kind,
+                                 "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if self.role != "data":
+            found["role"] = self.role
+        return found
 
 
 # --------------------------------------------------------------------------- #
 # Discovery
 # --------------------------------------------------------------------------- #
+#: Manifest arrays by the role of the files they list. ``error`` is the name in
+#: Bulk Data Access STU1-STU3 (1.0.0-3.0.0); the STU4 ballot (4.0.0-ballot) names
+#: the same array ``outcome``. Both are read when both are present.
+_MANIFEST_ARRAYS = (("output", "data"), ("error", "errors"), ("outcome", "errors"),
+                    ("deleted", "deleted"))
+#: Manifests larger than this are not read as manifests.
+_MANIFEST_MAX = 50 * 1024 * 1024
+#: The screen's own working folder: never an export.
+_SCREEN_WORK = ".cdss-screen"
+
+
 def _is_ndjson(path: Path) -> bool:
     return path.name.lower().endswith(_NDJSON_SUFFIXES)
 
@@ -97,36 +126,127 @@ def _is_json(path: Path) -> bool:
 
 
 def _load_manifest(path: Path) -> Mapping[str, Any] | None:
-    """The manifest in ``path``, or None when the file is not a manifest."""
+    """The manifest in ``path``, or None when the file is not a manifest.
+
+    A manifest is a JSON object with an ``output`` array and no FHIR
+    ``resourceType`` (the STU4 ballot's examples give it the logical model's
+    URL, ``.../StructureDefinition/BulkDataManifest``, which is not one).
+    """
     try:
-        if path.stat().st_size > 50 * 1024 * 1024:
+        if path.stat().st_size > _MANIFEST_MAX:
             return None
-        data = orjson.loads(_read_all(path))
+        raw = _read_all(path)
+        if b'"output"' not in raw:  # most JSON files of a folder are Bundles: not parsed twice
+            return None
+        data = orjson.loads(raw)
     except (OSError, orjson.JSONDecodeError, EOFError, zlib.error, gzip.BadGzipFile):
         return None
-    if isinstance(data, Mapping) and "resourceType" not in data and isinstance(
-            data.get("output"), list):
+    if not isinstance(data, Mapping) or not isinstance(data.get("output"), list):
+        return None
+    rtype = data.get("resourceType")
+    if rtype is None or (isinstance(rtype, str) and rtype.endswith("BulkDataManifest")):
         return data
     return None
 
 
+def _local_target(manifest: Path, url: str, where: str) -> Path:
+    """The file on this machine a manifest's ``url`` names.
+
+    A plain path is relative to the manifest's folder; a ``file:`` URL is
+    taken as it is; an ``http(s):`` URL is local when its path, or the end of
+    its path (at least the last segment), names a file in the manifest's
+    folder (a downloaded export), and otherwise refused: the screen reads no
+    network.
+    """
+    folder = manifest.parent
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        target = Path(unquote(parsed.path))
+    elif parsed.scheme in ("http", "https"):
+        parts = [p for p in unquote(parsed.path).split("/") if p not in ("", ".", "..")]
+        copies = [folder.joinpath(*parts[i:]) for i in range(len(parts))]
+        found = next((copy for copy in copies if copy.is_file()), None)
+        if found is None:
+            name = parts[-1] if parts else "?"
+            raise CohortError(f"{manifest}: {where} names the remote file {url!r}, and no "
+                              f"downloaded copy ({name}) lies in the manifest's folder; "
+                              "download the export's files first")
+        target = found
+    elif parsed.scheme and len(parsed.scheme) > 1:
+        raise CohortError(f"{manifest}: {where} names {url!r}, not a local file "
+                          f"({parsed.scheme}: URLs are not read)")
+    else:
+        target = folder / unquote(url)
+    if not target.is_file():
+        raise CohortError(f"{manifest}: {where} names {url!r}, but {target} does not exist")
+    return target
+
+
+def _next_manifest(path: Path, manifest: Mapping[str, Any]) -> Path | None:
+    """The manifest a partial manifest's ``link`` with ``relation`` ``next``
+    names (Bulk Data Access STU3, 3.0.0, ``allowPartialManifests``), or None."""
+    links = manifest.get("link")
+    if links is None:
+        return None
+    if not isinstance(links, list):
+        raise CohortError(f"{path}: link is not a list")
+    nexts = [(i, item) for i, item in enumerate(links)
+             if isinstance(item, Mapping) and item.get("relation") == "next"]
+    if not nexts:
+        return None
+    if len(nexts) > 1:
+        raise CohortError(f"{path}: link has more than one relation 'next'")
+    i, item = nexts[0]
+    url = item.get("url")
+    if not isinstance(url, str) or not url:
+        raise CohortError(f"{path}: link[{i}] (relation 'next') has no url")
+    return _local_target(path, url, f"link[{i}] (relation 'next')")
+
+
 def _manifest_files(path: Path, manifest: Mapping[str, Any]) -> list[InputFile]:
-    folder = path.parent
+    """The files of a manifest and of the partial manifests its ``next``
+    links lead to, in manifest order."""
+    files: list[InputFile] = []
+    seen: set[Path] = set()
+    current: Path | None = path
+    loaded: Mapping[str, Any] | None = manifest
+    while current is not None and loaded is not None:
+        seen.add(current.resolve())
+        files += _one_manifest(current, loaded)
+        following = _next_manifest(current, loaded)
+        if following is None:
+            break
+        if following.resolve() in seen:
+            raise CohortError(f"{current}: link 'next' leads back to {following}, a manifest "
+                              "already read")
+        loaded = _load_manifest(following)
+        if loaded is None:
+            raise CohortError(f"{current}: link 'next' names {following}, which is not a "
+                              "bulk-export manifest (a JSON object with an output array)")
+        current = following
+    return files
+
+
+def _one_manifest(path: Path, manifest: Mapping[str, Any]) -> list[InputFile]:
     files = []
-    for i, item in enumerate(manifest["output"]):
-        url = item.get("url") if isinstance(item, Mapping) else None
-        if not isinstance(url, str) or not url:
-            raise CohortError(f"{path}: output[{i}] has no url")
-        parsed = urlparse(url)
-        if parsed.scheme == "file":
-            target = Path(unquote(parsed.path))
-        elif parsed.scheme in ("http", "https"):
-            target = folder / Path(unquote(parsed.path)).name
-        else:
-            target = folder / unquote(url)
-        if not target.is_file():
-            raise CohortError(f"{path}: output[{i}] names {url!r}, but {target} does not exist")
-        files.append(InputFile(path=target.resolve(), kind="ndjson", label=_label(target)))
+    for key, role in _MANIFEST_ARRAYS:
+        items = manifest.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise CohortError(f"{path}: {key} is not a list")
+        for i, item in enumerate(items):
+            url = item.get("url") if isinstance(item, Mapping) else None
+            if not isinstance(url, str) or not url:
+                raise CohortError(f"{path}: {key}[{i}] has no url")
+            try:
+                target = _local_target(path, url, f"{key}[{i}]")
+            except CohortError:
+                if role == "deleted":  # never read: a missing copy is no loss
+                    continue
+                raise
+            files.append(InputFile(path=target.resolve(), kind="ndjson", label=_label(target),
+                                   role=role))
     return files
 
 
@@ -136,10 +256,15 @@ def _label(path: Path) -> str:
 
 def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
     """The input files of ``inputs`` (files, bulk-export folders, manifests,
-    folders of Bundles), in a stable order, each file once.
+    folders of Bundles, folders of such folders), in a stable order, each
+    file once.
+
+    A folder is read recursively: every folder in it that holds a manifest
+    or NDJSON/JSON files is an export of its own; a folder with a manifest is
+    read as the manifest says (its subfolders are not searched further).
 
     Raises :class:`CohortError` for a missing path, a folder with nothing to
-    read, or a manifest naming a missing file.
+    read, or a manifest naming a missing or remote file.
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -152,7 +277,12 @@ def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
         if not path.exists():
             raise CohortError(f"{path}: no such file or folder")
         if path.is_dir():
-            found += _folder_files(path)
+            files = _tree_files(path, set())
+            if not files:
+                raise CohortError(f"{path}: no NDJSON (*.ndjson, *.ndjson.gz), Bundle "
+                                  "(*.json) or manifest files to screen, in it or in its "
+                                  "subfolders")
+            found += files
         elif _is_json(path) and (manifest := _load_manifest(path)) is not None:
             found += _manifest_files(path, manifest)
         elif _is_json(path):
@@ -168,24 +298,51 @@ def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
     return unique
 
 
-def _folder_files(folder: Path) -> list[InputFile]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _tree_files(folder: Path, visited: set[Path]) -> list[InputFile]:
+    """The files of ``folder`` (see :func:`_folder_files`), then those of its
+    subfolders in name order; a folder reached twice (a link) is read once."""
+    real = folder.resolve()
+    if real in visited:
+        return []
+    visited.add(real)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files, has_manifest = _folder_files(folder, [p for p in entries if p.is_file()])
+    if has_manifest:
+        return files
+    for sub in entries:
+        if sub.is_dir() and not (sub / _SCREEN_WORK).is_dir():
+            files += _tree_files(sub, visited)
+    return files
+
+
+def _folder_files(folder: Path, files: list[Path]) -> tuple[list[InputFile], bool]:
+    """The input files of one folder, and whether a manifest named them.
+
+    With a manifest (or a chain of partial manifests), the files it lists;
+    without one, every NDJSON file, then every JSON file (Bundles,
+    resources), by name.
+    """
     ndjson = [p for p in files if _is_ndjson(p)]
     jsons = [p for p in files if _is_json(p)]
-    if ndjson:
-        manifests = [(p, m) for p in jsons if p.stat().st_size < 50 * 1024 * 1024
-                     and (m := _load_manifest(p)) is not None]
-        if manifests:
-            if len(manifests) > 1:
-                names = ", ".join(p.name for p, _ in manifests)
-                raise CohortError(f"{folder}: more than one export manifest ({names}); name "
-                                  "the one to screen")
-            return _manifest_files(*manifests[0])
-        return [InputFile(path=p.resolve(), kind="ndjson", label=_label(p)) for p in ndjson]
-    if jsons:
-        return [InputFile(path=p.resolve(), kind="json", label=_label(p)) for p in jsons]
-    raise CohortError(f"{folder}: no NDJSON (*.ndjson, *.ndjson.gz) or Bundle (*.json) files "
-                      "to screen")
+    manifests = [(p, m) for p in jsons if (m := _load_manifest(p)) is not None]
+    if manifests:
+        # a manifest another one's ``next`` link names is a part, not a start
+        parts = set()
+        for p, m in manifests:
+            try:
+                following = _next_manifest(p, m)
+            except CohortError:
+                continue  # reported when the chain is read
+            if following is not None:
+                parts.add(following.resolve())
+        starts = [(p, m) for p, m in manifests if p.resolve() not in parts]
+        if len(starts) != 1:
+            names = ", ".join(p.name for p, _ in (starts or manifests))
+            raise CohortError(f"{folder}: more than one export manifest ({names}); name "
+                              "the one to screen")
+        return _manifest_files(*starts[0]), True
+    return ([InputFile(path=p.resolve(), kind="ndjson", label=_label(p)) for p in ndjson]
+            + [InputFile(path=p.resolve(), kind="json", label=_label(p)) for p in jsons]), False
 
 
 # --------------------------------------------------------------------------- #
@@ -284,6 +441,12 @@ class SpillStats:
     resource_errors: int = 0
     file_errors: int = 0
     bytes_read: int = 0
+    #: OperationOutcome lines of the export's ``error``/``outcome`` files
+    export_errors: int = 0
+    #: header ``Parameters`` resources of files organized by patient (skipped)
+    block_headers: int = 0
+    #: files a manifest lists as ``deleted`` (not read)
+    deleted_files: int = 0
     types: Counter[str] = field(default_factory=Counter)
     errors_by_kind: Counter[str] = field(default_factory=Counter)
 
@@ -293,7 +456,9 @@ class SpillStats:
             "attributed": self.attributed,
             "not_patient_specific": self.not_patient_specific,
             "resource_errors": self.resource_errors, "file_errors": self.file_errors,
-            "bytes_read": self.bytes_read, "types": dict(sorted(self.types.items())),
+            "bytes_read": self.bytes_read, "export_errors": self.export_errors,
+            "block_headers": self.block_headers, "deleted_files": self.deleted_files,
+            "types": dict(sorted(self.types.items())),
             "errors_by_kind": dict(sorted(self.errors_by_kind.items())),
         }
 
@@ -390,6 +555,10 @@ class _Spiller:
         if rtype == "Bundle":  # a container, not a resource of a patient
             self.stats.items -= 1
             self.bundle(obj, file_index, label, line=line)
+            return
+        if rtype == "Parameters" and _is_block_header(obj):
+            self.stats.items -= 1  # a block's header, not a resource of the export
+            self.stats.block_headers += 1
             return
         if rtype == "Patient":
             key = _patient_id_key(obj)
@@ -503,6 +672,41 @@ class _Spiller:
         for early, message in failures:  # a file of one line that is not JSON
             self._malformed(label, early, message)
 
+    def outcome_file(self, path: Path, label: str) -> None:
+        """An export's own error file: each line an OperationOutcome, written
+        as an ``export`` error row naming the file and line."""
+        try:
+            with _open(path) as handle:
+                self.handle = handle
+                for number, line in _lines(handle):
+                    if line is None:
+                        self.export_error(label, number, "line-too-long",
+                                          f"line longer than {MAX_LINE} bytes")
+                        continue
+                    self.advance(len(line))
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        self.export_error(label, number, "malformed-json",
+                                          f"not valid JSON ({exc})")
+                        continue
+                    self.export_error(label, number, "export-outcome", None, obj)
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            self.error("unreadable-file", f"reading stopped: {exc}", label, file_level=True)
+
+    def export_error(self, label: str, line: int, kind: str, reason: str | None,
+                     outcome: Any = None) -> None:
+        row: dict[str, Any] = {"kind": "export", "error": kind, "file": label, "line": line}
+        if outcome is not None:
+            row.update(_outcome_fields(outcome))
+        else:
+            row["reason"] = reason
+        self.errors.write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS) + b"\n")
+        self.stats.export_errors += 1
+        self.stats.errors_by_kind[row["error"]] += 1
+
     def _malformed(self, label: str, number: int, message: str) -> None:
         self.stats.items += 1
         self.error("malformed-json", f"not valid JSON ({message}); a truncated or damaged "
@@ -537,6 +741,43 @@ class _Spiller:
                    "was skipped", label, file_level=True)
 
 
+def _is_block_header(obj: Mapping[str, Any]) -> bool:
+    """Whether a ``Parameters`` resource is a resource block's header (Bulk
+    Data Access STU3, 3.0.0, ``organizeOutputBy``): a parameter named
+    ``header`` holding a ``valueReference``."""
+    params = obj.get("parameter")
+    return isinstance(params, list) and any(
+        isinstance(p, Mapping) and p.get("name") == "header"
+        and isinstance(p.get("valueReference"), Mapping) for p in params)
+
+
+def _outcome_fields(obj: Any) -> dict[str, Any]:
+    """An export error row's fields from one OperationOutcome: its issues'
+    severity, code and text (``diagnostics``, else ``details.text``)."""
+    if not isinstance(obj, Mapping) or obj.get("resourceType") != "OperationOutcome":
+        rtype = obj.get("resourceType") if isinstance(obj, Mapping) else None
+        return {"error": "not-an-outcome",
+                "reason": f"an error file line that is not an OperationOutcome "
+                          f"({rtype if isinstance(rtype, str) else type(obj).__name__})"}
+    texts, severity, code = [], None, None
+    issues = obj.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, Mapping):
+            continue
+        severity = severity or issue.get("severity")
+        code = code or issue.get("code")
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (details.get("text") if isinstance(
+            details, Mapping) else None)
+        if isinstance(text, str) and text:
+            texts.append(text)
+    rid = obj.get("id")
+    return {"reason": "; ".join(texts) or "an OperationOutcome without text",
+            "severity": severity if isinstance(severity, str) else None,
+            "code": code if isinstance(code, str) else None,
+            "resource_id": rid if isinstance(rid, str) else None}
+
+
 def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path: Path,
           *, on_bytes: Any = None) -> SpillStats:
     """Stream every resource of ``files`` into ``partitions`` files in
@@ -550,7 +791,11 @@ def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path
         spiller = _Spiller(folder, partitions, errors, on_bytes)
         try:
             for index, input_file in enumerate(files):
-                if input_file.kind == "json":
+                if input_file.role == "deleted":
+                    spiller.stats.deleted_files += 1
+                elif input_file.role == "errors":
+                    spiller.outcome_file(input_file.path, input_file.label)
+                elif input_file.kind == "json":
                     spiller.json_file(input_file.path, index, input_file.label)
                 else:
                     spiller.ndjson_file(input_file.path, index, input_file.label)
