@@ -217,6 +217,8 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
     assert resumed.resumed and resumed.timings["partitions_reused"] == 2
     assert resumed.partitions == 5
     assert assessment_lines(out) == assessment_lines(screened.out)
+    for name in ("assessments.parquet", "errors.ndjson", "worklist.csv", "worklist.parquet"):
+        assert (out / name).read_bytes() == (screened.out / name).read_bytes(), name
     assert resumed.patients == resumed.assessed == 150
     # resuming a finished screen does nothing and says the same
     again = _screen([cohort.out], out, resume=True)
