@@ -39,6 +39,8 @@ def _show_summary(summary: ScreenSummary) -> None:
                          ("file error rows", summary.file_errors)):
         table.add_row(label, f"{value:,}")
     table.add_row("count in = count out", "yes" if summary.balanced else "NO")
+    if summary.worklist:
+        table.add_row("on the worklist", f"{summary.worklist.get('patients', 0):,}")
     console.print(table)
     if summary.flags:
         flags = Table(title="Flag prevalence")

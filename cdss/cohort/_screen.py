@@ -15,7 +15,10 @@
 3. **Merge**: the partitions' sorted results are merged into
    ``assessments.ndjson`` (one Assessment per line), ``assessments.parquet``
    (one flat row per patient), ``errors.ndjson``, ``summary.json`` and
-   ``report.html``, all sorted by patient reference.
+   ``report.html``, all sorted by patient reference, and ``worklist.csv`` and
+   ``worklist.parquet``: the patients to act on, most severe first
+   (:mod:`cdss.cohort._worklist`; each partition writes its rows in that
+   order, so the merge streams them).
 
 Every patient seen gets exactly one row, an Assessment or an error, and the
 counts are checked (patients seen = assessments + patient errors) before the

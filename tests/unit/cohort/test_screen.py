@@ -355,7 +355,13 @@ def test_the_screen_command(cohort: GeneratedCohort, tmp_path: Path) -> None:
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "count in = count out" in first.output and "150" in first.output
-    assert "hypokalemia" in first.output
+    assert "hypokalemia" in first.output and "on the worklist" in first.output
+    anonymous = CliRunner().invoke(app, [*args[:-4], str(tmp_path / "anonymous"),
+                                         "--workers", "0", "--no-progress",
+                                         "--no-identifiers", "--worklist-shown", "5"])
+    assert anonymous.exit_code == 0, anonymous.output
+    assert "Patient/" not in (tmp_path / "anonymous" / "report.html").read_text()
+    assert "Patient/" not in (tmp_path / "anonymous" / "worklist.csv").read_text()
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert len(assessment_lines(tmp_path / "out")) == 150
