@@ -34,13 +34,13 @@ padding:.1rem .3rem;border-radius:3px;word-break:break-all}
 .bars td{border-bottom:none;padding:.15rem .6rem}.bar{width:16rem;background:#eef1f4;
 height:.9rem;border-radius:2px}.bar span{display:block;height:100%;border-radius:2px;
 background:#3b6ea8}.grid td.c{text-align:right;font-variant-numeric:tabular-nums;
-min-width:3.5rem}.grid th{font-size:.85rem}
+min-width:3.5rem;white-space:nowrap}.grid th{font-size:.85rem}
 .sev{display:inline-block;padding:0 .4rem;border-radius:3px;color:#fff;font-size:.85rem}
 .sev-moderate{color:#1c2733}
 .scroll{max-height:40rem;overflow:auto;border:1px solid #d0d7de;border-radius:4px}
 #worklist{font-size:.9rem;margin:0;width:100%}#worklist td{vertical-align:top}
 #worklist thead th{position:sticky;top:0}
-#worklist th[data-sortable]{cursor:pointer;text-decoration:underline dotted}
+#worklist.js th[data-sortable]{cursor:pointer;text-decoration:underline dotted}
 .controls{margin:.5rem 0}.controls input{width:20rem}
 """
 _WORKLIST_SCRIPT = """
@@ -48,6 +48,7 @@ _WORKLIST_SCRIPT = """
 var table=document.getElementById("worklist");if(!table){return;}
 var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
 var controls=document.getElementById("worklist-controls");controls.hidden=false;
+table.classList.add("js");
 var text=document.getElementById("worklist-filter");
 var sev=document.getElementById("worklist-severity");
 var shown=document.getElementById("worklist-shown");
