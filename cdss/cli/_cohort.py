@@ -44,6 +44,8 @@ def _show_summary(summary: ScreenSummary) -> None:
         if summary.resources.get(key):
             table.add_row(label, f"{summary.resources[key]:,}")
     table.add_row("count in = count out", "yes" if summary.balanced else "NO")
+    if summary.worklist:
+        table.add_row("on the worklist", f"{summary.worklist.get('patients', 0):,}")
     console.print(table)
     if summary.flags:
         flags = Table(title="Flag prevalence")
@@ -133,6 +135,12 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool | None, typer.Option(
             "--progress/--no-progress", help="progress bar (default: on a terminal)")] = None,
         concept_maps: ConceptMaps = None,
+        identifiers: Annotated[bool, typer.Option(
+            "--identifiers/--no-identifiers",
+            help="name patients in the worklist and the report (--no-identifiers: row "
+                 "numbers instead, for sharing outside the care team)")] = True,
+        worklist_shown: Annotated[int, typer.Option(
+            help="worklist rows shown in report.html (worklist.csv holds all)")] = 500,
     ) -> None:
         """Screen a cohort: every patient of a bulk export through a ruleset."""
         from cdss.cohort import screen
@@ -143,7 +151,8 @@ def register(app: typer.Typer) -> None:
             summary = screen(inputs, ruleset=loaded, as_of=as_of, out=out, workers=workers,
                              mode=mode, executor=executor, scheduler=scheduler, resume=resume,
                              progress=sys.stderr.isatty() if progress is None else progress,
-                             paths=paths, partitions=partitions)
+                             paths=paths, partitions=partitions, identifiers=identifiers,
+                             worklist_shown=worklist_shown)
         except CDSSError as exc:
             _fail(exc)
         _show_summary(summary)

@@ -2,10 +2,11 @@
 
 :func:`screen` runs a ruleset over FHIR bulk exports (NDJSON, Bundles) in
 local worker processes or on a Dask cluster and writes one result per
-patient, error rows, a summary and a report; :func:`diff` compares two
-ruleset versions on the same patients; :func:`generate_cohort` writes a
-deterministic synthetic export from a ruleset's own files. The package's
-modules are the only importers of dask and pyarrow.
+patient, error rows, a worklist of the patients to act on, a summary and a
+report; :func:`diff` compares two ruleset versions on the same patients;
+:func:`generate_cohort` writes a deterministic synthetic export from a
+ruleset's own files. The package's modules are the only importers of dask and
+pyarrow.
 """
 
 from __future__ import annotations

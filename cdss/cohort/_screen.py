@@ -15,7 +15,10 @@
 3. **Merge**: the partitions' sorted results are merged into
    ``assessments.ndjson`` (one Assessment per line), ``assessments.parquet``
    (one flat row per patient), ``errors.ndjson``, ``summary.json`` and
-   ``report.html``, all sorted by patient reference.
+   ``report.html``, all sorted by patient reference, and ``worklist.csv`` and
+   ``worklist.parquet``: the patients to act on, most severe first
+   (:mod:`cdss.cohort._worklist`; each partition writes its rows in that
+   order, so the merge streams them).
 
 Every patient seen gets exactly one row, an Assessment or an error, and the
 counts are checked (patients seen = assessments + patient errors) before the
@@ -60,6 +63,14 @@ from cdss.cohort._worker import (
     run_partition,
     write_atomic,
 )
+from cdss.cohort._worklist import (
+    AGE_BANDS,
+    SEXES,
+    WorklistHead,
+    ordered,
+    split_tally,
+    write_worklist,
+)
 from cdss.errors import CohortError, InvalidArgument
 from cdss.rulesets import Ruleset
 
@@ -76,8 +87,10 @@ MAX_PARTITIONS = 512
 _WORK = ".cdss-screen"
 _STATE_VERSION = 1
 _OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "summary.json",
-            "report.html")
+            "report.html", "worklist.csv", "worklist.parquet")
 _SORT = orjson.OPT_SORT_KEYS
+#: How many worklist rows a screen's report shows by default.
+WORKLIST_SHOWN = 500
 
 
 # --------------------------------------------------------------------------- #
@@ -116,6 +129,15 @@ class ScreenSummary:
     unmapped_codes: dict[str, int] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
     memory: dict[str, float | None] = field(default_factory=dict)
+    #: assessed patients by age band and sex, and each flag's patients in each
+    #: (``age_bands``, ``sexes``, ``flags_by_age_band``, ``flags_by_sex``)
+    demographics: dict[str, Any] = field(default_factory=dict)
+    #: the worklist: ``patients`` on it, ``identifiers`` (whether it names them),
+    #: ``shown`` (rows in the report)
+    worklist: dict[str, Any] = field(default_factory=dict)
+    #: the ruleset's display names by code: ``flags``, ``referrals``, ``plan``,
+    #: ``data_requests``
+    displays: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -148,6 +170,8 @@ class ScreenSummary:
             "plan": self.plan, "data_requests": self.data_requests,
             "errors_by_kind": self.errors_by_kind, "unmapped_codes": self.unmapped_codes,
             "timings": self.timings, "memory": self.memory, "resumed": self.resumed,
+            "demographics": self.demographics, "worklist": self.worklist,
+            "displays": self.displays,
         }
 
     @classmethod
@@ -166,6 +190,8 @@ class ScreenSummary:
             resumed=bool(data.get("resumed")), inputs=tuple(data.get("inputs", ())),
             memory=dict(data.get("memory", {})),
             unmapped_codes=dict(data.get("unmapped_codes", {})),
+            demographics=dict(data.get("demographics", {})),
+            worklist=dict(data.get("worklist", {})), displays=dict(data.get("displays", {})),
         )
 
 
@@ -710,7 +736,8 @@ class _Work:
         """Counts of the partitions that finished (done marker and results); a
         marker this version cannot read leaves its partition to be redone."""
         done: dict[int, PartitionCounts] = {}
-        suffixes = ("assessments", "rows", "errors") if kind == "screen" else ("diff",)
+        suffixes = (("assessments", "rows", "errors", "worklist") if kind == "screen"
+                    else ("diff",))
         for p in range(partitions):
             marker = self.parts / f"p{p:05d}.done"
             if not marker.exists():
@@ -952,6 +979,8 @@ def screen(
     paths: Sequence[str | Path] | None = None,
     tune_malloc: bool = False,
     evaluator: Callable[..., Any] | None = None,
+    identifiers: bool = True,
+    worklist_shown: int = WORKLIST_SHOWN,
 ) -> ScreenSummary:
     """Screen every patient of ``inputs`` with ``ruleset`` at ``as_of``.
 
@@ -975,6 +1004,13 @@ def screen(
     which is the default; worker processes import it by name, so it must be a
     module-level function of an importable module.
 
+    The worklist (``worklist.csv``, ``worklist.parquet`` and a table in
+    ``report.html``, see :mod:`cdss.cohort._worklist`) lists the patients to
+    act on; ``identifiers=False`` leaves patient references out of it and out
+    of the report (a row number instead), for sharing outside the care team.
+    ``worklist_shown``: the worklist rows the report shows (the files hold
+    all).
+
     A worker process that dies while evaluating a patient (a crash in the rule
     engine, an out-of-memory kill) costs that patient a ``worker-died`` error
     row, not the screen (see the module docstring); with ``workers=0`` the
@@ -988,6 +1024,10 @@ def screen(
 
     started = time.perf_counter()
     workers = _check_common(mode, executor, workers, partitions, evaluator)
+    if isinstance(worklist_shown, bool) or not isinstance(worklist_shown, int) \
+            or worklist_shown < 0:
+        raise InvalidArgument(f"worklist_shown must be a whole number >= 0, got "
+                              f"{worklist_shown!r}")
     rs = resolve_ruleset(ruleset, paths)
     when = _as_of_text(as_of)
     sources = discover(inputs if not isinstance(inputs, (str, Path)) else [inputs])
@@ -1000,8 +1040,12 @@ def screen(
     if state is not None and state.get("complete") and (out_dir / "summary.json").exists():
         _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when, mode=mode,
                  workers=workers, partitions=partitions, resume=True, evaluator=evaluator)
-        return ScreenSummary.from_dict(out_dir, orjson.loads(
+        finished = ScreenSummary.from_dict(out_dir, orjson.loads(
             (out_dir / "summary.json").read_bytes()))
+        if finished.worklist.get("identifiers", True) != identifiers:
+            raise CohortError(f"the finished screen in {out_dir} was made with identifiers="
+                              f"{not identifiers}; run it again without resume")
+        return finished
     n, resumed = _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when,
                           mode=mode, workers=workers, partitions=partitions, resume=resume,
                           evaluator=evaluator)
@@ -1017,8 +1061,9 @@ def screen(
             executor=executor, workers=workers, client=client, scheduler=scheduler,
             tune_malloc=tune_malloc, progress=bar, evaluator=evaluator, prestarted=prestarted)
     merge_started = time.perf_counter()
-    summary = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, executor,
-                            workers, resumed, sources)
+    summary, head = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, executor,
+                                  workers, resumed, sources, identifiers=identifiers,
+                                  worklist_shown=worklist_shown)
     timings = {"spill_seconds": round(spill_seconds, 3),
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
@@ -1036,7 +1081,8 @@ def screen(
                                                         | orjson.OPT_INDENT_2) + b"\n")
     from cdss.cohort._report import render_report
 
-    write_atomic(out_dir / "report.html", render_report(summary).encode("utf-8"))
+    write_atomic(out_dir / "report.html",
+                 render_report(summary, worklist=head.rows).encode("utf-8"))
     write_atomic(work.state, orjson.dumps({**(work.read_state() or {}), "complete": True},
                                           option=_SORT))
     shutil.rmtree(work.spill, ignore_errors=True)
@@ -1047,8 +1093,10 @@ def screen(
 def _merge_screen(work: _Work, out_dir: Path, partitions: int,
                   counts: Mapping[int, PartitionCounts], spilled: Mapping[str, Any],
                   ruleset: Any, as_of: str, mode: str, executor: str, workers: int,
-                  resumed: bool, sources: Sequence[InputFile]) -> dict[str, Any]:
-    """Merge the partitions into the result files and check the counts."""
+                  resumed: bool, sources: Sequence[InputFile], *, identifiers: bool = True,
+                  worklist_shown: int = 500) -> tuple[dict[str, Any], WorklistHead]:
+    """Merge the partitions into the result files and check the counts;
+    return the summary and the worklist rows the report shows."""
     patients = sum(c.patients for c in counts.values())
     assessed = sum(c.assessed for c in counts.values())
     failed = sum(c.errors for c in counts.values())
@@ -1083,6 +1131,10 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
                         f"{left_out} resources left out made")
     if rows != patients:
         problems.append(f"{rows} table rows written for {patients} patients")
+    head = write_worklist(out_dir, _merged_lines(_part_paths(work, partitions, "worklist")),
+                          identifiers=identifiers, shown=worklist_shown)
+    if head.total > assessed:
+        problems.append(f"{head.total} worklist rows written for {assessed} assessments")
     if resources != int(spilled.get("attributed", resources)):
         problems.append(f"{spilled.get('attributed')} resources spilled, {resources} read back")
     if problems:
@@ -1102,8 +1154,37 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
         errors_by_kind=dict(sorted(errors_by_kind.items())), timings={}, resumed=resumed,
         inputs=tuple(s.label for s in sources),
         unmapped_codes=_most_frequent(_sum_counters(counts, "unmapped_codes"), UNMAPPED_SHOWN),
+        demographics={
+            "age_bands": ordered(_sum_counters(counts, "age_bands"), AGE_BANDS),
+            "sexes": ordered(_sum_counters(counts, "sexes"), SEXES),
+            "flags_by_age_band": split_tally(_sum_counters(counts, "flags_by_age_band")),
+            "flags_by_sex": split_tally(_sum_counters(counts, "flags_by_sex"))},
+        worklist={"patients": head.total, "identifiers": identifiers,
+                  "shown": len(head.rows)},
+        displays=_displays(ruleset),
     )
-    return summary.to_dict()
+    return summary.to_dict(), head
+
+
+def _displays(ruleset: Ruleset) -> dict[str, dict[str, str]]:
+    """The ruleset's display names of flags, referrals, plan items and
+    requested analytes, by code (a code's first rule names it)."""
+    flags: dict[str, str] = {}
+    referrals: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    concepts = ruleset.valuesets.concepts
+    for rule in ruleset.file.rules:
+        for action in rule.then:
+            if action.flag:
+                flags.setdefault(action.flag.code, action.flag.display)
+            if action.referral:
+                referrals.setdefault(action.referral.code, action.referral.display)
+            if action.request and action.request.analyte in concepts:
+                requests.setdefault(action.request.analyte,
+                                    concepts[action.request.analyte].display)
+    return {"flags": dict(sorted(flags.items())), "referrals": dict(sorted(referrals.items())),
+            "plan": {item.code: item.text for item in ruleset.file.plan_items},
+            "data_requests": dict(sorted(requests.items()))}
 
 
 #: How many of the most frequent unmapped codes a screen's summary lists.

@@ -98,9 +98,12 @@ class PartitionTask:
 
 #: The tallies of a screen partition: code -> patients (``severity``: highest
 #: severity -> patients; ``errors_by_kind``: error kind -> rows;
-#: ``unmapped_codes``: ``system|code`` -> notes).
+#: ``unmapped_codes``: ``system|code`` -> notes; ``age_bands``, ``sexes``: assessed
+#: patients by age band and sex; ``flags_by_age_band``, ``flags_by_sex``:
+#: ``code|band`` and ``code|sex`` -> patients). A done marker without the last
+#: four (an earlier version's) is still read.
 SCREEN_TALLIES = ("flags", "severity", "referrals", "plan", "data_requests", "errors_by_kind",
-                  "unmapped_codes")
+                  "unmapped_codes", "age_bands", "sexes", "flags_by_age_band", "flags_by_sex")
 #: The tallies of a diff partition: code (or ``code: from -> to``) -> patients.
 DIFF_TALLIES = ("flags_added", "flags_removed", "severity_changed", "plan_added",
                 "plan_removed", "plan_modified", "referrals_added", "referrals_removed",
@@ -551,11 +554,26 @@ def _counter(values: Iterable[str]) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
+def _patient_json(entries: Sequence[Entry]) -> bytes | None:
+    """The patient's Patient resource (JSON), when the record has one."""
+    return next((payload for rtype, _, _, _, payload in entries if rtype == "Patient"), None)
+
+
 def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any, as_of: Any,
             out_dir: Path, journal: _Journal) -> PartitionCounts:
+    from cdss.cohort._worklist import demographics, flag_tally_key, on_worklist, sort_key
+    from cdss.cohort._worklist import worklist_row as make_worklist_row
+
     name = f"p{task.partition:05d}"
-    outs = [_Out(out_dir, f"{name}.{suffix}") for suffix in ("assessments", "rows", "errors")]
-    assessments, rows, errors = outs
+    outs = [_Out(out_dir, f"{name}.{suffix}")
+            for suffix in ("assessments", "rows", "errors", "worklist")]
+    assessments, rows, errors, worklist = outs
+    worklist_rows: list[tuple[str, bytes]] = []  # sorted by the worklist order at the end
+    bands: Counter[str] = Counter()
+    sexes: Counter[str] = Counter()
+    by_band: Counter[str] = Counter()
+    by_sex: Counter[str] = Counter()
+    as_of_date = as_of.date()
     flags: Counter[str] = Counter()
     severity: Counter[str] = Counter()
     referrals: Counter[str] = Counter()
@@ -600,7 +618,17 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
             plan.update(flat["plan"])
             requests.update(flat["data_requests"])
             severity[flat["highest_severity"] or "none"] += 1
+            band, sex = demographics(_patient_json(entries), as_of_date)
+            bands[band] += 1
+            sexes[sex] += 1
+            by_band.update(flag_tally_key(code, band) for code in flat["flags"])
+            by_sex.update(flag_tally_key(code, sex) for code in flat["flags"])
+            if on_worklist(assessment):
+                worklist_rows.append((sort_key(key, assessment),
+                                      orjson.dumps(make_worklist_row(key, assessment))))
             assessed += 1
+        for order, payload in sorted(worklist_rows):
+            worklist.write(order, payload)
         for out in outs:
             out.commit()
     except BaseException:
@@ -609,7 +637,8 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
         raise
     tallies = {"flags": flags, "severity": severity, "referrals": referrals, "plan": plan,
                "data_requests": requests, "errors_by_kind": error_kinds,
-               "unmapped_codes": unmapped}
+               "unmapped_codes": unmapped, "age_bands": bands, "sexes": sexes,
+               "flags_by_age_band": by_band, "flags_by_sex": by_sex}
     return PartitionCounts(kind="screen", patients=len(groups), assessed=assessed,
                            errors=failed, left_out=left_out,
                            tallies={k: dict(sorted(v.items())) for k, v in tallies.items()})

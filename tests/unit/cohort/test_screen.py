@@ -117,7 +117,8 @@ def test_the_parquet_table_has_one_flat_row_per_patient(
 def test_the_report_is_self_contained(screened: cohort_mod.ScreenSummary) -> None:
     html = (screened.out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>")
-    assert "<svg" in html and "<script" not in html and "<link" not in html
+    assert "<svg" in html and "<script src" not in html and "<link" not in html
+    assert html.count("<script") == html.count("<script>") == 1  # the worklist's, inline
     assert " src=" not in html and "url(" not in html
     rs = cdss.load_ruleset(RULESET)
     assert rs.sha256 in html and "plantar-cramps@1.0.0" in html
@@ -216,6 +217,8 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
     assert resumed.resumed and resumed.timings["partitions_reused"] == 2
     assert resumed.partitions == 5
     assert assessment_lines(out) == assessment_lines(screened.out)
+    for name in ("assessments.parquet", "errors.ndjson", "worklist.csv", "worklist.parquet"):
+        assert (out / name).read_bytes() == (screened.out / name).read_bytes(), name
     assert resumed.patients == resumed.assessed == 150
     # resuming a finished screen does nothing and says the same
     again = _screen([cohort.out], out, resume=True)
@@ -352,7 +355,13 @@ def test_the_screen_command(cohort: GeneratedCohort, tmp_path: Path) -> None:
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "count in = count out" in first.output and "150" in first.output
-    assert "hypokalemia" in first.output
+    assert "hypokalemia" in first.output and "on the worklist" in first.output
+    anonymous = CliRunner().invoke(app, [*args[:-4], str(tmp_path / "anonymous"),
+                                         "--workers", "0", "--no-progress",
+                                         "--no-identifiers", "--worklist-shown", "5"])
+    assert anonymous.exit_code == 0, anonymous.output
+    assert "Patient/" not in (tmp_path / "anonymous" / "report.html").read_text()
+    assert "Patient/" not in (tmp_path / "anonymous" / "worklist.csv").read_text()
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert len(assessment_lines(tmp_path / "out")) == 150
