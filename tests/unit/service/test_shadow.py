@@ -4,6 +4,7 @@ differences per rule recorded without patient data, over HTTP on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -51,7 +52,7 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> None:
 
 def dump(db: Path) -> str:
     """Everything the store holds, as SQL text, plus its raw bytes decoded loosely."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # a with block alone never closes
         text = "\n".join(conn.iterdump())
     raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     return text + raw.decode("latin-1")
