@@ -169,16 +169,21 @@ def _over(expectation: str, limit: int | None, actual: int, what: str,
           rule: str | None = None) -> list[Violation]:
     if limit is None or actual <= limit:
         return []
-    return [Violation(rule, expectation, f"{what}: {actual} patients, at most {limit} "
+    return [Violation(rule, expectation, f"{actual} patients {what}, at most {limit} "
                                          f"expected ({expectation})")]
+
+
+_WHAT = ("gaining an item of the rule", "losing an item of the rule",
+         "with an item of the rule changed")
 
 
 def check(report: DiffReport, expectations: Expectations) -> list[Violation]:
     """Every violation of ``expectations`` by ``report``, whole-diff limits
     first, then by rule id; empty when the diff is as expected."""
-    out = _over("max_changed", expectations.max_changed, report.changed, "results change")
+    out = _over("max_changed", expectations.max_changed, report.changed,
+                "whose results change")
     out += _over("max_errors", expectations.max_errors, report.errors,
-                 "patients fail under either version")
+                 "failing under either version")
     tallies = report.tallies
     items: dict[str, list[tuple[str, str, str, int]]] = {}
     for key, patients in tallies.get("rule_items", {}).items():
@@ -195,12 +200,12 @@ def check(report: DiffReport, expectations: Expectations) -> list[Violation]:
                                      f"not listed, but its results change: {moved} "
                                      "(other_rules: forbid)"))
             continue
-        for how in CHANGES:
+        for how, what in zip(CHANGES, _WHAT, strict=True):
             out += _over(f"rules.{rule}.max_{how}", getattr(expected, f"max_{how}"),
-                         tallies.get(f"rules_{how}", {}).get(rule, 0), f"items {how}", rule)
+                         tallies.get(f"rules_{how}", {}).get(rule, 0), what, rule)
         for change, item, code, n in items.get(rule, ()):
             if not expected.allows(change, item, code):
                 out.append(Violation(rule, f"rules.{rule}.allow",
                                      f"{change} {item} {code} in {n} patients, "
-                                     "not in its allow list"))
+                                     f"not in its allow list (rules.{rule}.allow)"))
     return out

@@ -143,7 +143,7 @@ def test_done_markers_keep_rule_tallies_and_older_ones_still_read() -> None:
     assert PartitionCounts.from_json(older.to_json()).tally("rules_gained") == {}
     assert {"rules_gained", "rules_lost", "rules_changed", "rule_items"} <= set(DIFF_TALLIES)
     unknown = PartitionCounts(kind="diff", patients=1, errors=0, tallies={"nope": {"a": 1}})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a partition's counts"):
         PartitionCounts.from_json(unknown.to_json())
 
 
