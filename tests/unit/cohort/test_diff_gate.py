@@ -148,3 +148,15 @@ def test_a_bad_file_stops_the_command(tmp_path: Path,
     assert "changed" not in output.split("error:", 1)[0]  # failed before the diff ran
     code, output = _run(tmp_path_factory, "--expect", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml" in output
+
+
+def test_the_documented_example_is_a_valid_file(tmp_path: Path) -> None:
+    from tests.support.paths import ROOT
+
+    doc = (ROOT / "docs" / "cohort-screens.md").read_text(encoding="utf-8")
+    section = doc.split("### Release gate", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    loaded = load_expectations(_write(tmp_path, example))
+    assert loaded.other_rules == "forbid"
+    assert loaded.rules["PC-GAIT-02"].allows("gained", "flag", "calf-overload-from-gait")
+    assert not loaded.rules["PC-GAIT-02"].allows("lost", "flag", "calf-overload-from-gait")
