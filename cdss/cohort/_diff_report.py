@@ -87,15 +87,16 @@ def _rule_section(report: DiffReport, rule: str, entry: Mapping[str, Any], *,
              f"<h2><code>{_e(rule)}</code> {_e(title) if title else ''}</h2>"]
     if not title:
         parts.append('<p class="muted">(no title: the rule is in neither ruleset file)</p>')
-    counts = ", ".join(f'<span class="{how}">{entry[how]} {how}</span>' for how in _CHANGES
+    counts = ", ".join(f'<span class="{how}">{entry[how]:,} {how}</span>' for how in _CHANGES
                        if entry[how])
-    parts.append(f"<p>Patients with an item of this rule {counts}.</p>")
+    parts.append(f"<p>Patients with an item of this rule: {counts}.</p>")
     parts.append("<table><thead><tr><th>change</th><th>what</th><th>code</th>"
-                 "<th>patients</th></tr></thead><tbody>")
+                 "<th>shown as</th><th>patients</th></tr></thead><tbody>")
     for item in entry["items"]:
+        label = report.item_labels.get(f"{rule} {item['item']} {item['code']}", "")
         parts.append(f'<tr><td class="{_e(item["change"])}">{_e(item["change"])}</td>'
                      f"<td>{_e(ITEM_LABELS.get(item['item'], item['item']))}</td>"
-                     f"<td><code>{_e(item['code'])}</code></td>"
+                     f"<td><code>{_e(item['code'])}</code></td><td>{_e(label)}</td>"
                      f'<td class="n">{item["patients"]:,}</td></tr>')
     parts.append("</tbody></table>")
     shown = _examples(report, rule, examples)
@@ -137,8 +138,9 @@ def render_html(report: DiffReport, *, identifiers: bool = True, examples: int =
         parts.append(f'<tr><th>{_e(label)}</th><td class="n">{value:,}</td></tr>')
     parts.append("</tbody></table>")
     if rules:
-        parts.append("<table><thead><tr><th>rule</th><th>title</th><th>gained</th>"
-                     "<th>lost</th><th>changed</th></tr></thead><tbody>")
+        parts.append("<table><thead><tr><th>rule</th><th>title</th>"
+                     "<th>patients gaining an item</th><th>losing one</th>"
+                     "<th>with one changed</th></tr></thead><tbody>")
         for rule, entry in rules.items():
             parts.append(f'<tr><td><a href="#rule-{_e(rule)}"><code>{_e(rule)}</code></a></td>'
                          f"<td>{_e(entry['title'] or '')}</td>"

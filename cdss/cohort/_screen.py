@@ -178,7 +178,9 @@ class DiffReport:
     sorted by patient reference, each with the rules behind it (``rules``:
     see :func:`cdss._changes.rule_changes`); ``tallies`` counts each change
     by code and by rule; ``rule_titles`` gives the title of every rule of
-    either version (the newer version's where both have it).
+    either version (the newer version's where both have it) and
+    ``item_labels`` the display each rule gives its flags and referrals
+    (``"rule flag code"``, ``"rule referral code"``; the newer version's).
     """
 
     from_ruleset: dict[str, str]
@@ -194,6 +196,7 @@ class DiffReport:
     changes: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     rule_titles: dict[str, str] = field(default_factory=dict)
+    item_labels: dict[str, str] = field(default_factory=dict)
 
     def rules(self) -> dict[str, dict[str, Any]]:
         """Per rule whose results change: its title, the patients with an item
@@ -1142,6 +1145,18 @@ def _rule_titles(ruleset: Ruleset) -> dict[str, str]:
     return {rule.id: rule.title for rule in ruleset.file.rules}
 
 
+def _item_labels(ruleset: Ruleset) -> dict[str, str]:
+    """``"rule flag code"`` / ``"rule referral code"`` -> the display the rule gives it."""
+    labels: dict[str, str] = {}
+    for rule in ruleset.file.rules:
+        for action in rule.then:
+            for item in ("flag", "referral"):
+                made = getattr(action, item, None)
+                if made is not None and getattr(made, "display", None):
+                    labels.setdefault(f"{rule.id} {item} {made.code}", made.display)
+    return labels
+
+
 def diff(
     inputs: Sequence[str | Path] | str | Path,
     *,
@@ -1207,6 +1222,7 @@ def diff(
         changes=changes,
         timings={"total_seconds": round(time.perf_counter() - started, 3)},
         rule_titles={**_rule_titles(rs_before), **_rule_titles(rs_after)},
+        item_labels={**_item_labels(rs_before), **_item_labels(rs_after)},
     )
     if out is not None:
         target = Path(out)

@@ -27,7 +27,8 @@ def _hand_report() -> DiffReport:
                  "rule_items": {"R-<1> gained flag a&b": 1, "R-2 lost plan walk": 2}},
         changes=[{"patient": "Patient/<script>alert(1)</script>", "rules": rules},
                  {"patient": "Patient/quiet", "rules": rules[1:]}],
-        rule_titles={"R-<1>": "Flag when \"x\" < 3 & y", "R-2": "Walking advice"})
+        rule_titles={"R-<1>": "Flag when \"x\" < 3 & y", "R-2": "Walking advice"},
+        item_labels={"R-<1> flag a&b": "Alarm <A>", "R-2 flag a&b": "Not this one"})
 
 
 def test_the_page_shows_each_rule_and_escapes_text() -> None:
@@ -39,8 +40,9 @@ def test_the_page_shows_each_rule_and_escapes_text() -> None:
     assert "Old &lt;b&gt;title&lt;/b&gt;" in page
     assert "Walking advice" in page and "plan item" in page
     rule_2 = page[page.index('id="rule-R-2"'):]
-    assert re.search(r"lost</td><td>plan item</td><td><code>walk</code></td>"
+    assert re.search(r"lost</td><td>plan item</td><td><code>walk</code></td><td></td>"
                      r'<td class="n">2</td>', rule_2)
+    assert "<td>Alarm &lt;A&gt;</td>" in page and "Not this one" not in page
     assert "Patient/quiet" in rule_2
 
 
@@ -78,6 +80,8 @@ def test_the_shipped_versions_page(tmp_path_factory: pytest.TempPathFactory) -> 
         assert f'id="rule-{rule}"' in page
         assert entry["title"] and entry["title"] in page
     assert "calf-overload-from-gait" in page
+    assert ("Secondary calf cramps from gait compensation (cramp site not recorded; "
+            "calf presumed)") in page
     assert f"<td class=\"n\">{report.patients:,}</td>" in page
 
 
