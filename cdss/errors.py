@@ -22,6 +22,7 @@ the same::
     │   ├── ReplayCacheFull
     │   └── StoreError                    the service's store file cannot be read
     └── CohortError                       a cohort screen that cannot run (extra ``cohort``)
+        └── ExpectationsError (ValueError)  a diff's expectations file that cannot be read
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "CohortError",
     "DependencyError",
     "EngineError",
+    "ExpectationsError",
     "FhirOutputError",
     "HookRequestError",
     "InputError",
@@ -204,3 +206,16 @@ class CohortError(CDSSError):
     """Raised when a cohort screen cannot run: no input, a missing file, an
     output folder holding another screen, worker processes that keep dying
     on no patient in particular."""
+
+
+class ExpectationsError(CohortError, ValueError):
+    """Raised when the expectations file of a version diff (``cdss diff
+    --expect``) cannot be read: not YAML, not a mapping, an unknown field or
+    a value of the wrong kind. ``path`` is the file and ``field`` the dotted
+    name of the field at fault (None when the file as a whole is)."""
+
+    def __init__(self, message: str, *, path: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.field = field

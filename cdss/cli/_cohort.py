@@ -175,17 +175,32 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int, typer.Option(help="patients shown in the table")] = 50,
         output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
         concept_maps: ConceptMaps = None,
+        html: Annotated[Path | None, typer.Option(
+            help="write the report for clinicians as one HTML page")] = None,
+        identifiers: Annotated[bool, typer.Option(
+            "--identifiers/--no-identifiers",
+            help="name example patients by reference in the HTML page")] = True,
+        expect: Annotated[Path | None, typer.Option(
+            help="expectations file (YAML): exit 1 when the changes go beyond it")] = None,
     ) -> None:
-        """Which patients' flags and plans change between two ruleset versions."""
+        """Which patients' flags and plans change between two ruleset versions.
+
+        With --expect, a release gate: exit code 1 and each violation listed
+        when the changes go beyond what the expectations file allows, 0 when
+        they do not, 2 when the file (or the diff) cannot be read or run."""
         from datetime import datetime, timezone
 
         from cdss.cohort import diff
+        from cdss.cohort._gate import Expectations, check, load_expectations
         from cdss.errors import CDSSError
 
         if output not in ("table", "json"):
             raise typer.BadParameter("--format must be table or json")
         when = as_of or datetime.now(timezone.utc).date().isoformat()
+        expectations: Expectations | None = None
         try:
+            if expect is not None:
+                expectations = load_expectations(expect)
             report = diff(inputs, from_ruleset=load_cli_ruleset(from_spec, paths, concept_maps),
                           to_ruleset=load_cli_ruleset(to_spec, paths, concept_maps), as_of=when,
                           workers=workers, mode=mode, executor=executor, scheduler=scheduler,
@@ -196,6 +211,23 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(report.to_json().decode() + "\n")
         else:
             _show_diff(report, limit)
+        if html is not None:
+            from cdss.cohort._worker import write_atomic
+
+            try:
+                html.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(html, report.to_html(identifiers=identifiers).encode("utf-8"))
+            except OSError as exc:
+                _fail(exc)
+        if expectations is not None:
+            violations = check(report, expectations)
+            if violations:
+                typer.secho(f"release gate: {len(violations)} change(s) beyond {expect}:",
+                            err=True, fg=typer.colors.RED)
+                for violation in violations:
+                    typer.echo(f"  - {violation}", err=True)
+                raise typer.Exit(code=1)
+            typer.echo(f"release gate: the changes are within {expect}", err=True)
 
     @app.command("generate")
     def generate_command(

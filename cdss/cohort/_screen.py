@@ -201,7 +201,12 @@ class DiffReport:
 
     ``changes`` holds one entry per patient whose flags, referrals, plan,
     suppressions or data requests differ (or who failed in either version),
-    sorted by patient reference; ``tallies`` counts each change by code.
+    sorted by patient reference, each with the rules behind it (``rules``:
+    see :func:`cdss._changes.rule_changes`); ``tallies`` counts each change
+    by code and by rule; ``rule_titles`` gives the title of every rule of
+    either version (the newer version's where both have it) and
+    ``item_labels`` the display each rule gives its flags and referrals
+    (``"rule flag code"``, ``"rule referral code"``; the newer version's).
     """
 
     from_ruleset: dict[str, str]
@@ -216,6 +221,24 @@ class DiffReport:
     tallies: dict[str, dict[str, int]]
     changes: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    rule_titles: dict[str, str] = field(default_factory=dict)
+    item_labels: dict[str, str] = field(default_factory=dict)
+
+    def rules(self) -> dict[str, dict[str, Any]]:
+        """Per rule whose results change: its title, the patients with an item
+        of it gained, lost or changed, and each item's change (see
+        :func:`cdss.cohort._diff_report.rule_summary`)."""
+        from cdss.cohort._diff_report import rule_summary
+
+        return rule_summary(self.tallies, self.rule_titles)
+
+    def to_html(self, *, identifiers: bool = True, examples: int = 3) -> str:
+        """The report as one self-contained HTML page a clinician can read:
+        per rule, what its patients gained and lost, with up to ``examples``
+        example patients (their references left out with ``identifiers=False``)."""
+        from cdss.cohort._diff_report import render_html
+
+        return render_html(self, identifiers=identifiers, examples=examples)
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.from_ruleset, "to": self.to_ruleset, "as_of": self.as_of,
@@ -223,7 +246,8 @@ class DiffReport:
                 "counts": {"patients": self.patients, "changed": self.changed,
                            "unchanged": self.unchanged, "errors": self.errors,
                            "resource_errors": self.resource_errors},
-                "tallies": self.tallies, "changes": self.changes, "timings": self.timings}
+                "tallies": self.tallies, "rules": self.rules(), "changes": self.changes,
+                "timings": self.timings}
 
     def to_json(self, *, indent: bool = True) -> bytes:
         """Deterministic JSON apart from ``timings``: sorted keys."""
@@ -1198,6 +1222,22 @@ def _most_frequent(counts: Mapping[str, int], n: int) -> dict[str, int]:
 # --------------------------------------------------------------------------- #
 # diff
 # --------------------------------------------------------------------------- #
+def _rule_titles(ruleset: Ruleset) -> dict[str, str]:
+    return {rule.id: rule.title for rule in ruleset.file.rules}
+
+
+def _item_labels(ruleset: Ruleset) -> dict[str, str]:
+    """``"rule flag code"`` / ``"rule referral code"`` -> the display the rule gives it."""
+    labels: dict[str, str] = {}
+    for rule in ruleset.file.rules:
+        for action in rule.then:
+            for item in ("flag", "referral"):
+                made = getattr(action, item, None)
+                if made is not None and getattr(made, "display", None):
+                    labels.setdefault(f"{rule.id} {item} {made.code}", made.display)
+    return labels
+
+
 def diff(
     inputs: Sequence[str | Path] | str | Path,
     *,
@@ -1262,6 +1302,8 @@ def diff(
         tallies={name: _sum_counters(counts, name) for name in DIFF_TALLIES},
         changes=changes,
         timings={"total_seconds": round(time.perf_counter() - started, 3)},
+        rule_titles={**_rule_titles(rs_before), **_rule_titles(rs_after)},
+        item_labels={**_item_labels(rs_before), **_item_labels(rs_after)},
     )
     if out is not None:
         target = Path(out)

@@ -41,7 +41,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from cdss._changes import compare
+from cdss._changes import compare, rule_changes
 from cdss.errors import CDSSError, EngineError, InputError
 
 __all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "TaskKind",
@@ -104,10 +104,15 @@ class PartitionTask:
 #: four (an earlier version's) is still read.
 SCREEN_TALLIES = ("flags", "severity", "referrals", "plan", "data_requests", "errors_by_kind",
                   "unmapped_codes", "age_bands", "sexes", "flags_by_age_band", "flags_by_sex")
-#: The tallies of a diff partition: code (or ``code: from -> to``) -> patients.
+#: The tallies of a diff partition: code (or ``code: from -> to``) -> patients;
+#: per rule (see :func:`cdss._changes.rule_changes`): ``rules_gained``,
+#: ``rules_lost``, ``rules_changed``: rule id -> patients with an item of that
+#: rule gained, lost or changed; ``rule_items``: ``"rule change item code"``
+#: (e.g. ``"PC-GAIT-02 gained flag calf-overload-from-gait"``) -> patients.
 DIFF_TALLIES = ("flags_added", "flags_removed", "severity_changed", "plan_added",
                 "plan_removed", "plan_modified", "referrals_added", "referrals_removed",
-                "data_requests_added", "data_requests_removed")
+                "data_requests_added", "data_requests_removed", "rules_gained", "rules_lost",
+                "rules_changed", "rule_items")
 
 
 @dataclass(frozen=True)
@@ -679,7 +684,13 @@ def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any
             if not change:
                 continue
             changed += 1
-            out.write(key, orjson.dumps({"patient": key, **change}, option=_SORT))
+            rules = rule_changes(*results)
+            out.write(key, orjson.dumps({"patient": key, **change, "rules": rules},
+                                        option=_SORT))
+            for how in ("gained", "lost", "changed"):
+                tallies[f"rules_{how}"].update({r["rule"] for r in rules if r["change"] == how})
+            tallies["rule_items"].update(
+                f"{r['rule']} {r['change']} {r['item']} {r['code']}" for r in rules)
             for group in ("flags", "plan", "referrals", "data_requests"):
                 for how in ("added", "removed"):
                     tallies[f"{group}_{how}"].update(change.get(group, {}).get(how, ()))

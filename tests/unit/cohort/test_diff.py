@@ -60,8 +60,13 @@ def test_diff_reports_each_change(versions: Path, cohort_in: Path, tmp_path: Pat
     report = diff(cohort_in, from_ruleset="mini@1.0.0", to_ruleset="mini@1.1.0", as_of=AS_OF,
                   paths=[versions], workers=0, out=tmp_path / "diff.json")
     assert (report.patients, report.changed, report.unchanged, report.errors) == (4, 2, 1, 1)
-    by_patient = {c["patient"]: c for c in report.changes}
+    rules = {c["patient"]: c.get("rules") for c in report.changes}
+    by_patient = {c["patient"]: {k: v for k, v in c.items() if k != "rules"}
+                  for c in report.changes}
     assert list(by_patient) == ["Patient/a", "Patient/b", "Patient/d"]
+    assert rules["Patient/b"] == [{"rule": "M-MG-01", "item": "flag", "code": "low-mg",
+                                   "change": "changed"}]
+    assert rules["Patient/d"] is None  # an error row: no rules
     assert by_patient["Patient/a"] == {
         "patient": "Patient/a",
         "flags": {"added": ["low-k"]},
