@@ -1111,7 +1111,8 @@ def screen(
                                   workers, resumed, sources, identifiers=identifiers,
                                   worklist_shown=worklist_shown)
     if "fhir" in wanted:
-        write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when)
+        _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when),
+                    summary)
     timings = {"spill_seconds": round(spill_seconds, 3),
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
@@ -1136,6 +1137,18 @@ def screen(
     shutil.rmtree(work.spill, ignore_errors=True)
     shutil.rmtree(work.parts, ignore_errors=True)
     return ScreenSummary.from_dict(out_dir, summary)
+
+
+def _check_bulk(written: Mapping[str, int], summary: Mapping[str, Any]) -> None:
+    """The FHIR output holds one GuidanceResponse per assessment, one
+    DetectedIssue per flag and one ServiceRequest per referral."""
+    expected = {"GuidanceResponse": summary["counts"]["assessments"],
+                "DetectedIssue": sum(v["patients"] for v in summary["flags"].values()),
+                "ServiceRequest": sum(summary["referrals"].values())}
+    problems = [f"{written.get(name, 0)} {name} written, {n} expected"
+                for name, n in expected.items() if written.get(name, 0) != n]
+    if problems:
+        raise CohortError("the FHIR output does not balance: " + "; ".join(problems))
 
 
 def _formats(formats: Sequence[str]) -> tuple[str, ...]:

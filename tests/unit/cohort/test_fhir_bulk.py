@@ -304,3 +304,13 @@ def test_the_screen_command_writes_the_fhir_output(cohort: GeneratedCohort,
     bad = CliRunner().invoke(app, ["screen", str(cohort.out), "--ruleset", RULESET,
                                    "--as-of", AS_OF, "--out", str(out), "--format", "xml"])
     assert bad.exit_code != 0
+
+
+def test_a_fhir_output_that_does_not_balance_is_refused() -> None:
+    summary = {"counts": {"assessments": 2}, "flags": {"a": {"patients": 2}},
+               "referrals": {"r": 1}}
+    cohort_mod._check_bulk({"GuidanceResponse": 2, "DetectedIssue": 2, "ServiceRequest": 1},
+                           summary)
+    with pytest.raises(CohortError, match="1 DetectedIssue written, 2 expected"):
+        cohort_mod._check_bulk({"GuidanceResponse": 2, "DetectedIssue": 1,
+                                "ServiceRequest": 1}, summary)
