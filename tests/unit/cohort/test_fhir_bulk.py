@@ -359,3 +359,10 @@ def test_a_javascript_runner_gives_the_same_rows(with_fhir: cohort_mod.ScreenSum
             assert rows(theirs) == rows(mine), name
     finally:
         script.unlink(missing_ok=True)
+
+
+def test_worker_processes_write_the_same_fhir_files(
+        cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
+    out = tmp_path / "workers"
+    _screen([cohort.out], out, partitions=5, workers=2, formats=["fhir"])
+    assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
