@@ -159,6 +159,8 @@ def register(app: typer.Typer) -> None:
         except CDSSError as exc:
             _fail(exc)
         _show_summary(summary)
+        if formats and "fhir" in formats:
+            typer.echo(f"FHIR Bulk Data output in {summary.out / 'fhir'} (manifest.json)")
 
     @app.command("diff")
     def diff_command(

@@ -301,6 +301,7 @@ def test_the_screen_command_writes_the_fhir_output(cohort: GeneratedCohort,
                                       "--partitions", "5", "--format", "fhir"])
     assert result.exit_code == 0, result.output
     assert (out / "fhir" / "manifest.json").exists()
+    assert "FHIR Bulk Data output in" in result.output
     bad = CliRunner().invoke(app, ["screen", str(cohort.out), "--ruleset", RULESET,
                                    "--as-of", AS_OF, "--out", str(out), "--format", "xml"])
     assert bad.exit_code != 0
