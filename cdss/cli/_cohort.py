@@ -141,6 +141,9 @@ def register(app: typer.Typer) -> None:
                  "numbers instead, for sharing outside the care team)")] = True,
         worklist_shown: Annotated[int, typer.Option(
             help="worklist rows shown in report.html (worklist.csv holds all)")] = 500,
+        formats: Annotated[list[str] | None, typer.Option(
+            "--format", help="also write this output (repeatable): fhir, the results as "
+                             "FHIR Bulk Data NDJSON in fhir/ under --out")] = None,
     ) -> None:
         """Screen a cohort: every patient of a bulk export through a ruleset."""
         from cdss.cohort import screen
@@ -152,10 +155,12 @@ def register(app: typer.Typer) -> None:
                              mode=mode, executor=executor, scheduler=scheduler, resume=resume,
                              progress=sys.stderr.isatty() if progress is None else progress,
                              paths=paths, partitions=partitions, identifiers=identifiers,
-                             worklist_shown=worklist_shown)
+                             worklist_shown=worklist_shown, formats=formats or ())
         except CDSSError as exc:
             _fail(exc)
         _show_summary(summary)
+        if formats and "fhir" in formats:
+            typer.echo(f"FHIR Bulk Data output in {summary.out / 'fhir'} (manifest.json)")
 
     @app.command("diff")
     def diff_command(

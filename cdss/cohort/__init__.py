@@ -23,11 +23,14 @@ from cdss.cohort._gate import (
 )
 from cdss.cohort._generate import GeneratedCohort, generate_cohort
 from cdss.cohort._inputs import partition_of
-from cdss.cohort._screen import EXECUTORS, DiffReport, ScreenSummary, diff, screen
+from cdss.cohort._screen import EXECUTORS, FORMATS, DiffReport, ScreenSummary, diff, screen
+from cdss.cohort._views import VIEWS, view_definition
 from cdss.errors import CohortError, ExpectationsError
 
 __all__ = [
     "EXECUTORS",
+    "FORMATS",
+    "VIEWS",
     "CohortError",
     "DiffReport",
     "Expectations",
@@ -43,6 +46,7 @@ __all__ = [
     "load_expectations",
     "partition_of",
     "screen",
+    "view_definition",
 ]
 
 _exports.claim(globals())

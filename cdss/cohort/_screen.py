@@ -51,6 +51,7 @@ from typing import IO, Any
 
 import orjson
 
+from cdss.cohort._fhir_bulk import FHIR_FOLDER, MANIFEST, remove_bulk, write_bulk
 from cdss.cohort._inputs import InputFile, SpillStats, discover, input_bytes, spill
 from cdss.cohort._worker import (
     DIFF_TALLIES,
@@ -74,13 +75,16 @@ from cdss.cohort._worklist import (
 from cdss.errors import CohortError, InvalidArgument
 from cdss.rulesets import Ruleset
 
-__all__ = ["EXECUTORS", "DiffReport", "ScreenSummary", "diff", "screen"]
+__all__ = ["EXECUTORS", "FORMATS", "DiffReport", "ScreenSummary", "diff", "screen"]
 
 #: Called with each partition's counts as it is done.
 OnDone = Callable[[PartitionCounts], None]
 
 #: Where partitions are evaluated.
 EXECUTORS = ("local", "dask")
+#: The outputs a screen can write besides its own (``formats``): ``fhir`` is
+#: FHIR Bulk Data NDJSON in ``fhir/`` (see :mod:`cdss.cohort._fhir_bulk`).
+FORMATS = ("fhir",)
 #: Target size of one partition's input (uncompressed): bounds worker memory.
 PARTITION_BYTES = 16 * 1024 * 1024
 MAX_PARTITIONS = 512
@@ -756,12 +760,14 @@ class _Work:
         except (OSError, orjson.JSONDecodeError, TypeError, ValueError):
             return None
 
-    def done_counts(self, partitions: int, kind: TaskKind) -> dict[int, PartitionCounts]:
-        """Counts of the partitions that finished (done marker and results); a
-        marker this version cannot read leaves its partition to be redone."""
+    def done_counts(self, partitions: int, kind: TaskKind,
+                    formats: Sequence[str] = ()) -> dict[int, PartitionCounts]:
+        """Counts of the partitions that finished (done marker and results,
+        those of ``formats`` included); a marker this version cannot read
+        leaves its partition to be redone."""
         done: dict[int, PartitionCounts] = {}
-        suffixes = (("assessments", "rows", "errors", "worklist") if kind == "screen"
-                    else ("diff",))
+        suffixes = (("assessments", "rows", "errors", "worklist", *formats)
+                    if kind == "screen" else ("diff",))
         for p in range(partitions):
             marker = self.parts / f"p{p:05d}.done"
             if not marker.exists():
@@ -853,18 +859,21 @@ def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int,
                          tune_malloc: bool, progress: _Progress,
                          evaluator: Callable[..., Any] | None = None,
                          prestarted: _Prestarted | None = None,
+                         formats: tuple[str, ...] = (),
                          ) -> tuple[dict[int, PartitionCounts], int, float]:
-    """Evaluate every partition without a done marker; return all counts, the
-    number reused from an earlier run, and the seconds spent."""
+    """Evaluate every partition without a done marker (or without the files
+    of ``formats``); return all counts, the number reused from an earlier
+    run, and the seconds spent."""
     work.parts.mkdir(parents=True, exist_ok=True)
-    done = work.done_counts(partitions, kind)
+    done = work.done_counts(partitions, kind, formats)
     reused = len(done)
     pickled = _pickled(rulesets)
     # malloc is tuned in worker processes only, never in the caller's process
     tune = tune_malloc and (executor == "dask" or workers > 0)
     tasks = [PartitionTask(kind=kind, partition=p, spill=str(work.spill / f"p{p:05d}.tsv"),
                            out_dir=str(work.parts), rulesets=pickled, as_of=as_of, mode=mode,
-                           sources=str(work.sources), tune_malloc=tune, evaluator=evaluator)
+                           sources=str(work.sources), tune_malloc=tune, evaluator=evaluator,
+                           formats=formats)
              for p in range(partitions) if p not in done]
     progress.add("eval", "screening", total=partitions, completed=reused,
                  note="{completed:,.0f}/{total:,.0f} partitions {extra}")
@@ -1005,6 +1014,7 @@ def screen(
     evaluator: Callable[..., Any] | None = None,
     identifiers: bool = True,
     worklist_shown: int = WORKLIST_SHOWN,
+    formats: Sequence[str] = (),
 ) -> ScreenSummary:
     """Screen every patient of ``inputs`` with ``ruleset`` at ``as_of``.
 
@@ -1035,6 +1045,12 @@ def screen(
     ``worklist_shown``: the worklist rows the report shows (the files hold
     all).
 
+    ``formats``: outputs to write besides the usual ones, which are always
+    written: ``"fhir"`` writes every assessment's FHIR resources as Bulk Data
+    NDJSON, one file per resource type, and a ``manifest.json``, in the
+    folder ``fhir/`` (see :mod:`cdss.cohort._fhir_bulk`); the partitions write
+    them, so memory stays bounded, and ``resume`` keeps them.
+
     A worker process that dies while evaluating a patient (a crash in the rule
     engine, an out-of-memory kill) costs that patient a ``worker-died`` error
     row, not the screen (see the module docstring); with ``workers=0`` the
@@ -1052,6 +1068,7 @@ def screen(
             or worklist_shown < 0:
         raise InvalidArgument(f"worklist_shown must be a whole number >= 0, got "
                               f"{worklist_shown!r}")
+    wanted = _formats(formats)
     rs = resolve_ruleset(ruleset, paths)
     when = _as_of_text(as_of)
     sources = discover(inputs if not isinstance(inputs, (str, Path)) else [inputs])
@@ -1069,6 +1086,9 @@ def screen(
         if finished.worklist.get("identifiers", True) != identifiers:
             raise CohortError(f"the finished screen in {out_dir} was made with identifiers="
                               f"{not identifiers}; run it again without resume")
+        if "fhir" in wanted and not (out_dir / FHIR_FOLDER / MANIFEST).exists():
+            raise CohortError(f"the finished screen in {out_dir} has no FHIR output; run it "
+                              "again without resume")
         return finished
     n, resumed = _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when,
                           mode=mode, workers=workers, partitions=partitions, resume=resume,
@@ -1076,6 +1096,7 @@ def screen(
     if not resumed:
         for name in _OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
+        remove_bulk(out_dir)
     with _Prestarted(_prestart_count(executor, workers, n, resumed)) as prestarted, \
             _Progress(progress) as bar:
         stats, spill_seconds = _spill(work, sources, n, bar)
@@ -1083,11 +1104,15 @@ def screen(
         counts, reused, eval_seconds = _evaluate_partitions(
             work, kind="screen", partitions=n, rulesets=[rs], as_of=when, mode=mode,
             executor=executor, workers=workers, client=client, scheduler=scheduler,
-            tune_malloc=tune_malloc, progress=bar, evaluator=evaluator, prestarted=prestarted)
+            tune_malloc=tune_malloc, progress=bar, evaluator=evaluator, prestarted=prestarted,
+            formats=wanted)
     merge_started = time.perf_counter()
     summary, head = _merge_screen(work, out_dir, n, counts, spilled, rs, when, mode, executor,
                                   workers, resumed, sources, identifiers=identifiers,
                                   worklist_shown=worklist_shown)
+    if "fhir" in wanted:
+        _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when),
+                    summary)
     timings = {"spill_seconds": round(spill_seconds, 3),
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
@@ -1112,6 +1137,27 @@ def screen(
     shutil.rmtree(work.spill, ignore_errors=True)
     shutil.rmtree(work.parts, ignore_errors=True)
     return ScreenSummary.from_dict(out_dir, summary)
+
+
+def _check_bulk(written: Mapping[str, int], summary: Mapping[str, Any]) -> None:
+    """The FHIR output holds one GuidanceResponse per assessment, one
+    DetectedIssue per flag and one ServiceRequest per referral."""
+    expected = {"GuidanceResponse": summary["counts"]["assessments"],
+                "DetectedIssue": sum(v["patients"] for v in summary["flags"].values()),
+                "ServiceRequest": sum(summary["referrals"].values())}
+    problems = [f"{written.get(name, 0)} {name} written, {n} expected"
+                for name, n in expected.items() if written.get(name, 0) != n]
+    if problems:
+        raise CohortError("the FHIR output does not balance: " + "; ".join(problems))
+
+
+def _formats(formats: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [formats]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise InvalidArgument(f"formats must be among {FORMATS}, got {unknown[0]!r}")
+    return tuple(f for f in FORMATS if f in formats)
 
 
 def _merge_screen(work: _Work, out_dir: Path, partitions: int,

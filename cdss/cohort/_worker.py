@@ -71,7 +71,8 @@ class PartitionTask:
     these patient keys (the check of one patient alone after a worker died).
     ``died`` lists ``(key, exit code, reason)`` of patients whose evaluation
     killed a worker: each becomes a ``worker-died`` error row and is not
-    evaluated again.
+    evaluated again. ``formats`` names the extra outputs of a screen to write
+    (``fhir``: the partition's FHIR resources, see :mod:`cdss.cohort._fhir_bulk`).
     """
 
     kind: TaskKind
@@ -86,6 +87,7 @@ class PartitionTask:
     evaluator: Callable[..., Any] | None = None
     only: tuple[str, ...] = ()
     died: tuple[tuple[str, int | None, str], ...] = ()
+    formats: tuple[str, ...] = ()
 
     @property
     def done_path(self) -> Path:
@@ -566,6 +568,7 @@ def _patient_json(entries: Sequence[Entry]) -> bytes | None:
 
 def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any, as_of: Any,
             out_dir: Path, journal: _Journal) -> PartitionCounts:
+    from cdss.cohort._fhir_bulk import partition_lines
     from cdss.cohort._worklist import demographics, flag_tally_key, on_worklist, sort_key
     from cdss.cohort._worklist import worklist_row as make_worklist_row
 
@@ -573,6 +576,9 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
     outs = [_Out(out_dir, f"{name}.{suffix}")
             for suffix in ("assessments", "rows", "errors", "worklist")]
     assessments, rows, errors, worklist = outs
+    fhir = _Out(out_dir, f"{name}.fhir") if "fhir" in task.formats else None
+    if fhir is not None:
+        outs.append(fhir)
     worklist_rows: list[tuple[str, bytes]] = []  # sorted by the worklist order at the end
     bands: Counter[str] = Counter()
     sexes: Counter[str] = Counter()
@@ -610,6 +616,9 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
                 failed += 1
                 continue
             assessments.write(key, assessment.to_json())
+            if fhir is not None:
+                for line in partition_lines(key, assessment):
+                    fhir.write(key, line)
             for row in _left_out_rows(task, key, entries, assessment):
                 errors.write(key, orjson.dumps(row, option=_SORT))
                 error_kinds["left-out"] += 1

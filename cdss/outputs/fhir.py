@@ -14,13 +14,17 @@ fhir.resources R4B):
     at the CarePlan; data-quality notes become an ``OperationOutcome`` in
     ``evaluationMessage``.
 ``DetectedIssue``
-    one per flag: code, severity (critical and high map to ``high``), the
+    one per flag: code, severity (critical and high map to ``high``; the
+    flag's own severity and rule are extensions: :data:`SEVERITY_EXTENSION`,
+    :data:`RULE_EXTENSION`), the
     rationale as ``detail``, and the evidence as references to the patient's
     own resources (``Observation/o1``).
 ``ServiceRequest``
-    one per referral: a draft ``proposal``, priority ``urgent`` or ``routine``.
+    one per referral: a draft ``proposal``, priority ``urgent`` or ``routine``,
+    its rule as an extension.
 ``CarePlan``
-    a draft ``proposal`` holding the plan items as activities, in plan order.
+    a draft ``proposal`` holding the plan items as activities, in plan order
+    (each with its rules as extensions).
     Suppressed items are listed in ``note`` and never as activities, so that a
     system that ignores ``doNotPerform`` cannot show withheld advice.
 ``Provenance``
@@ -55,6 +59,8 @@ __all__ = [
     "NAMESPACE",
     "RULESET_IDENTIFIER_SYSTEM",
     "RULESET_SHA256_SYSTEM",
+    "RULE_EXTENSION",
+    "SEVERITY_EXTENSION",
     "care_plan",
     "code_system",
     "fhir_instant",
@@ -74,6 +80,14 @@ CODE_SYSTEM_BASE = "https://cdss.dev/fhir/CodeSystem"
 RULESET_IDENTIFIER_SYSTEM = "https://cdss.dev/fhir/NamingSystem/ruleset"
 #: Identifier system of a ruleset's content hash (sha256, hex).
 RULESET_SHA256_SYSTEM = "https://cdss.dev/fhir/NamingSystem/ruleset-sha256"
+
+#: Extension (valueString) naming the ruleset rule behind a DetectedIssue, a
+#: referral's ServiceRequest or a CarePlan activity (one per rule).
+RULE_EXTENSION = "https://cdss.dev/fhir/StructureDefinition/rule"
+#: Extension (valueCode) of a DetectedIssue: the flag's own severity
+#: (``critical``, ``high``, ``moderate``, ``low``), which FHIR's three levels
+#: cannot all hold.
+SEVERITY_EXTENSION = "https://cdss.dev/fhir/StructureDefinition/flag-severity"
 
 _PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
@@ -185,9 +199,16 @@ def lab_order_request(request: DataRequest, assessment: Assessment) -> dict[str,
     }
 
 
+def _rule_extensions(rule_ids: Iterable[str]) -> list[dict[str, str]]:
+    return [{"url": RULE_EXTENSION, "valueString": rule} for rule in rule_ids]
+
+
 def _activity(item: PlanItem, ruleset_id: str) -> dict[str, Any]:
     reasons = [{"text": _text(item.why)}] + [{"text": _text(e)} for e in item.emphasis]
+    out: dict[str, Any] = {"extension": _rule_extensions(item.rule_ids)} if item.rule_ids \
+        else {}
     return {
+        **out,
         "detail": {
             "code": {"coding": [_coding(code_system(ruleset_id, "plan-item"), item.code)]},
             "reasonCode": reasons,
@@ -240,6 +261,8 @@ def _detected_issue(flag: Flag, assessment: Assessment, rid: str) -> dict[str, A
     out: dict[str, Any] = {
         "resourceType": "DetectedIssue",
         "id": rid,
+        "extension": [*_rule_extensions([flag.rule_id]),
+                      {"url": SEVERITY_EXTENSION, "valueCode": flag.severity}],
         "status": "preliminary",
         "code": {"coding": [_coding(code_system(assessment.ruleset.id, "flag"), flag.code,
                                     flag.display)],
@@ -417,6 +440,7 @@ def to_fhir_bundle(assessment: Assessment, *, ruleset: Ruleset | None = None) ->
     for ref in assessment.referrals:
         request = referral_request(ref, assessment)
         request = {"resourceType": "ServiceRequest", "id": refs[f"referral/{ref.code}"],
+                   "extension": _rule_extensions([ref.rule_id]),
                    **{k: v for k, v in request.items() if k != "resourceType"}}
         issues = [_urn(refs[f"flag/{f.code}"]) for f in assessment.flags
                   if f.rule_id == ref.rule_id]

@@ -1,0 +1,369 @@
+"""``cdss screen --format fhir``: the results as FHIR Bulk Data NDJSON, and the
+SQL on FHIR views over them.
+
+Stated in words:
+
+1. The usual outputs do not change, byte for byte, when the FHIR output is
+   asked for too.
+2. One file per resource type and a manifest naming them; every resource is
+   valid R4, its id unique across the cohort, and every reference between
+   the screen's resources resolves in the files.
+3. A resumed screen writes the same bytes as an uninterrupted one.
+4. The shipped ViewDefinitions, run by a FHIRPath engine of someone else's
+   (fhirpathpy), give the rows of the assessments: the same patients, flags,
+   severities, rules, referrals and plan items.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from cdss.cohort import FORMATS, VIEWS, GeneratedCohort, screen, view_definition
+from cdss.cohort import _screen as cohort_mod
+from cdss.cohort._fhir_bulk import RESOURCE_TYPES, patient_prefix
+from cdss.cohort._worker import PartitionCounts, run_partition
+from cdss.errors import CohortError, InvalidArgument
+from tests.support.cohort import AS_OF, RULESET, read_ndjson, shared_cohort
+from tests.support.sof import run_view
+
+_OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "worklist.csv",
+            "worklist.parquet")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
+    return shared_cohort(tmp_path_factory)
+
+
+def _screen(inputs: Any, out: Path, **kwargs: Any) -> cohort_mod.ScreenSummary:
+    kwargs.setdefault("workers", 0)
+    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def plain(cohort: GeneratedCohort, tmp_path_factory: pytest.TempPathFactory
+          ) -> cohort_mod.ScreenSummary:
+    return _screen([cohort.out], tmp_path_factory.mktemp("plain"), partitions=5)
+
+
+@pytest.fixture(scope="module")
+def with_fhir(cohort: GeneratedCohort, tmp_path_factory: pytest.TempPathFactory
+              ) -> cohort_mod.ScreenSummary:
+    return _screen([cohort.out], tmp_path_factory.mktemp("fhir"), partitions=5,
+                   formats=["fhir"])
+
+
+def _resources(out: Path) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for name in RESOURCE_TYPES:
+        path = out / "fhir" / f"{name}.ndjson"
+        if path.exists():
+            found += read_ndjson(path)
+    return found
+
+
+def _fhir_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "fhir").iterdir())}
+
+
+def test_the_usual_outputs_are_the_same_with_the_fhir_output(
+        plain: cohort_mod.ScreenSummary, with_fhir: cohort_mod.ScreenSummary) -> None:
+    for name in _OUTPUTS:
+        assert (with_fhir.out / name).read_bytes() == (plain.out / name).read_bytes(), name
+    assert not (plain.out / "fhir").exists()
+    assert FORMATS == ("fhir",)
+
+
+def test_one_file_per_type_and_a_manifest(with_fhir: cohort_mod.ScreenSummary) -> None:
+    folder = with_fhir.out / "fhir"
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    assert manifest["transactionTime"] == "2026-03-01T00:00:00Z"
+    assert manifest["requiresAccessToken"] is False and manifest["error"] == []
+    listed = {o["type"]: o for o in manifest["output"]}
+    assert {p.name for p in folder.iterdir()} == {"manifest.json"} | {
+        o["url"] for o in manifest["output"]}
+    for rtype, item in listed.items():
+        lines = read_ndjson(folder / item["url"])
+        assert item["url"] == f"{rtype}.ndjson" and item["count"] == len(lines)
+        assert {r["resourceType"] for r in lines} == {rtype}
+    assessed = with_fhir.assessed
+    assert listed["GuidanceResponse"]["count"] == listed["Provenance"]["count"] == assessed
+    assert listed["DetectedIssue"]["count"] == sum(with_fhir.flags.values())
+    assert listed["ServiceRequest"]["count"] == sum(with_fhir.referrals.values())
+    assert {"CarePlan", "Parameters"} <= set(listed)
+
+
+def test_ids_are_unique_and_references_resolve(with_fhir: cohort_mod.ScreenSummary) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    resources = _resources(with_fhir.out)
+    keys = Counter(f"{r['resourceType']}/{r['id']}" for r in resources)
+    assert max(keys.values()) == 1
+    patients = {orjson.loads(line)["patient"] for line in
+                (with_fhir.out / "assessments.ndjson").read_bytes().splitlines()}
+    prefixes = {patient_prefix(p): p for p in patients}
+    own = re.compile(r"^(Patient|Observation|Condition|MedicationStatement|"
+                     r"MedicationRequest|Procedure|Encounter|AllergyIntolerance)/")
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            found = [node["reference"]] if isinstance(node.get("reference"), str) \
+                and "resourceType" not in node else []
+            return found + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    for res in resources:
+        get_fhir_model_class(res["resourceType"]).model_validate(res)
+        prefix = res["id"].split("-", 1)[0]
+        assert prefix in prefixes, res["id"]
+        subject = res.get("subject") or res.get("patient")
+        if subject is not None:
+            assert subject["reference"] == prefixes[prefix]
+        for ref in refs(res):
+            assert not ref.startswith("urn:"), ref
+            if ref.split("/", 1)[0] in RESOURCE_TYPES:
+                assert keys[ref] == 1, ref
+                assert ref.split("/", 1)[1].startswith(prefix), ref  # the same patient's
+            else:
+                assert own.match(ref), ref
+
+
+def test_a_resumed_screen_writes_the_same_fhir_files(
+        cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "resumed"
+    calls: list[int] = []
+    real = run_partition
+
+    def failing(task: Any) -> PartitionCounts:
+        calls.append(task.partition)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(cohort_mod, "run_partition", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _screen([cohort.out], out, partitions=5, formats=["fhir"])
+    assert not (out / "fhir").exists()
+    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    resumed = _screen([cohort.out], out, resume=True, formats=["fhir"])
+    assert resumed.timings["partitions_reused"] == 2
+    assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
+    # the finished screen resumed again keeps them
+    _screen([cohort.out], out, resume=True, formats=["fhir"])
+    assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
+
+
+def test_resuming_with_the_fhir_output_redoes_partitions_without_it(
+        cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "added"
+    calls: list[int] = []
+    real = run_partition
+
+    def failing(task: Any) -> PartitionCounts:
+        calls.append(task.partition)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(cohort_mod, "run_partition", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _screen([cohort.out], out, partitions=5)
+    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    resumed = _screen([cohort.out], out, resume=True, formats=["fhir"])
+    assert resumed.timings["partitions_reused"] == 0
+    assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
+
+
+def test_a_finished_screen_without_it_cannot_add_it_on_resume(
+        cohort: GeneratedCohort, plain: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
+    out = tmp_path / "done"
+    _screen([cohort.out], out, partitions=5)
+    with pytest.raises(CohortError, match="no FHIR output"):
+        _screen([cohort.out], out, resume=True, formats=["fhir"])
+
+
+def test_a_new_screen_removes_an_old_fhir_output(cohort: GeneratedCohort,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    _screen([cohort.out], out, partitions=2, formats=["fhir"])
+    assert (out / "fhir" / "manifest.json").exists()
+    _screen([cohort.out], out, partitions=2)
+    assert not (out / "fhir").exists()
+
+
+def test_unknown_formats_are_refused(cohort: GeneratedCohort, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="formats"):
+        _screen([cohort.out], tmp_path / "x", formats=["csv"])
+
+
+# --------------------------------------------------------------------------- #
+# The views
+# --------------------------------------------------------------------------- #
+def test_the_views_are_view_definitions() -> None:
+    for name in VIEWS:
+        view = view_definition(name)
+        assert view["resourceType"] == "ViewDefinition" and view["status"] == "active"
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", view["name"])
+        assert view["resource"] in RESOURCE_TYPES
+        names: list[str] = []
+
+        def walk(select: dict[str, Any], names: list[str] = names) -> None:
+            for column in select.get("column", []):
+                assert set(column) <= {"name", "path", "type", "description",
+                                       "collection", "tag"}
+                assert column["path"] and column["type"] and not column.get("collection")
+                names.append(column["name"])
+            for nested in select.get("select", []) + select.get("unionAll", []):
+                walk(nested)
+
+        for select in view["select"]:
+            walk(select)
+        assert len(names) == len(set(names)) and all(
+            re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", n) for n in names), name
+    with pytest.raises(InvalidArgument):
+        view_definition("patients")
+
+
+def _assessments(out: Path) -> list[dict[str, Any]]:
+    return read_ndjson(out / "assessments.ndjson")
+
+
+def test_the_flag_view_gives_the_assessments_flags(
+        with_fhir: cohort_mod.ScreenSummary) -> None:
+    rows = run_view(view_definition("flags"), _resources(with_fhir.out))
+    got = sorted((r["patient"], r["code"], r["display"], r["severity"], r["rule"])
+                 for r in rows)
+    want = sorted((a["patient"], f["code"], f["display"], f["severity"], f["rule_id"])
+                  for a in _assessments(with_fhir.out) for f in a["flags"])
+    assert got == want and got
+    table = pq.read_table(with_fhir.out / "assessments.parquet").to_pylist()
+    from_table = sorted((row["patient"], column.split(":", 1)[1]) for row in table
+                        for column, value in row.items()
+                        if column.startswith("flag:") and value)
+    assert sorted((r["patient"], r["code"]) for r in rows) == from_table
+    evidence = {(r["patient"], r["code"]): r["evidence"] for r in rows}
+    assert all(evidence.values())
+
+
+def test_the_evidence_view_gives_one_row_per_evidence_item(
+        with_fhir: cohort_mod.ScreenSummary) -> None:
+    rows = run_view(view_definition("flag_evidence"), _resources(with_fhir.out))
+    want = Counter((a["patient"], f["code"]) for a in _assessments(with_fhir.out)
+                   for f in a["flags"] for _ in f["evidence"])
+    assert Counter((r["patient"], r["code"]) for r in rows) == want
+    sources = {s for r in rows for s in (r["sources"] or "").split()}
+    assert sources and all(s.startswith("Observation/") or "/" in s for s in sources)
+
+
+def test_the_referral_view_gives_the_assessments_referrals(
+        with_fhir: cohort_mod.ScreenSummary) -> None:
+    rows = run_view(view_definition("referrals"), _resources(with_fhir.out))
+    got = sorted((r["patient"], r["code"], r["priority"], r["rule"]) for r in rows)
+    want = sorted((a["patient"], r["code"], r["urgency"], r["rule_id"])
+                  for a in _assessments(with_fhir.out) for r in a["referrals"])
+    assert got == want and got
+
+
+def test_the_plan_view_gives_the_assessments_plan_items(
+        with_fhir: cohort_mod.ScreenSummary) -> None:
+    rows = run_view(view_definition("plan_items"), _resources(with_fhir.out))
+    got = [(r["patient"], r["code"], r["rules"]) for r in rows]
+    want = [(a["patient"], p["code"], " ".join(p["rule_ids"]))
+            for a in _assessments(with_fhir.out) for p in a["plan"]]
+    assert got == want and got  # in patient order, then plan order
+    table = pq.read_table(with_fhir.out / "assessments.parquet").to_pylist()
+    from_table = sorted((row["patient"], column.split(":", 1)[1]) for row in table
+                        for column, value in row.items()
+                        if column.startswith("plan:") and value)
+    assert sorted((p, c) for p, c, _ in got) == from_table
+
+
+def test_the_screen_command_writes_the_fhir_output(cohort: GeneratedCohort,
+                                                   tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cdss.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["screen", str(cohort.out), "--ruleset", RULESET,
+                                      "--as-of", AS_OF, "--out", str(out), "--workers", "0",
+                                      "--partitions", "5", "--format", "fhir"])
+    assert result.exit_code == 0, result.output
+    assert (out / "fhir" / "manifest.json").exists()
+    assert "FHIR Bulk Data output in" in result.output
+    bad = CliRunner().invoke(app, ["screen", str(cohort.out), "--ruleset", RULESET,
+                                   "--as-of", AS_OF, "--out", str(out), "--format", "xml"])
+    assert bad.exit_code != 0
+
+
+def test_a_fhir_output_that_does_not_balance_is_refused() -> None:
+    summary = {"counts": {"assessments": 2}, "flags": {"a": {"patients": 2}},
+               "referrals": {"r": 1}}
+    cohort_mod._check_bulk({"GuidanceResponse": 2, "DetectedIssue": 2, "ServiceRequest": 1},
+                           summary)
+    with pytest.raises(CohortError, match="1 DetectedIssue written, 2 expected"):
+        cohort_mod._check_bulk({"GuidanceResponse": 2, "DetectedIssue": 1,
+                                "ServiceRequest": 1}, summary)
+
+
+_JS_RUNNER = """
+globalThis.WebSocket = globalThis.WebSocket || class {};
+const { evalSqlOnFhir } = require('@medplum/core');
+const fs = require('fs');
+const [viewPath, file] = process.argv.slice(2);
+const view = JSON.parse(fs.readFileSync(viewPath, 'utf8'));
+const resources = fs.readFileSync(file, 'utf8').split('\\n').filter(Boolean).map(JSON.parse);
+process.stdout.write(JSON.stringify(evalSqlOnFhir(view, resources)));
+"""
+
+
+def test_a_javascript_runner_gives_the_same_rows(with_fhir: cohort_mod.ScreenSummary,
+                                                 tmp_path: Path) -> None:
+    """Optional: with CDSS_SOF_JS naming a folder where the npm package
+    @medplum/core (whose evalSqlOnFhir runs ViewDefinitions) is installed, and
+    node on the PATH, each view gives the rows the FHIRPath runner gives."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = os.environ.get("CDSS_SOF_JS")
+    if not folder or shutil.which("node") is None:
+        pytest.skip("set CDSS_SOF_JS to a folder with @medplum/core installed (npm)")
+    script = Path(folder) / f".cdss-view-check-{os.getpid()}.cjs"
+    script.write_text(_JS_RUNNER, encoding="utf-8")
+    try:
+        for name in VIEWS:
+            view = view_definition(name)
+            view_path = tmp_path / f"{name}.json"
+            view_path.write_bytes(orjson.dumps(view))
+            done = subprocess.run(
+                ["node", str(script), str(view_path),
+                 str(with_fhir.out / "fhir" / f"{view['resource']}.ndjson")],
+                capture_output=True, check=True, timeout=120)
+            theirs = orjson.loads(done.stdout)
+            mine = run_view(view, _resources(with_fhir.out))
+
+            def rows(found: list[dict[str, Any]]) -> list[bytes]:
+                return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in found)
+
+            assert rows(theirs) == rows(mine), name
+    finally:
+        script.unlink(missing_ok=True)
+
+
+def test_worker_processes_write_the_same_fhir_files(
+        cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
+    out = tmp_path / "workers"
+    _screen([cohort.out], out, partitions=5, workers=2, formats=["fhir"])
+    assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
