@@ -317,51 +317,6 @@ def test_a_fhir_output_that_does_not_balance_is_refused() -> None:
                                 "ServiceRequest": 1}, summary)
 
 
-_JS_RUNNER = """
-globalThis.WebSocket = globalThis.WebSocket || class {};
-const { evalSqlOnFhir } = require('@medplum/core');
-const fs = require('fs');
-const [viewPath, file] = process.argv.slice(2);
-const view = JSON.parse(fs.readFileSync(viewPath, 'utf8'));
-const resources = fs.readFileSync(file, 'utf8').split('\\n').filter(Boolean).map(JSON.parse);
-process.stdout.write(JSON.stringify(evalSqlOnFhir(view, resources)));
-"""
-
-
-def test_a_javascript_runner_gives_the_same_rows(with_fhir: cohort_mod.ScreenSummary,
-                                                 tmp_path: Path) -> None:
-    """Optional: with CDSS_SOF_JS naming a folder where the npm package
-    @medplum/core (whose evalSqlOnFhir runs ViewDefinitions) is installed, and
-    node on the PATH, each view gives the rows the FHIRPath runner gives."""
-    import os
-    import shutil
-    import subprocess
-
-    folder = os.environ.get("CDSS_SOF_JS")
-    if not folder or shutil.which("node") is None:
-        pytest.skip("set CDSS_SOF_JS to a folder with @medplum/core installed (npm)")
-    script = Path(folder) / f".cdss-view-check-{os.getpid()}.cjs"
-    script.write_text(_JS_RUNNER, encoding="utf-8")
-    try:
-        for name in VIEWS:
-            view = view_definition(name)
-            view_path = tmp_path / f"{name}.json"
-            view_path.write_bytes(orjson.dumps(view))
-            done = subprocess.run(
-                ["node", str(script), str(view_path),
-                 str(with_fhir.out / "fhir" / f"{view['resource']}.ndjson")],
-                capture_output=True, check=True, timeout=120)
-            theirs = orjson.loads(done.stdout)
-            mine = run_view(view, _resources(with_fhir.out))
-
-            def rows(found: list[dict[str, Any]]) -> list[bytes]:
-                return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in found)
-
-            assert rows(theirs) == rows(mine), name
-    finally:
-        script.unlink(missing_ok=True)
-
-
 def test_worker_processes_write_the_same_fhir_files(
         cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
     out = tmp_path / "workers"
