@@ -28,6 +28,6 @@ def view_definition(name: str) -> dict[str, Any]:
 
     if name not in VIEWS:
         raise InvalidArgument(f"view must be one of {VIEWS}, got {name!r}")
-    data = resources.files("cdss.cohort").joinpath("views", f"{name}.json").read_bytes()
+    data = resources.files("cdss.cohort").joinpath("views").joinpath(f"{name}.json").read_bytes()
     view: dict[str, Any] = orjson.loads(data)
     return view
