@@ -84,3 +84,21 @@ def shared_expected(cohort: GeneratedCohort) -> dict[str, bytes]:
     if "expected" not in _CACHE:
         _CACHE["expected"] = expected_assessments(group_by_patient(cohort.files))
     return dict(_CACHE["expected"])
+
+
+def stop_at_partition(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
+    """Make the ``nth`` partition a screen runs raise KeyboardInterrupt (the
+    screen stopped mid-way); the ones before it run as usual. Undo with
+    ``monkeypatch.setattr(cohort_mod, "run_partition", run_partition)``."""
+    from cdss.cohort import _screen as cohort_mod
+    from cdss.cohort._worker import run_partition
+
+    calls: list[int] = []
+
+    def stopping(task: Any) -> Any:
+        calls.append(task.partition)
+        if len(calls) == nth:
+            raise KeyboardInterrupt
+        return run_partition(task)
+
+    monkeypatch.setattr(cohort_mod, "run_partition", stopping)

@@ -28,9 +28,9 @@ import pytest
 from cdss.cohort import FORMATS, VIEWS, GeneratedCohort, screen, view_definition
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._fhir_bulk import RESOURCE_TYPES, patient_prefix
-from cdss.cohort._worker import PartitionCounts, run_partition
+from cdss.cohort._worker import run_partition
 from cdss.errors import CohortError, InvalidArgument
-from tests.support.cohort import AS_OF, RULESET, read_ndjson, shared_cohort
+from tests.support.cohort import AS_OF, RULESET, read_ndjson, shared_cohort, stop_at_partition
 from tests.support.sof import run_view
 
 _OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "worklist.csv",
@@ -141,20 +141,11 @@ def test_a_resumed_screen_writes_the_same_fhir_files(
         cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
-    calls: list[int] = []
-    real = run_partition
-
-    def failing(task: Any) -> PartitionCounts:
-        calls.append(task.partition)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(task)
-
-    monkeypatch.setattr(cohort_mod, "run_partition", failing)
+    stop_at_partition(monkeypatch, 3)  # the screen is stopped mid-way
     with pytest.raises(KeyboardInterrupt):
         _screen([cohort.out], out, partitions=5, formats=["fhir"])
     assert not (out / "fhir").exists()
-    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
     resumed = _screen([cohort.out], out, resume=True, formats=["fhir"])
     assert resumed.timings["partitions_reused"] == 2
     assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
@@ -167,19 +158,10 @@ def test_resuming_with_the_fhir_output_redoes_partitions_without_it(
         cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "added"
-    calls: list[int] = []
-    real = run_partition
-
-    def failing(task: Any) -> PartitionCounts:
-        calls.append(task.partition)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(task)
-
-    monkeypatch.setattr(cohort_mod, "run_partition", failing)
+    stop_at_partition(monkeypatch, 3)  # the screen is stopped mid-way
     with pytest.raises(KeyboardInterrupt):
         _screen([cohort.out], out, partitions=5)
-    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
     resumed = _screen([cohort.out], out, resume=True, formats=["fhir"])
     assert resumed.timings["partitions_reused"] == 0
     assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)

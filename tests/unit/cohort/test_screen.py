@@ -35,6 +35,7 @@ from tests.support.cohort import (
     read_ndjson,
     shared_cohort,
     shared_expected,
+    stop_at_partition,
 )
 
 
@@ -198,21 +199,12 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
         cohort: GeneratedCohort, screened: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
-    calls: list[int] = []
-    real = run_partition
-
-    def failing(task: Any) -> PartitionCounts:
-        calls.append(task.partition)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the screen is stopped mid-way
-        return real(task)
-
-    monkeypatch.setattr(cohort_mod, "run_partition", failing)
+    stop_at_partition(monkeypatch, 3)  # the screen is stopped mid-way
     with pytest.raises(KeyboardInterrupt):
         _screen([cohort.out], out, partitions=5)
     assert not (out / "assessments.ndjson").exists()
     assert len(list((out / ".cdss-screen" / "parts").glob("*.done"))) == 2
-    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
     resumed = _screen([cohort.out], out, resume=True)
     assert resumed.resumed and resumed.timings["partitions_reused"] == 2
     assert resumed.partitions == 5
@@ -241,7 +233,7 @@ def test_partition_counts_survive_their_done_marker_and_a_foreign_marker_is_redo
     monkeypatch.setattr(cohort_mod, "run_partition", stopping)
     with pytest.raises(KeyboardInterrupt):
         _screen([cohort.out], out, partitions=5)
-    monkeypatch.setattr(cohort_mod, "run_partition", real)
+    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
     parts = out / ".cdss-screen" / "parts"
     for counts in returned:
         assert isinstance(counts, PartitionCounts) and counts.kind == "screen"

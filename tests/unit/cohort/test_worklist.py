@@ -26,7 +26,13 @@ from cdss.assessment import SEVERITY_RANK, Assessment
 from cdss.cohort import GeneratedCohort, screen
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._worker import PartitionCounts, run_partition
-from tests.support.cohort import AS_OF, RULESET, shared_cohort, shared_expected
+from tests.support.cohort import (
+    AS_OF,
+    RULESET,
+    shared_cohort,
+    shared_expected,
+    stop_at_partition,
+)
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +190,7 @@ def test_a_resumed_screen_writes_byte_identical_worklist_files(
         cohort: GeneratedCohort, screened: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
-    calls: list[int] = []
-
-    def failing(task: Any) -> PartitionCounts:
-        calls.append(task.partition)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # the screen is stopped mid-way
-        return run_partition(task)
-
-    monkeypatch.setattr(cohort_mod, "run_partition", failing)
+    stop_at_partition(monkeypatch, 4)  # the screen is stopped mid-way
     with pytest.raises(KeyboardInterrupt):
         _screen([cohort.out], out)
     assert not (out / "worklist.csv").exists()
