@@ -100,13 +100,27 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -
     return "\n".join(out)
 
 
+#: A chart label's longest length, and the width allowed per character (13 px
+#: system-ui text averages under 7 px; the margin covers wide glyphs).
+_LABEL_CHARS = 48
+_CHAR_PX = 7.6
+
+
+def _label(text: str) -> str:
+    return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1].rstrip() + "\u2026"
+
+
 def bar_chart_svg(bars: Sequence[tuple[str, float, str]], *, title: str,
                   width: int = 720) -> str:
     """A horizontal bar chart as inline SVG: ``bars`` are (label, share 0..1,
     annotation). Shares are drawn against 100%."""
     if not bars:
         return '<p class="muted">No flags were raised.</p>'
-    label_w, bar_h, gap, top = 260, 22, 8, 10
+    bar_h, gap, top = 22, 8, 10
+    # The label column fits the longest label (at most _LABEL_CHARS characters;
+    # longer ones are cut with an ellipsis and kept whole in the bar's tooltip).
+    longest = max(len(_label(label)) for label, _, _ in bars)
+    label_w = max(120, round(longest * _CHAR_PX) + 16)
     plot_w = width - label_w - 120
     height = top + len(bars) * (bar_h + gap) + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
@@ -123,7 +137,7 @@ def bar_chart_svg(bars: Sequence[tuple[str, float, str]], *, title: str,
         y = top + i * (bar_h + gap)
         w = max(0.0, min(1.0, share)) * plot_w
         parts.append(f'<text x="{label_w - 8}" y="{y + bar_h * 0.7:.1f}" '
-                     f'text-anchor="end">{escape(label)}</text>')
+                     f'text-anchor="end">{escape(_label(label))}</text>')
         parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" '
                      f'fill="#3b6ea8"><title>{escape(label)}: {escape(note)}</title></rect>')
         parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7:.1f}" '
