@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from cdss.errors import InputError
 from cdss.intake import Record
 from cdss.rulesets import ORDER
-from cdss.terminology import Terminology, codings
+from cdss.terminology import Terminology, coding_displays, codings
 from cdss.units import convert
 
 __all__ = [
@@ -82,12 +82,15 @@ class Fact(_Frozen):
 
 class DataQualityNote(_Frozen):
     """Something about the data that was ignored or could not be used.
-    ``coding`` (``system|code``) names the code of an ``unmapped-code`` note."""
+    ``coding`` (``system|code``) names the code of an ``unmapped-code`` note, and
+    ``display`` that code's display as the records chart it (the first in
+    alphabetical order when they chart several; none when they chart none)."""
 
     code: str
     resource: str | None
     message: str
     coding: str | None = None
+    display: str | None = None
 
 
 class LeftOutResource(_Frozen):
@@ -221,14 +224,18 @@ class _Builder:
         # (concept, side) -> the latest record stating it: (recency key, present?,
         # resource ref, age in days)
         self.sides: dict[tuple[str, str], tuple[tuple[Any, ...], bool, str, int]] = {}
-        # (system, code) -> refs of resources whose codes match no value set
+        # (system, code) -> refs of resources whose codes match no value set,
+        # and the displays the records give those codes
         self.unmapped: dict[tuple[str, str], list[str]] = {}
+        self.unmapped_displays: dict[tuple[str, str], set[str]] = {}
 
     def no_concept(self, res: Mapping[str, Any], *codeables: Any) -> None:
         """Remember a resource whose codes match no value set (noted by code)."""
         codes = sorted({(system, code) for cc in codeables for system, code in codings(cc)})
         for key in codes or [("", "")]:
             self.unmapped.setdefault(key, []).append(_ref(res))
+        for key, display in coding_displays(*codeables):
+            self.unmapped_displays.setdefault(key, set()).add(display)
 
     def side(self, concept: str, res: Mapping[str, Any], age: float, key: tuple[Any, ...],
              present: bool) -> None:
@@ -552,8 +559,10 @@ class _Builder:
             what = f"{system}|{code}" if system or code else "no code"
             refs = sorted(set(refs))
             more = f" and {len(refs) - 1} more" if len(refs) > 1 else ""
+            displays = sorted(self.unmapped_displays.get((system, code), ()))
             self.notes.append(DataQualityNote(
                 code="unmapped-code", resource=refs[0], coding=what,
+                display=displays[0] if displays else None,
                 message=f"{what} matches no value set of the ruleset ({len(refs)} "
                         f"resource{'s' if len(refs) > 1 else ''}: {refs[0]}{more})"))
         for concept, (key, ref, days) in sorted(self.stale.items()):

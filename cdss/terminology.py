@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the file formats are types here, so terminology does not load rulesets
     from cdss.rulesets import Code, ConceptMapEntry, ValueSetFile
 
-__all__ = ["ICD10CM", "LOCAL", "LOINC", "RXNORM", "SNOMED", "UCUM", "Terminology", "codings"]
+__all__ = ["ICD10CM", "LOCAL", "LOINC", "RXNORM", "SNOMED", "UCUM", "Terminology",
+           "coding_displays", "codings"]
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -165,15 +166,27 @@ class Terminology:
 def codings(codeable: Any) -> Iterable[tuple[str, str]]:
     """(system, code) of every well-formed coding of a CodeableConcept (dict)
     or a list of them."""
+    for coding in _coding_dicts(codeable):
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(system, str) and isinstance(code, str):
+            yield system, code
+
+
+def coding_displays(*codeables: Any) -> Iterable[tuple[tuple[str, str], str]]:
+    """((system, code), display) of every well-formed coding that has a
+    non-blank display, in the CodeableConcepts (dicts) or lists of them."""
+    for codeable in codeables:
+        for coding in _coding_dicts(codeable):
+            system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+            if (isinstance(system, str) and isinstance(code, str)
+                    and isinstance(display, str) and display.strip()):
+                yield (system, code), display.strip()
+
+
+def _coding_dicts(codeable: Any) -> Iterable[Mapping[str, Any]]:
     for cc in _as_list(codeable):
-        if not isinstance(cc, Mapping):
-            continue
-        for coding in _as_list(cc.get("coding")):
-            if not isinstance(coding, Mapping):
-                continue
-            system, code = coding.get("system"), coding.get("code")
-            if isinstance(system, str) and isinstance(code, str):
-                yield system, code
+        if isinstance(cc, Mapping):
+            yield from (c for c in _as_list(cc.get("coding")) if isinstance(c, Mapping))
 
 
 def _as_list(value: Any) -> Iterable[Any]:

@@ -347,7 +347,7 @@ def render_report(summary: Mapping[str, Any],
         '<p class="muted">The most frequent codes in the records that the ruleset does not '
         "map, by the number of patients whose records hold them: candidates for a site "
         "concept map.</p>",
-        count_bars(list(unmapped.items()), total=assessed),
+        count_bars(_named(unmapped, displays.get("unmapped_codes", {})), total=assessed),
         "<h2>Errors by kind</h2>",
         count_bars(list(errors_by_kind.items()), total=sum(errors_by_kind.values()),
                    unit="rows"),

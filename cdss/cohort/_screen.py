@@ -1211,6 +1211,7 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
         raise CohortError("the screen does not balance: " + "; ".join(problems))
     errors_by_kind = Counter(spilled.get("errors_by_kind", {}))
     errors_by_kind.update(_sum_counters(counts, "errors_by_kind"))
+    unmapped = _most_frequent(_sum_counters(counts, "unmapped_codes"), UNMAPPED_SHOWN)
     summary = ScreenSummary(
         out=out_dir, ruleset=_identity(ruleset), as_of=as_of, mode=mode, executor=executor,
         workers=workers, partitions=partitions, patients=patients, assessed=assessed,
@@ -1223,7 +1224,7 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
         data_requests=_sum_counters(counts, "data_requests"),
         errors_by_kind=dict(sorted(errors_by_kind.items())), timings={}, resumed=resumed,
         inputs=tuple(s.label for s in sources),
-        unmapped_codes=_most_frequent(_sum_counters(counts, "unmapped_codes"), UNMAPPED_SHOWN),
+        unmapped_codes=unmapped,
         demographics={
             "age_bands": ordered(_sum_counters(counts, "age_bands"), AGE_BANDS),
             "sexes": ordered(_sum_counters(counts, "sexes"), SEXES),
@@ -1231,9 +1232,23 @@ def _merge_screen(work: _Work, out_dir: Path, partitions: int,
             "flags_by_sex": split_tally(_sum_counters(counts, "flags_by_sex"))},
         worklist={"patients": head.total, "identifiers": identifiers,
                   "shown": len(head.rows)},
-        displays=_displays(ruleset),
+        displays={**_displays(ruleset),
+                  "unmapped_codes": _unmapped_displays(counts, unmapped)},
     )
     return summary.to_dict(), head
+
+
+def _unmapped_displays(counts: Mapping[int, PartitionCounts],
+                       shown: Mapping[str, int]) -> dict[str, str]:
+    """The display the records give each shown unmapped code most often (of
+    equally frequent ones, the first alphabetically); codes charted with no
+    display have none."""
+    best: dict[str, tuple[int, str]] = {}
+    for key, n in _sum_counters(counts, "unmapped_displays").items():
+        coding, _, display = key.partition("\t")
+        if coding in shown and (coding not in best or (-n, display) < best[coding]):
+            best[coding] = (-n, display)
+    return {coding: best[coding][1] for coding in shown if coding in best}
 
 
 def _displays(ruleset: Ruleset) -> dict[str, dict[str, str]]:

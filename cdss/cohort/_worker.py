@@ -102,10 +102,13 @@ class PartitionTask:
 #: severity -> patients; ``errors_by_kind``: error kind -> rows;
 #: ``unmapped_codes``: ``system|code`` -> notes; ``age_bands``, ``sexes``: assessed
 #: patients by age band and sex; ``flags_by_age_band``, ``flags_by_sex``:
-#: ``code|band`` and ``code|sex`` -> patients). A done marker without the last
-#: four (an earlier version's) is still read.
+#: ``code|band`` and ``code|sex`` -> patients; ``unmapped_displays``:
+#: ``system|code<TAB>display`` -> patients whose records give the code that
+#: display). A done marker without the last five (an earlier version's) is
+#: still read.
 SCREEN_TALLIES = ("flags", "severity", "referrals", "plan", "data_requests", "errors_by_kind",
-                  "unmapped_codes", "age_bands", "sexes", "flags_by_age_band", "flags_by_sex")
+                  "unmapped_codes", "age_bands", "sexes", "flags_by_age_band", "flags_by_sex",
+                  "unmapped_displays")
 #: The tallies of a diff partition: code (or ``code: from -> to``) -> patients;
 #: per rule (see :func:`cdss._changes.rule_changes`): ``rules_gained``,
 #: ``rules_lost``, ``rules_changed``: rule id -> patients with an item of that
@@ -592,6 +595,7 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
     requests: Counter[str] = Counter()
     error_kinds: Counter[str] = Counter()
     unmapped: Counter[str] = Counter()
+    unmapped_displays: Counter[str] = Counter()
     assessed = failed = left_out = 0
     died = {key: (code, reason) for key, code, reason in task.died}
     try:
@@ -623,8 +627,11 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
                 errors.write(key, orjson.dumps(row, option=_SORT))
                 error_kinds["left-out"] += 1
                 left_out += 1
-            unmapped.update({n.coding for n in assessment.data_quality
-                             if n.code == "unmapped-code" and n.coding})
+            unmapped_notes = [n for n in assessment.data_quality
+                              if n.code == "unmapped-code" and n.coding]
+            unmapped.update({n.coding for n in unmapped_notes})
+            unmapped_displays.update({f"{n.coding}\t{n.display}" for n in unmapped_notes
+                                      if n.display})
             flat = flat_row(key, assessment)
             rows.write(key, orjson.dumps(flat))
             flags.update(flat["flags"])
@@ -652,7 +659,8 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
     tallies = {"flags": flags, "severity": severity, "referrals": referrals, "plan": plan,
                "data_requests": requests, "errors_by_kind": error_kinds,
                "unmapped_codes": unmapped, "age_bands": bands, "sexes": sexes,
-               "flags_by_age_band": by_band, "flags_by_sex": by_sex}
+               "flags_by_age_band": by_band, "flags_by_sex": by_sex,
+               "unmapped_displays": unmapped_displays}
     return PartitionCounts(kind="screen", patients=len(groups), assessed=assessed,
                            errors=failed, left_out=left_out,
                            tallies={k: dict(sorted(v.items())) for k, v in tallies.items()})

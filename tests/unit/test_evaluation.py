@@ -124,8 +124,21 @@ def test_unknown_code_changes_nothing(mini: cdss.Ruleset) -> None:
     unmapped = [n for n in more.data_quality if n.code == "unmapped-code"]
     assert [n.resource for n in unmapped] == ["Condition/x"]  # said, not dropped in silence
     assert "http://snomed.info/sct|999999" in unmapped[0].message
+    assert unmapped[0].display is None  # the record gives the code no display
     strip = {"data_quality"}
     assert base.model_dump(exclude=strip) == more.model_dump(exclude=strip)
+
+
+def test_an_unmapped_codes_note_carries_the_display_the_records_give_it() -> None:
+    def charted(cid: str, display: str) -> dict[str, Any]:
+        res = lab(cid, "8867-4", 70, "/min", when="2026-02-20")
+        res["code"]["coding"][0]["display"] = display
+        return res
+
+    a = cdss.evaluate([patient(), charted("hr1", "Pulse rate"), charted("hr2", " Heart rate "),
+                       charted("hr3", "  ")], ruleset="plantar-cramps", as_of=AS_OF)
+    [note] = [n for n in a.data_quality if n.code == "unmapped-code"]
+    assert (note.coding, note.display) == ("http://loinc.org|8867-4", "Heart rate")
 
 
 @pytest.mark.parametrize("mode", ["strict", "lean"])

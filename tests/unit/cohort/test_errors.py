@@ -296,9 +296,12 @@ def test_the_command_reports_bad_input_clearly(tmp_path: Path) -> None:
 
 def test_the_summary_and_report_list_the_most_frequent_unmapped_codes(tmp_path: Path) -> None:
     data = _base(tmp_path / "in")
+    # the records chart heart rate under two displays, one more often; BMI under none
+    hr = [lab(f"hr-{p}-{i}", "8867-4", 70, "/min", pid=p) for p in "abc" for i in (1, 2)]
+    for res in hr:
+        res["code"]["coding"][0]["display"] = "Pulse" if res["id"] == "hr-a-1" else "Heart rate"
     write_ndjson(data / "Observation.vitals.ndjson",
-                 [lab(f"hr-{p}-{i}", "8867-4", 70, "/min", pid=p) for p in "abc" for i in (1, 2)]
-                 + [lab("bmi-a", "39156-5", 24.0, "kg/m2", pid="a")])
+                 [*hr, lab("bmi-a", "39156-5", 24.0, "kg/m2", pid="a")])
     write_ndjson(data / "Condition.ndjson", [condition("x-b", "999999", pid="b")])
     summary = _screen(data, tmp_path / "out")
     assert summary.unmapped_codes == {"http://loinc.org|8867-4": 3,
@@ -308,3 +311,6 @@ def test_the_summary_and_report_list_the_most_frequent_unmapped_codes(tmp_path: 
     assert written["unmapped_codes"] == summary.unmapped_codes
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Codes that match no value set" in html and "http://loinc.org|8867-4" in html
+    # with the display the records give the code most often; a code with none has none
+    assert summary.displays["unmapped_codes"] == {"http://loinc.org|8867-4": "Heart rate"}
+    assert "Heart rate (http://loinc.org|8867-4)" in html
