@@ -54,7 +54,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #cc
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top}td.n{text-align:right}
 .gained{color:#075e07}.lost{color:#9a1010}.changed{color:#7a5500}.muted{color:#666}
-code{font-size:.95em}
+code{font-size:.95em}td a code{white-space:nowrap}
 """
 
 

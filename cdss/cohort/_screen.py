@@ -1288,15 +1288,41 @@ def _rule_titles(ruleset: Ruleset) -> dict[str, str]:
 
 
 def _item_labels(ruleset: Ruleset) -> dict[str, str]:
-    """``"rule flag code"`` / ``"rule referral code"`` -> the display the rule gives it."""
+    """``"rule item code"`` -> what a reader sees of the item: the display the
+    rule gives a flag or referral, the text of a plan item the rule adds,
+    emphasises, tailors or suppresses (shortened to :data:`_LABEL_CHARS`), and
+    the display of the analyte a data request asks for."""
     labels: dict[str, str] = {}
+    texts = {item.code: _shorten(item.text) for item in ruleset.file.plan_items}
+    concepts = ruleset.valuesets.concepts
     for rule in ruleset.file.rules:
         for action in rule.then:
             for item in ("flag", "referral"):
                 made = getattr(action, item, None)
                 if made is not None and getattr(made, "display", None):
                     labels.setdefault(f"{rule.id} {item} {made.code}", made.display)
+            plans = [action.plan, *(getattr(getattr(action, kind), "plan", None)
+                                    for kind in ("emphasize", "tailor", "suppress"))]
+            if action.suppress and action.suppress.category:
+                plans += [item.code for item in ruleset.file.plan_items
+                          if item.category == action.suppress.category]
+            for code in plans:
+                if code in texts:
+                    item = "suppressed" if action.suppress else "plan"
+                    labels.setdefault(f"{rule.id} {item} {code}", texts[code])
+            if action.request and action.request.analyte in concepts:
+                labels.setdefault(f"{rule.id} data_request {action.request.analyte}",
+                                  concepts[action.request.analyte].display)
     return labels
+
+
+#: How much of a plan item's text a diff shows beside its code.
+_LABEL_CHARS = 90
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1].rstrip() + "\u2026"
 
 
 def diff(

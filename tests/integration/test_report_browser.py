@@ -20,6 +20,7 @@ import pytest
 from cdss.cohort import GeneratedCohort, screen
 from tests.support.cohort import AS_OF, RULESET, shared_cohort
 from tests.support.tools import chromium, run_node
+from tests.unit.cohort.test_diff_rules import diff_report
 
 SECTIONS = ("Counts", "Worklist", "Highest severity per patient", "Flag prevalence",
             "Flags by age band", "Flags by sex", "Referrals", "Data requests", "Plan items",
@@ -32,21 +33,30 @@ def render(report: Path, screenshot: Path, needle: str = "") -> dict[str, Any]:
     return result
 
 
-def problems(seen: dict[str, Any]) -> list[str]:
-    """What is wrong with a rendered report, in words; empty when nothing is."""
+def page_problems(seen: dict[str, Any], sections: tuple[str, ...]) -> list[str]:
+    """What is wrong with any rendered page of cdss, in words; empty when nothing is."""
     found = [f"script error: {e}" for e in seen["page_errors"]]
     found += [f"console error: {e}" for e in seen["console_errors"]]
     found += [f"request from a self-contained page: {u}" for u in seen["requests"]]
-    missing = [s for s in SECTIONS if s not in seen["headings"]]
+    missing = [s for s in sections if s not in seen["headings"]]
     if missing:
         found.append(f"sections missing: {missing}")
     flat = [c for c in seen["charts"] if c["width"] < 50 or c["height"] < 5 or not c["marks"]]
-    if not seen["charts"] or flat:
-        found.append(f"charts not drawn: {flat or 'none at all'}")
+    if flat:
+        found.append(f"charts not drawn: {flat}")
     if seen["clipped_texts"]:
         found.append(f"chart text cut off: {seen['clipped_texts']}")
     if seen["page_width"] > seen["viewport_width"]:
         found.append(f"page wider than the window: {seen['page_width']} px")
+    return found
+
+
+def problems(seen: dict[str, Any]) -> list[str]:
+    """What is wrong with a rendered screen report: as any page, and its charts
+    and worklist controls must be there."""
+    found = page_problems(seen, SECTIONS)
+    if not seen["charts"]:
+        found.append("charts not drawn: none at all")
     worklist = seen["worklist"]
     if worklist is None:
         found.append("no worklist table")
@@ -176,3 +186,17 @@ def test_a_broken_page_fails_the_check(report: Path, tmp_path: Path, old: str, n
     page = _broken(report, tmp_path, old, new)
     found = problems(render(page, tmp_path / "shot.png"))
     assert any(said in p for p in found), found
+
+
+def test_the_diff_page_renders_with_nothing_broken(tmp_path_factory: pytest.TempPathFactory,
+                                                  tmp_path: Path) -> None:
+    report = diff_report(tmp_path_factory)
+    assert report.changed, "the two versions changed no patient of the cohort"
+    page = tmp_path / "diff.html"
+    page.write_text(report.to_html(), encoding="utf-8")
+    seen = render(page, tmp_path / "diff.png")
+    rules = sorted(report.tallies["rules_gained"].keys() | report.tallies["rules_lost"].keys()
+                   | report.tallies["rules_changed"].keys())
+    assert page_problems(seen, ("Summary",)) == []
+    assert rules and all(any(rule in h for h in seen["headings"]) for rule in rules)
+    assert _png_size(tmp_path / "diff.png")[0] == seen["viewport_width"]

@@ -95,3 +95,17 @@ def test_the_command_writes_the_page(tmp_path_factory: pytest.TempPathFactory,
     assert result.exit_code == 0, result.output
     page = target.read_text(encoding="utf-8")
     assert 'id="rule-PC-GAIT-02"' in page and "Patient/" not in page
+
+
+def test_every_item_a_rule_changed_is_shown_by_name(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # "rule change item code" -> the label of "rule item code": a flag's or
+    # referral's display, a plan item's text, a requested analyte's display
+    report = diff_report(tmp_path_factory)
+    keys = [key.split(" ") for key in report.tallies["rule_items"]]
+    kinds = {item for _, _, item, _ in keys}
+    assert {"flag", "plan", "data_request"} <= kinds
+    missing = [key for key in keys if f"{key[0]} {key[2]} {key[3]}" not in report.item_labels]
+    assert missing == []
+    page = report.to_html()
+    assert "Potassium" in page and "<td></td><td class=\"n\">" not in page
