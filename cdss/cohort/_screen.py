@@ -1111,7 +1111,8 @@ def screen(
                                   workers, resumed, sources, identifiers=identifiers,
                                   worklist_shown=worklist_shown)
     if "fhir" in wanted:
-        _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when),
+        _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when,
+                               rs.spec),
                     summary)
     timings = {"spill_seconds": round(spill_seconds, 3),
                "evaluate_seconds": round(eval_seconds, 3),
