@@ -534,8 +534,8 @@ class _LocalWorker:
         # nothing large in the arguments: spawn writes them to the child's pipe, and
         # more than a pipe holds would block here until the child has started
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_loop, args=(child,), daemon=True,
-                                       name="cdss-screen-worker")
+        self.process = context.Process(target=worker_loop, args=(child, os.getpid()),
+                                       daemon=True, name="cdss-screen-worker")
         self.process.start()
         child.close()
         self.task: PartitionTask | None = None
