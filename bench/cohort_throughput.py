@@ -19,7 +19,9 @@ timings are its own. Usage (see bench/README.md)::
     python bench/cohort_throughput.py --patients 100000 --out results.json
 
 ``--quick`` runs everything on small cohorts in about a minute, to check the
-script works.
+script works. ``--format fhir`` makes every screen write the FHIR output too;
+``--memory-only`` runs only the memory screens (2 workers, the full cohort and
+one ten times smaller), with the usual outputs and then with the FHIR output.
 
 ``--carebundle N`` measures instead a cohort of ``N`` patients written by carebundle (a
 third-party synthetic FHIR R4 generator, ``pip install carebundle``; realistic patients of
