@@ -19,7 +19,9 @@ timings are its own. Usage (see bench/README.md)::
     python bench/cohort_throughput.py --patients 100000 --out results.json
 
 ``--quick`` runs everything on small cohorts in about a minute, to check the
-script works.
+script works. ``--format fhir`` makes every screen write the FHIR output too;
+``--memory-only`` runs only the memory screens (2 workers, the full cohort and
+one ten times smaller), with the usual outputs and then with the FHIR output.
 
 ``--carebundle N`` measures instead a cohort of ``N`` patients written by carebundle (a
 third-party synthetic FHIR R4 generator, ``pip install carebundle``; realistic patients of
@@ -196,8 +198,10 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         summary = screen([config["inputs"]], ruleset=RULESET, as_of=AS_OF, out=out,
                          workers=config["workers"], mode=config["mode"],
-                         tune_malloc=config["tune_malloc"])
+                         tune_malloc=config["tune_malloc"],
+                         formats=config.get("formats", ()))
         seconds = time.perf_counter() - started
+        outputs = output_sizes(out)
     finally:
         stop.set()
         sampler.join()
@@ -217,7 +221,20 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         "peak_worker_mb": summary.memory.get("worker_peak_mb"),
         "peak_total_mb": round(peak["total"] / 2**20) or None,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "formats": list(config.get("formats", ())), "outputs_bytes": outputs,
     }
+
+
+def output_sizes(out: Path) -> dict[str, int]:
+    """The size of every result file of a screen (its working folder left out),
+    by path inside ``out``, and of the FHIR folder as a whole (``fhir/``)."""
+    sizes = {str(path.relative_to(out)): path.stat().st_size
+             for path in sorted(out.rglob("*"))
+             if path.is_file() and ".cdss-screen" not in path.relative_to(out).parts}
+    fhir = [n for name, n in sizes.items() if name.startswith("fhir/")]
+    if fhir:
+        sizes["fhir/"] = sum(fhir)
+    return sizes
 
 
 def screen_in_subprocess(**config: Any) -> dict[str, Any]:
@@ -230,8 +247,9 @@ def screen_in_subprocess(**config: Any) -> dict[str, Any]:
     print(f"  {config['label']}: {measured['patients']:,} patients in {measured['seconds']} s "
           f"= {measured['patients_per_second']:,}/s ({measured['patients_per_cpu_second']:,} per "
           f"CPU-s), load {measured['load_average']}, peak parent {measured['peak_parent_mb']} "
-          f"MB, worker {measured['peak_worker_mb']} MB, total {measured['peak_total_mb']} MB",
-          file=sys.stderr)
+          f"MB, worker {measured['peak_worker_mb']} MB, total {measured['peak_total_mb']} MB"
+          + (f", fhir/ {measured['outputs_bytes']['fhir/'] / 1e6:,.1f} MB"
+             if "fhir/" in measured["outputs_bytes"] else ""), file=sys.stderr)
     return measured
 
 
@@ -324,6 +342,50 @@ def carebundle_table(result: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- #
+# Memory: the full cohort against one ten times smaller
+# --------------------------------------------------------------------------- #
+def memory_ratios(big: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
+    """The ratios of two screens' peaks (and of their patients)."""
+    ratios: dict[str, Any] = {"patients": round(big["patients"] / small["patients"], 1)}
+    for what in ("peak_parent_mb", "peak_worker_mb", "peak_total_mb"):
+        if big.get(what) and small.get(what):
+            ratios[what] = round(big[what] / small[what], 2)
+    return ratios
+
+
+def memory_bench(big: Path, small: Path, labels: tuple[str, str]) -> dict[str, Any]:
+    """Screens (lean, 2 workers) of ``big`` and ``small`` with the usual outputs, then
+    with the FHIR output too, the small cohort first each time; the ratios of
+    their peaks."""
+    found: dict[str, Any] = {}
+    for name, formats in (("usual", []), ("fhir", ["fhir"])):
+        pair = {size: screen_in_subprocess(label=f"lean, 2 workers, {label}, {name} outputs",
+                                           inputs=inputs, workers=2, mode="lean",
+                                           tune_malloc=False, formats=formats)
+                for size, inputs, label in (("small", small, labels[1]),
+                                            ("big", big, labels[0]))}
+        found[name] = {**pair, "ratios": memory_ratios(pair["big"], pair["small"])}
+    return found
+
+
+def memory_table(found: dict[str, Any]) -> str:
+    """The memory screens as a Markdown table."""
+    lines = ["| outputs | patients | peak MB parent / worker / total | seconds | fhir/ MB |",
+             "|---|---|---|---|---|"]
+    for name, pair in found.items():
+        for size in ("small", "big"):
+            run = pair[size]
+            fhir = run["outputs_bytes"].get("fhir/")
+            lines.append(f"| {name} | {run['patients']:,} | {run['peak_parent_mb']} / "
+                         f"{run['peak_worker_mb']} / {run['peak_total_mb']} | "
+                         f"{run['seconds']} | {'' if fhir is None else f'{fhir / 1e6:,.1f}'} |")
+        r = pair["ratios"]
+        lines.append(f"| {name}: ratio | {r['patients']}x | {r.get('peak_parent_mb')}x / "
+                     f"{r.get('peak_worker_mb')}x / {r.get('peak_total_mb')}x | | |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
 # The whole benchmark
 # --------------------------------------------------------------------------- #
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--carebundle", type=int, default=None, metavar="N",
                         help="measure a carebundle cohort of N patients instead (floor, 1 and "
                              "2 workers, interleaved --repeat times)")
+    parser.add_argument("--format", dest="formats", action="append", default=[],
+                        choices=["fhir"],
+                        help="outputs every screen writes besides the usual ones (fhir: the "
+                             "FHIR Bulk Data folder)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory screens: 2 workers, the full cohort and one "
+                             "ten times smaller, with the usual outputs and with the FHIR "
+                             "output too")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
@@ -366,13 +436,21 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     big = cohort(data / f"n{patients}-s{args.seed}", patients, args.seed)
     small = cohort(data / f"n{small_n}-s{args.seed}", small_n, args.seed)
+    machine = {"python": platform.python_version(), "platform": platform.platform(),
+               "cpus": os.cpu_count()}
+    if args.memory_only:
+        found = {"machine": machine, "patients": patients,
+                 "memory": memory_bench(big, small, (f"{patients:,}", f"{small_n:,}"))}
+        print(memory_table(found["memory"]), file=sys.stderr)
+        text = json.dumps(found, indent=2)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+        return 0
     strict_cohort = cohort(data / f"n{strict_n}-s{args.seed}", strict_n, args.seed)
 
-    results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
-        "patients": patients,
-    }
+    results: dict[str, Any] = {"machine": machine, "patients": patients,
+                               "formats": args.formats}
     print("floor: read + orjson.loads", file=sys.stderr)
     results["floor"] = floor(big, patients)
     print(f"  {results['floor']['resources_per_second']:,} resources/s", file=sys.stderr)
@@ -383,12 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     print("screens of the full cohort", file=sys.stderr)
     runs = {
         "lean_w1": screen_in_subprocess(label="lean, 1 worker", inputs=big, workers=1,
-                                        mode="lean", tune_malloc=False),
+                                        mode="lean", tune_malloc=False, formats=args.formats),
         "lean_w2": screen_in_subprocess(label="lean, 2 workers", inputs=big, workers=2,
-                                        mode="lean", tune_malloc=False),
+                                        mode="lean", tune_malloc=False, formats=args.formats),
         "lean_w2_small": screen_in_subprocess(label=f"lean, 2 workers, {small_n:,} patients",
                                               inputs=small, workers=2, mode="lean",
-                                              tune_malloc=False),
+                                              tune_malloc=False, formats=args.formats),
     }
     results["screens"] = runs
     # Comparisons on a mid-size cohort, alternated and repeated: on a shared machine the
@@ -405,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         for name, variant in variants.items():
             pairs[name].append(screen_in_subprocess(label=f"{name}, {strict_n:,} patients",
-                                                    inputs=strict_cohort, **variant))
+                                                    inputs=strict_cohort, **variant,
+                                                    formats=args.formats))
     best = {name: max(r["patients_per_second"] for r in rs) for name, rs in pairs.items()}
     best_cpu = {name: max(r["patients_per_cpu_second"] for r in rs)
                 for name, rs in pairs.items()}

@@ -16,7 +16,17 @@ Workers write each partition's resources as ``key<TAB>type<TAB>json`` lines
 in patient order (:func:`partition_lines`); :func:`write_bulk` merges them
 into the files, so the output is sorted by patient and, within a patient, in
 the Bundle's order: the same screen gives the same bytes, resumed or not.
-The manifest's ``transactionTime`` is the screen's ``as_of``.
+
+The manifest has the fields a Bulk Data (STU2, STU3) export manifest requires:
+``transactionTime`` is the screen's ``as_of``; ``request``, in an export the
+URL of its kick-off request, is here (a screen has no HTTP request) the URN
+``urn:cdss:screen:<ruleset id>@<version>:<as_of>`` (:func:`screen_request`,
+``as_of`` the same instant as ``transactionTime``), naming what was asked
+for; ``requiresAccessToken`` is false (local files); ``output`` lists the
+files with their counts; ``error`` is empty (a patient's error is a row of
+the screen's ``errors.ndjson``, not a FHIR resource). Every field comes from
+the screen's arguments, never the clock, so a resumed screen writes the
+same manifest.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import orjson
 from cdss.outputs.fhir import fhir_instant, to_fhir_bundle
 
 __all__ = ["FHIR_FOLDER", "MANIFEST", "RESOURCE_TYPES", "bulk_resources", "partition_lines",
-           "patient_prefix", "remove_bulk", "write_bulk"]
+           "patient_prefix", "remove_bulk", "screen_request", "write_bulk"]
 
 #: The folder of a screen's FHIR output, inside the screen's output folder.
 FHIR_FOLDER = "fhir"
@@ -43,6 +53,13 @@ MANIFEST = "manifest.json"
 RESOURCE_TYPES = ("GuidanceResponse", "Parameters", "OperationOutcome", "DetectedIssue",
                   "ServiceRequest", "CarePlan", "Provenance")
 _URN = "urn:uuid:"
+
+
+def screen_request(ruleset: str, as_of: str) -> str:
+    """The manifest's ``request`` for a screen with ``ruleset`` (``id@version``)
+    at ``as_of`` (ISO date-time): ``urn:cdss:screen:<id>@<version>:<instant>``,
+    the instant as in ``transactionTime`` (``2026-03-01T00:00:00Z``)."""
+    return f"urn:cdss:screen:{ruleset}:{fhir_instant(datetime.fromisoformat(as_of))}"
 
 
 def patient_prefix(key: str) -> str:
@@ -97,8 +114,10 @@ def remove_bulk(out_dir: Path) -> None:
         folder.rmdir()
 
 
-def write_bulk(out_dir: Path, lines: Iterable[tuple[str, bytes]], as_of: str) -> dict[str, int]:
-    """Write the FHIR files and the manifest from merged ``(key, "type<TAB>json")``
+def write_bulk(out_dir: Path, lines: Iterable[tuple[str, bytes]], as_of: str,
+               ruleset: str) -> dict[str, int]:
+    """Write the FHIR files and the manifest of a screen with ``ruleset``
+    (``id@version``) at ``as_of`` from merged ``(key, "type<TAB>json")``
     lines; return the resources written by type. Each file is written under
     a temporary name and renamed when complete, the manifest last."""
     folder = out_dir / FHIR_FOLDER
@@ -131,6 +150,7 @@ def write_bulk(out_dir: Path, lines: Iterable[tuple[str, bytes]], as_of: str) ->
             target.unlink(missing_ok=True)
     manifest = {
         "transactionTime": fhir_instant(datetime.fromisoformat(as_of)),
+        "request": screen_request(ruleset, as_of),
         "requiresAccessToken": False,
         "output": [{"type": name, "url": f"{name}.ndjson", "count": counts[name]}
                    for name in RESOURCE_TYPES if name in counts],

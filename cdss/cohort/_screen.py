@@ -534,8 +534,8 @@ class _LocalWorker:
         # nothing large in the arguments: spawn writes them to the child's pipe, and
         # more than a pipe holds would block here until the child has started
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_loop, args=(child,), daemon=True,
-                                       name="cdss-screen-worker")
+        self.process = context.Process(target=worker_loop, args=(child, os.getpid()),
+                                       daemon=True, name="cdss-screen-worker")
         self.process.start()
         child.close()
         self.task: PartitionTask | None = None
@@ -1111,7 +1111,8 @@ def screen(
                                   workers, resumed, sources, identifiers=identifiers,
                                   worklist_shown=worklist_shown)
     if "fhir" in wanted:
-        _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when),
+        _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when,
+                               rs.spec),
                     summary)
     timings = {"spill_seconds": round(spill_seconds, 3),
                "evaluate_seconds": round(eval_seconds, 3),

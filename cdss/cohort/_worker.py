@@ -45,8 +45,8 @@ from cdss._changes import compare, rule_changes
 from cdss.errors import CDSSError, EngineError, InputError
 
 __all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "TaskKind",
-           "compare", "describe_exit", "in_flight", "peak_rss_mb", "run_partition",
-           "tune_malloc", "warm_up", "worker_loop"]
+           "compare", "describe_exit", "die_with_parent", "in_flight", "peak_rss_mb",
+           "run_partition", "tune_malloc", "warm_up", "worker_loop"]
 
 _SORT = orjson.OPT_SORT_KEYS
 _PREFIX = b'{"resourceType":"Bundle","type":"collection","entry":['
@@ -521,13 +521,41 @@ def run_partition(task: PartitionTask) -> PartitionCounts:
     return counts
 
 
-def worker_loop(conn: Any) -> None:
-    """The loop of a local worker process: :func:`warm_up`, then receive a
+def die_with_parent(parent: int | None) -> bool:
+    """Have the kernel kill this process (SIGKILL) when the process that
+    started it, ``parent``, dies (Linux: ``prctl(PR_SET_PDEATHSIG)``); exit
+    at once when it has died already. Returns whether it applied.
+
+    A screen's worker would otherwise go on with its partition after the
+    screen was killed (``kill -9``, an out-of-memory kill of the screen's
+    process), and a ``--resume`` started meanwhile would evaluate the same
+    partition and race it over the partition's files. (The kernel sends the
+    signal when the *thread* that started the process ends: a screen starts,
+    uses and stops its workers in the thread that runs it.) Elsewhere than
+    Linux a worker ends when it next finds the caller gone."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if parent is not None and os.getppid() != parent:  # died before the prctl
+        os._exit(1)
+    return True
+
+
+def worker_loop(conn: Any, parent: int | None = None) -> None:
+    """The loop of a local worker process: :func:`die_with_parent` (the
+    caller's process id ``parent``), :func:`warm_up`, then receive a
     :class:`PartitionTask` on ``conn`` (a :mod:`multiprocessing` connection),
     run it, send back ``("done", PartitionCounts, None)`` or ``("failed",
     "Type: message", pickled exception or None)``; stop on ``None`` or when
     the caller has gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    die_with_parent(parent)
     warm_up()
     while True:
         message: tuple[str, Any, bytes | None]

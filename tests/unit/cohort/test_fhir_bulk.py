@@ -5,9 +5,10 @@ Stated in words:
 
 1. The usual outputs do not change, byte for byte, when the FHIR output is
    asked for too.
-2. One file per resource type and a manifest naming them; every resource is
-   valid R4, its id unique across the cohort, and every reference between
-   the screen's resources resolves in the files.
+2. One file per resource type and a manifest naming them, with every field a
+   Bulk Data manifest requires; every resource is valid R4, its id unique
+   across the cohort, and every reference between the screen's resources
+   resolves in the files.
 3. A resumed screen writes the same bytes as an uninterrupted one.
 4. The shipped ViewDefinitions, run by a FHIRPath engine of someone else's
    (fhirpathpy), give the rows of the assessments: the same patients, flags,
@@ -28,7 +29,7 @@ import pytest
 
 from cdss.cohort import FORMATS, VIEWS, GeneratedCohort, screen, view_definition
 from cdss.cohort import _screen as cohort_mod
-from cdss.cohort._fhir_bulk import RESOURCE_TYPES, patient_prefix
+from cdss.cohort._fhir_bulk import RESOURCE_TYPES, patient_prefix, screen_request
 from cdss.cohort._worker import run_partition
 from cdss.errors import CohortError, InvalidArgument
 from tests.support.cohort import AS_OF, RULESET, read_ndjson, shared_cohort, stop_at_partition
@@ -90,6 +91,25 @@ def test_one_file_per_type_and_a_manifest(with_fhir: cohort_mod.ScreenSummary) -
     assert listed["DetectedIssue"]["count"] == sum(with_fhir.flags.values())
     assert listed["ServiceRequest"]["count"] == sum(with_fhir.referrals.values())
     assert {"CarePlan", "Parameters"} <= set(listed)
+
+
+def test_the_manifest_has_every_field_a_bulk_data_manifest_requires(
+        with_fhir: cohort_mod.ScreenSummary) -> None:
+    # Bulk Data STU2/STU3 export manifest: all five required, of these JSON types
+    manifest = orjson.loads((with_fhir.out / "fhir" / "manifest.json").read_bytes())
+    required = {"transactionTime": str, "request": str, "requiresAccessToken": bool,
+                "output": list, "error": list}
+    assert list(manifest) == list(required)  # nothing else, in the specification's order
+    for name, kind in required.items():
+        assert isinstance(manifest[name], kind), name
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)",
+                        manifest["transactionTime"])
+    # no HTTP kick-off request: a URN naming the ruleset and the as-of instant
+    assert manifest["request"] == "urn:cdss:screen:plantar-cramps@1.0.0:2026-03-01T00:00:00Z"
+    assert manifest["request"] == screen_request(RULESET, with_fhir.as_of)
+    for item in manifest["output"]:
+        assert isinstance(item["type"], str) and isinstance(item["url"], str)
+        assert isinstance(item["count"], int) and not isinstance(item["count"], bool)
 
 
 def test_ids_are_unique_and_references_resolve(with_fhir: cohort_mod.ScreenSummary) -> None:
