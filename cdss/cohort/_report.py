@@ -356,12 +356,11 @@ def render_report(summary: Mapping[str, Any],
         "<h2>Ruleset</h2>",
         _table([("id", ruleset.get("id", "")), ("version", ruleset.get("version", "")),
                 ("title", ruleset.get("title", "")), ("sha256", ruleset.get("sha256", ""))]),
-        "<h2>Timings and memory</h2>",
-        _table([*summary.get("timings", {}).items(),
-                *((f"memory: {k}", v) for k, v in summary.get("memory", {}).items()
-                  if v is not None)]),
         "<h2>Inputs</h2>",
         _table([(name,) for name in summary.get("inputs", [])]),
+        '<p class="muted">The run\'s timings and peak memory are in <code>run.json</code>: '
+        "this page and <code>summary.json</code> hold only results, the same bytes for the "
+        "same inputs, ruleset and as-of date, resumed or not.</p>",
         f"<script>{_WORKLIST_SCRIPT}</script>" if worklist else "",
         "</body></html>",
     ]

@@ -18,7 +18,9 @@
    ``report.html``, all sorted by patient reference, and ``worklist.csv`` and
    ``worklist.parquet``: the patients to act on, most severe first
    (:mod:`cdss.cohort._worklist`; each partition writes its rows in that
-   order, so the merge streams them).
+   order, so the merge streams them). ``run.json`` holds what measures the
+   run (timings, peak memory, whether it was resumed); every other file is
+   the same bytes for the same inputs, ruleset and as-of date, resumed or not.
 
 Every patient seen gets exactly one row, an Assessment or an error, and the
 counts are checked (patients seen = assessments + patient errors) before the
@@ -91,7 +93,11 @@ MAX_PARTITIONS = 512
 _WORK = ".cdss-screen"
 _STATE_VERSION = 1
 _OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "summary.json",
-            "report.html", "worklist.csv", "worklist.parquet")
+            "report.html", "worklist.csv", "worklist.parquet", "run.json")
+#: The summary's fields that measure the run rather than its results: in
+#: ``run.json``, never in ``summary.json`` or ``report.html``, so that those
+#: are the same bytes for the same inputs, resumed or not.
+RUN_FIELDS = ("timings", "memory", "resumed")
 _SORT = orjson.OPT_SORT_KEYS
 #: How many worklist rows a screen's report shows by default.
 WORKLIST_SHOWN = 500
@@ -104,8 +110,10 @@ WORKLIST_SHOWN = 500
 class ScreenSummary:
     """What a screen did: counts, prevalence, errors, identity and timings.
 
-    The same content is in ``summary.json``. ``balanced`` is the check that
-    every patient seen has exactly one row (an Assessment or an error).
+    The same content is in ``summary.json`` (the results) and ``run.json``
+    (:data:`RUN_FIELDS`: the run's timings, peak memory and whether it was
+    resumed). ``balanced`` is the check that every patient seen has exactly
+    one row (an Assessment or an error).
     """
 
     out: Path
@@ -158,7 +166,8 @@ class ScreenSummary:
         return self.flags.get(code, 0) / self.assessed if self.assessed else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary as JSON-ready data (the content of ``summary.json``)."""
+        """The summary as JSON-ready data: the content of ``summary.json`` and,
+        under :data:`RUN_FIELDS`, of ``run.json``."""
         return {
             "ruleset": self.ruleset, "as_of": self.as_of, "mode": self.mode,
             "executor": self.executor, "workers": self.workers, "partitions": self.partitions,
@@ -179,6 +188,15 @@ class ScreenSummary:
         }
 
     @classmethod
+    def read(cls, out: Path) -> ScreenSummary:
+        """The summary of the finished screen in ``out`` (``summary.json`` and
+        ``run.json``)."""
+        data = orjson.loads((out / "summary.json").read_bytes())
+        run = out / "run.json"
+        return cls.from_dict(out, {**data, **(orjson.loads(run.read_bytes())
+                                              if run.exists() else {})})
+
+    @classmethod
     def from_dict(cls, out: Path, data: Mapping[str, Any]) -> ScreenSummary:
         counts = data["counts"]
         return cls(
@@ -190,7 +208,7 @@ class ScreenSummary:
             flags={code: v["patients"] for code, v in data["flags"].items()},
             severity=dict(data["highest_severity"]), referrals=dict(data["referrals"]),
             plan=dict(data["plan"]), data_requests=dict(data["data_requests"]),
-            errors_by_kind=dict(data["errors_by_kind"]), timings=dict(data["timings"]),
+            errors_by_kind=dict(data["errors_by_kind"]), timings=dict(data.get("timings", {})),
             resumed=bool(data.get("resumed")), inputs=tuple(data.get("inputs", ())),
             memory=dict(data.get("memory", {})),
             unmapped_codes=dict(data.get("unmapped_codes", {})),
@@ -1081,8 +1099,7 @@ def screen(
     if state is not None and state.get("complete") and (out_dir / "summary.json").exists():
         _prepare(work, kind="screen", sources=sources, rulesets=[rs], as_of=when, mode=mode,
                  workers=workers, partitions=partitions, resume=True, evaluator=evaluator)
-        finished = ScreenSummary.from_dict(out_dir, orjson.loads(
-            (out_dir / "summary.json").read_bytes()))
+        finished = ScreenSummary.read(out_dir)
         if finished.worklist.get("identifiers", True) != identifiers:
             raise CohortError(f"the finished screen in {out_dir} was made with identifiers="
                               f"{not identifiers}; run it again without resume")
@@ -1127,12 +1144,15 @@ def screen(
     worker_peaks = [c.peak_rss_mb for c in counts.values() if c.peak_rss_mb]
     summary["memory"] = {"parent_peak_mb": peak_rss_mb(),
                          "worker_peak_mb": max(worker_peaks) if worker_peaks else None}
-    write_atomic(out_dir / "summary.json", orjson.dumps(summary, option=_SORT
-                                                        | orjson.OPT_INDENT_2) + b"\n")
+    results = {k: v for k, v in summary.items() if k not in RUN_FIELDS}
+    for name, data in (("summary.json", results),
+                       ("run.json", {k: summary[k] for k in RUN_FIELDS})):
+        write_atomic(out_dir / name, orjson.dumps(data, option=_SORT | orjson.OPT_INDENT_2)
+                     + b"\n")
     from cdss.cohort._report import render_report
 
     write_atomic(out_dir / "report.html",
-                 render_report(summary, worklist=head.rows).encode("utf-8"))
+                 render_report(results, worklist=head.rows).encode("utf-8"))
     write_atomic(work.state, orjson.dumps({**(work.read_state() or {}), "complete": True},
                                           option=_SORT))
     shutil.rmtree(work.spill, ignore_errors=True)

@@ -86,10 +86,16 @@ def test_the_summary_counts_balance_and_match_the_rows(
     assert summary["ruleset"] == {"id": "plantar-cramps", "version": "1.0.0",
                                   "sha256": rs.sha256, "title": rs.file.title}
     assert summary["as_of"] == "2026-03-01T00:00:00+00:00"
-    assert {"spill_seconds", "evaluate_seconds", "merge_seconds",
-            "total_seconds"} <= set(summary["timings"])
     assert summary["resources"]["types"]["Encounter"] > 0
-    assert set(summary["memory"]) == {"parent_peak_mb", "worker_peak_mb"}
+    # what measures the run is in run.json, never in the results
+    run = orjson.loads((screened.out / "run.json").read_bytes())
+    assert {"spill_seconds", "evaluate_seconds", "merge_seconds",
+            "total_seconds"} <= set(run["timings"])
+    assert set(run["memory"]) == {"parent_peak_mb", "worker_peak_mb"}
+    assert run["resumed"] is False
+    assert not {"timings", "memory", "resumed"} & set(summary)
+    report = (screened.out / "report.html").read_text()
+    assert "seconds" not in report and "run.json" in report
     assert (screened.out / "errors.ndjson").read_bytes() == b""
 
 
@@ -209,7 +215,8 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
     assert resumed.resumed and resumed.timings["partitions_reused"] == 2
     assert resumed.partitions == 5
     assert assessment_lines(out) == assessment_lines(screened.out)
-    for name in ("assessments.parquet", "errors.ndjson", "worklist.csv", "worklist.parquet"):
+    for name in ("assessments.parquet", "errors.ndjson", "worklist.csv", "worklist.parquet",
+                 "summary.json", "report.html"):
         assert (out / name).read_bytes() == (screened.out / name).read_bytes(), name
     assert resumed.patients == resumed.assessed == 150
     # resuming a finished screen does nothing and says the same
