@@ -57,10 +57,10 @@ find_chromium() {
 
 if [ -z "$(find_chromium)" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Chromium (Debian package chromium)"
+    say "installing Chromium (Debian packages chromium, fonts-liberation)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
   else
     die "no Chromium found: install it (Debian/Ubuntu: apt install chromium) or set CDSS_CHROMIUM to its path"
   fi
