@@ -26,6 +26,7 @@ from cdss.service._runtime import Worker
 from cdss.service._shadow import AfterAnswer
 from cdss.service._store import Store, shadow_report
 from tests.support.builders import finding, lab
+from tests.support.logs import secrets_in
 from tests.unit.service.test_service import NAMED, NAMED_VALUES, NOW, call
 
 ACTIVE = "plantar-cramps@1.1.0"
@@ -100,11 +101,10 @@ def test_differences_are_recorded_and_the_answer_is_the_active_one(
     assert lines[0]["active"] == ACTIVE and lines[0]["candidate"] == CANDIDATE
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     stored = dump(db)
-    for secret in ("pq7w3", "3.377", *NAMED_VALUES):
-        assert secret not in logged, secret
-    for secret in ("pq7w3", "3.377", body["hookInstance"], *NAMED_VALUES):
-        assert secret not in stored, secret
-        assert secret not in orjson.dumps(lines).decode(), secret
+    assert secrets_in(logged, ("pq7w3", "3.377", *NAMED_VALUES)) == []
+    secrets = ("pq7w3", "3.377", body["hookInstance"], *NAMED_VALUES)
+    assert secrets_in(stored, secrets) == []
+    assert secrets_in(orjson.dumps(lines).decode(), secrets) == []
 
     result = CliRunner().invoke(cli.app, ["shadow-report", "--store", str(db)])
     assert result.exit_code == 0, result.output
