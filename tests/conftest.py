@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: the mini ruleset written to a temporary folder."""
+"""Fixtures shared by every test: the mini ruleset written to a temporary folder,
+and the generated cohort the cohort tests screen."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tests.support.rulesets import MINI_RULESET, write_ruleset
 
 if TYPE_CHECKING:
     import cdss
+    from cdss.cohort import GeneratedCohort
 
 
 @pytest.fixture
@@ -23,3 +25,11 @@ def mini(mini_path: Path) -> cdss.Ruleset:
     from cdss.rulesets import load_ruleset_file
 
     return load_ruleset_file(mini_path)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
+    """The session's generated cohort (made once; see ``tests.support.cohort``)."""
+    from tests.support.cohort import shared_cohort
+
+    return shared_cohort(tmp_path_factory)

@@ -24,18 +24,12 @@ from tests.support.cohort import (
     RULESET,
     assessment_lines,
     read_ndjson,
-    shared_cohort,
     shared_expected,
     write_ndjson,
 )
 from tests.support.probes import evaluate_or_die
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
-    return shared_cohort(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

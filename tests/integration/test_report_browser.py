@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cdss.cohort import GeneratedCohort, screen
-from tests.support.cohort import AS_OF, RULESET, shared_cohort
+from tests.support.cohort import AS_OF, RULESET
 from tests.support.tools import chromium, run_node
 from tests.unit.cohort.test_diff_rules import diff_report
 
@@ -70,11 +70,6 @@ def _png_size(path: Path) -> tuple[int, int]:
     assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     width, height = struct.unpack(">II", head[16:24])
     return width, height
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
-    return shared_cohort(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,17 @@ import orjson
 import pytest
 
 import cdss
-from cdss.cohort import GeneratedCohort, generate_cohort
+from cdss.cohort import GeneratedCohort, ScreenSummary, generate_cohort, screen
 
 AS_OF = "2026-03-01"
 RULESET = "plantar-cramps@1.0.0"
+
+
+def screen_cohort(inputs: Any, out: Path, **kwargs: Any) -> ScreenSummary:
+    """A screen with the tests' ruleset and as-of date, in this process unless
+    ``workers`` is given."""
+    kwargs.setdefault("workers", 0)
+    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, **kwargs)
 
 
 def read_ndjson(path: Path) -> list[dict[str, Any]]:
@@ -86,10 +93,11 @@ def shared_expected(cohort: GeneratedCohort) -> dict[str, bytes]:
     return dict(_CACHE["expected"])
 
 
-def stop_at_partition(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
-    """Make the ``nth`` partition a screen runs raise KeyboardInterrupt (the
-    screen stopped mid-way); the ones before it run as usual. Undo with
-    ``monkeypatch.setattr(cohort_mod, "run_partition", run_partition)``."""
+def interrupted_screen(monkeypatch: pytest.MonkeyPatch, nth: int, inputs: Any, out: Path,
+                       **kwargs: Any) -> None:
+    """Run :func:`screen_cohort` and stop it (KeyboardInterrupt) when it reaches
+    its ``nth`` partition, the ones before it run as usual; afterwards the
+    screen's partitions run as usual again, for the resume."""
     from cdss.cohort import _screen as cohort_mod
     from cdss.cohort._worker import run_partition
 
@@ -102,3 +110,6 @@ def stop_at_partition(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
         return run_partition(task)
 
     monkeypatch.setattr(cohort_mod, "run_partition", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        screen_cohort(inputs, out, **kwargs)
+    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)

@@ -20,16 +20,19 @@ import pytest
 
 from cdss.cohort import CohortError, screen
 from tests.support.builders import condition, lab
-from tests.support.cohort import AS_OF, RULESET, assessment_lines, read_ndjson, write_ndjson
+from tests.support.cohort import (
+    AS_OF,
+    RULESET,
+    assessment_lines,
+    read_ndjson,
+    screen_cohort,
+    write_ndjson,
+)
 
 
 def _patients(*ids: str) -> list[dict[str, Any]]:
     return [{"resourceType": "Patient", "id": pid, "gender": "female",
              "birthDate": "1970-01-01"} for pid in ids]
-
-
-def _screen(inputs: Any, out: Path) -> Any:
-    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, workers=0)
 
 
 def _base(folder: Path) -> Path:
@@ -52,7 +55,7 @@ def test_a_truncated_line_is_a_resource_error_with_file_and_line(tmp_path: Path)
     data = _base(tmp_path / "in")
     good = orjson.dumps(lab("k2-b", "2823-3", 3.0, "mmol/L", pid="b"))
     write_ndjson(data / "Observation.2.ndjson", [good, good[: len(good) // 2], good])
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     (error,) = _errors(tmp_path / "out")
     assert error["kind"] == "resource" and error["error"] == "malformed-json"
     assert error["file"].endswith("Observation.2.ndjson") and error["line"] == 2
@@ -66,7 +69,7 @@ def test_a_malformed_first_line_is_one_error_row(tmp_path: Path) -> None:
     first, second = (orjson.dumps(lab(f"k{i}-b", "2823-3", 3.0, "mmol/L", pid="b"))
                      for i in (2, 3))
     write_ndjson(data / "Observation.2.ndjson", [first[: len(first) // 2], first, second])
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     errors = _errors(tmp_path / "out")
     assert [(e["kind"], e["error"], e["line"]) for e in errors] == [
         ("resource", "malformed-json", 1)]
@@ -129,7 +132,7 @@ def test_a_resource_without_a_subject_is_a_resource_error(tmp_path: Path) -> Non
     orphan = lab("lost", "2823-3", 3.0, "mmol/L")
     del orphan["subject"]
     write_ndjson(data / "Observation.2.ndjson", [orphan])
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     (error,) = _errors(tmp_path / "out")
     assert (error["error"], error["resource_type"], error["resource_id"], error["line"]) == (
         "no-patient-reference", "Observation", "lost", 1)
@@ -142,7 +145,7 @@ def test_an_unknown_resource_type(tmp_path: Path) -> None:
         {"resourceType": "Observaton", "id": "x1"},  # names no patient
         {"resourceType": "Observaton", "id": "x2", "subject": {"reference": "Patient/b"}},
     ])
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     errors = {e["error"]: e for e in _errors(tmp_path / "out")}
     assert errors["unknown-resource-type"]["kind"] == "resource"
     assert errors["unknown-resource-type"]["line"] == 1
@@ -189,7 +192,7 @@ def test_a_file_that_is_not_ndjson_is_a_file_error(tmp_path: Path) -> None:
     data = _base(tmp_path / "in")
     (data / "pretty.ndjson").write_text('{\n  "resourceType": "Patient",\n  "id": "z"\n}\n')
     (data / "binary.ndjson").write_bytes(bytes(range(256)) * 40)
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     errors = _errors(tmp_path / "out")
     assert sorted((e["kind"], e["error"], Path(e["file"]).name) for e in errors) == [
         ("file", "not-ndjson", "binary.ndjson"), ("file", "not-ndjson", "pretty.ndjson")]
@@ -201,7 +204,7 @@ def test_a_damaged_gzip_file_keeps_what_was_read(tmp_path: Path) -> None:
     lines = b"".join(orjson.dumps(r) + b"\n" for r in _patients(*(f"g{i}" for i in range(50))))
     packed = gzip.compress(lines)
     (data / "More.ndjson.gz").write_bytes(packed[: len(packed) - 20])
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     (error,) = _errors(tmp_path / "out")
     assert (error["kind"], error["error"]) == ("file", "unreadable-file")
     assert summary.balanced and summary.assessed >= 3
@@ -221,7 +224,7 @@ def test_other_references_and_resources_of_no_patient(tmp_path: Path) -> None:
         condition("c-d", "202882003", pid="d"),  # a patient with no Patient resource
     ])
     (data / "Other.ndjson").write_bytes((data / "Other.ndjson").read_bytes() + b"\n\n")
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     (error,) = _errors(tmp_path / "out")
     assert error["error"] == "not-a-patient-reference" and error["resource_id"] == "grp"
     assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/b", "Patient/c", "Patient/d"]
@@ -243,9 +246,9 @@ def test_nothing_to_screen_is_a_clear_cohort_error(tmp_path: Path, setup: str) -
     if setup == "unrelated":
         (folder / "notes.txt").write_text("hello")
     with pytest.raises(CohortError, match=r"no NDJSON|no such file"):
-        _screen(folder, tmp_path / "out")
+        screen_cohort(folder, tmp_path / "out")
     with pytest.raises(CohortError, match="no input"):
-        _screen([], tmp_path / "out")
+        screen_cohort([], tmp_path / "out")
 
 
 def test_a_manifest_naming_a_missing_file(tmp_path: Path) -> None:
@@ -255,12 +258,12 @@ def test_a_manifest_naming_a_missing_file(tmp_path: Path) -> None:
         "output": [{"type": "Patient", "url": "Patient.ndjson"},
                    {"type": "Condition", "url": "Condition.ndjson"}]}))
     with pytest.raises(CohortError, match=r"Condition\.ndjson"):
-        _screen(data, tmp_path / "out")
+        screen_cohort(data, tmp_path / "out")
 
 
 def test_an_empty_file_screens_no_one(tmp_path: Path) -> None:
     (tmp_path / "Patient.ndjson").write_bytes(b"")
-    summary = _screen(tmp_path / "Patient.ndjson", tmp_path / "out")
+    summary = screen_cohort(tmp_path / "Patient.ndjson", tmp_path / "out")
     assert (summary.patients, summary.assessed, summary.balanced) == (0, 0, True)
     assert (tmp_path / "out" / "assessments.ndjson").read_bytes() == b""
 
@@ -276,7 +279,7 @@ def test_bundle_files_with_problems(tmp_path: Path) -> None:
     (folder / "b.json").write_bytes(b'{"resourceType": "Bundle", "entry": [')
     (folder / "c.json").write_bytes(orjson.dumps({"hello": "world"}))
     (folder / "d.json").write_bytes(orjson.dumps([_patients("d")[0]]))
-    summary = _screen(folder, tmp_path / "out")
+    summary = screen_cohort(folder, tmp_path / "out")
     kinds = sorted((e["kind"], e["error"]) for e in _errors(tmp_path / "out"))
     assert kinds == [("file", "not-fhir"), ("file", "not-json"), ("resource", "bad-bundle")]
     assert _assessed(tmp_path / "out") == ["Patient/a", "Patient/d"]
@@ -303,7 +306,7 @@ def test_the_summary_and_report_list_the_most_frequent_unmapped_codes(tmp_path: 
     write_ndjson(data / "Observation.vitals.ndjson",
                  [*hr, lab("bmi-a", "39156-5", 24.0, "kg/m2", pid="a")])
     write_ndjson(data / "Condition.ndjson", [condition("x-b", "999999", pid="b")])
-    summary = _screen(data, tmp_path / "out")
+    summary = screen_cohort(data, tmp_path / "out")
     assert summary.unmapped_codes == {"http://loinc.org|8867-4": 3,
                                       "http://loinc.org|39156-5": 1,
                                       "http://snomed.info/sct|999999": 1}

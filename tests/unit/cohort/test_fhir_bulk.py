@@ -27,12 +27,17 @@ from typing import Any
 import orjson
 import pytest
 
-from cdss.cohort import FORMATS, VIEWS, GeneratedCohort, screen, view_definition
+from cdss.cohort import FORMATS, VIEWS, GeneratedCohort, view_definition
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._fhir_bulk import RESOURCE_TYPES, patient_prefix, screen_request
-from cdss.cohort._worker import run_partition
 from cdss.errors import CohortError, InvalidArgument
-from tests.support.cohort import AS_OF, RULESET, read_ndjson, shared_cohort, stop_at_partition
+from tests.support.cohort import (
+    AS_OF,
+    RULESET,
+    interrupted_screen,
+    read_ndjson,
+    screen_cohort,
+)
 from tests.support.sof import expected_rows, fhir_resources, mismatch, run_view
 
 _OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "worklist.csv",
@@ -40,25 +45,15 @@ _OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "workl
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
-    return shared_cohort(tmp_path_factory)
-
-
-def _screen(inputs: Any, out: Path, **kwargs: Any) -> cohort_mod.ScreenSummary:
-    kwargs.setdefault("workers", 0)
-    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, **kwargs)
-
-
-@pytest.fixture(scope="module")
 def plain(cohort: GeneratedCohort, tmp_path_factory: pytest.TempPathFactory
           ) -> cohort_mod.ScreenSummary:
-    return _screen([cohort.out], tmp_path_factory.mktemp("plain"), partitions=5)
+    return screen_cohort([cohort.out], tmp_path_factory.mktemp("plain"), partitions=5)
 
 
 @pytest.fixture(scope="module")
 def with_fhir(cohort: GeneratedCohort, tmp_path_factory: pytest.TempPathFactory
               ) -> cohort_mod.ScreenSummary:
-    return _screen([cohort.out], tmp_path_factory.mktemp("fhir"), partitions=5,
+    return screen_cohort([cohort.out], tmp_path_factory.mktemp("fhir"), partitions=5,
                    formats=["fhir"])
 
 
@@ -153,16 +148,13 @@ def test_a_resumed_screen_writes_the_same_fhir_files(
         cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
-    stop_at_partition(monkeypatch, 3)  # the screen is stopped mid-way
-    with pytest.raises(KeyboardInterrupt):
-        _screen([cohort.out], out, partitions=5, formats=["fhir"])
+    interrupted_screen(monkeypatch, 3, [cohort.out], out, partitions=5, formats=["fhir"])
     assert not (out / "fhir").exists()
-    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
-    resumed = _screen([cohort.out], out, resume=True, formats=["fhir"])
+    resumed = screen_cohort([cohort.out], out, resume=True, formats=["fhir"])
     assert resumed.timings["partitions_reused"] == 2
     assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
     # the finished screen resumed again keeps them
-    _screen([cohort.out], out, resume=True, formats=["fhir"])
+    screen_cohort([cohort.out], out, resume=True, formats=["fhir"])
     assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
 
 
@@ -170,11 +162,8 @@ def test_resuming_with_the_fhir_output_redoes_partitions_without_it(
         cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "added"
-    stop_at_partition(monkeypatch, 3)  # the screen is stopped mid-way
-    with pytest.raises(KeyboardInterrupt):
-        _screen([cohort.out], out, partitions=5)
-    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
-    resumed = _screen([cohort.out], out, resume=True, formats=["fhir"])
+    interrupted_screen(monkeypatch, 3, [cohort.out], out, partitions=5)
+    resumed = screen_cohort([cohort.out], out, resume=True, formats=["fhir"])
     assert resumed.timings["partitions_reused"] == 0
     assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)
 
@@ -182,23 +171,23 @@ def test_resuming_with_the_fhir_output_redoes_partitions_without_it(
 def test_a_finished_screen_without_it_cannot_add_it_on_resume(
         cohort: GeneratedCohort, plain: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
     out = tmp_path / "done"
-    _screen([cohort.out], out, partitions=5)
+    screen_cohort([cohort.out], out, partitions=5)
     with pytest.raises(CohortError, match="no FHIR output"):
-        _screen([cohort.out], out, resume=True, formats=["fhir"])
+        screen_cohort([cohort.out], out, resume=True, formats=["fhir"])
 
 
 def test_a_new_screen_removes_an_old_fhir_output(cohort: GeneratedCohort,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "again"
-    _screen([cohort.out], out, partitions=2, formats=["fhir"])
+    screen_cohort([cohort.out], out, partitions=2, formats=["fhir"])
     assert (out / "fhir" / "manifest.json").exists()
-    _screen([cohort.out], out, partitions=2)
+    screen_cohort([cohort.out], out, partitions=2)
     assert not (out / "fhir").exists()
 
 
 def test_unknown_formats_are_refused(cohort: GeneratedCohort, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="formats"):
-        _screen([cohort.out], tmp_path / "x", formats=["csv"])
+        screen_cohort([cohort.out], tmp_path / "x", formats=["csv"])
 
 
 # --------------------------------------------------------------------------- #
@@ -277,5 +266,5 @@ def test_a_fhir_output_that_does_not_balance_is_refused() -> None:
 def test_worker_processes_write_the_same_fhir_files(
         cohort: GeneratedCohort, with_fhir: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
     out = tmp_path / "workers"
-    _screen([cohort.out], out, partitions=5, workers=2, formats=["fhir"])
+    screen_cohort([cohort.out], out, partitions=5, workers=2, formats=["fhir"])
     assert _fhir_bytes(out) == _fhir_bytes(with_fhir.out)

@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from cdss.cohort import CohortError, screen
+from cdss.cohort import CohortError
 from cdss.cohort._inputs import discover
 from tests.support.builders import condition, lab, patient
-from tests.support.cohort import AS_OF, RULESET, read_ndjson, write_ndjson
+from tests.support.cohort import AS_OF, RULESET, read_ndjson, screen_cohort, write_ndjson
 
 IDS = ("a", "b", "c", "d")
 
@@ -58,10 +58,6 @@ def _header(pid: str) -> dict[str, Any]:
         {"name": "header", "valueReference": {"reference": f"Patient/{pid}"}}]}
 
 
-def _screen(inputs: Any, out: Path) -> Any:
-    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, workers=0)
-
-
 def _names(files: Sequence[Any], root: Path) -> list[tuple[str, str]]:
     return [(str(f.path.relative_to(root.resolve())), f.role) for f in files]
 
@@ -97,7 +93,7 @@ def test_a_folder_tree_without_any_input_is_refused(tmp_path: Path) -> None:
 
 def test_a_screens_own_output_folder_is_not_an_export(tmp_path: Path) -> None:
     root = _plain(tmp_path / "in")
-    _screen(root, root / "results")
+    screen_cohort(root, root / "results")
     assert all("results" not in str(f.path) for f in discover([root]))
 
 
@@ -109,7 +105,7 @@ def test_ndjson_and_bundle_files_in_one_folder_are_both_read(tmp_path: Path) -> 
     assert [(f.path.name, f.kind) for f in discover([folder])] == [
         ("Condition.ndjson", "ndjson"), ("Observation.ndjson", "ndjson"),
         ("Patient.ndjson", "ndjson"), ("more.json", "json")]
-    summary = _screen(folder, tmp_path / "out")
+    summary = screen_cohort(folder, tmp_path / "out")
     assert summary.assessed == 3 and summary.balanced
 
 
@@ -157,7 +153,7 @@ def test_the_exports_own_errors_are_error_rows_not_patient_data(tmp_path: Path,
     _manifest(folder / "manifest.json", output=outputs,
               **{key: [{"type": "OperationOutcome", "url": "errors/OperationOutcome.ndjson"}]})
     assert [f.role for f in discover([folder])] == ["data", "data", "data", "errors"]
-    summary = _screen(folder, tmp_path / "out")
+    summary = screen_cohort(folder, tmp_path / "out")
     rows = read_ndjson(tmp_path / "out" / "errors.ndjson")
     assert [(r["kind"], r["error"], r["line"]) for r in rows] == [
         ("export", "export-outcome", 1), ("export", "malformed-json", 2),
@@ -181,7 +177,7 @@ def test_deleted_files_are_counted_and_not_read(tmp_path: Path) -> None:
     _manifest(folder / "manifest.json", output=outputs, deleted=[
         {"type": "Bundle", "url": "deleted.ndjson"},
         {"type": "Bundle", "url": "https://server.example/bulk/gone.ndjson"}])
-    summary = _screen(folder, tmp_path / "out")
+    summary = screen_cohort(folder, tmp_path / "out")
     assert summary.resources["deleted_files"] == 1
     assert summary.assessed == 2 and read_ndjson(tmp_path / "out" / "errors.ndjson") == []
 
@@ -201,7 +197,7 @@ def test_output_organized_by_patient_skips_the_block_headers(tmp_path: Path) -> 
     folder = tmp_path / "export"
     outputs = _organized(folder, IDS)
     _manifest(folder / "manifest.json", outputOrganizedBy="Patient", output=outputs)
-    summary = _screen(folder, tmp_path / "out")
+    summary = screen_cohort(folder, tmp_path / "out")
     assert read_ndjson(tmp_path / "out" / "errors.ndjson") == []
     assert summary.resources["block_headers"] == len(IDS) + 1
     assert summary.resources["not_patient_specific"] == 0
@@ -287,8 +283,8 @@ def _export_shapes(root: Path) -> Path:
 
 
 def test_every_shape_gives_the_assessments_of_one_plain_folder(tmp_path: Path) -> None:
-    plain = _screen(_plain(tmp_path / "plain"), tmp_path / "out-plain")
-    shapes = _screen(_export_shapes(tmp_path / "shapes"), tmp_path / "out-shapes")
+    plain = screen_cohort(_plain(tmp_path / "plain"), tmp_path / "out-plain")
+    shapes = screen_cohort(_export_shapes(tmp_path / "shapes"), tmp_path / "out-shapes")
     assert shapes.assessed == plain.assessed == len(IDS)
     assert (tmp_path / "out-shapes" / "assessments.ndjson").read_bytes() == (
         tmp_path / "out-plain" / "assessments.ndjson").read_bytes()

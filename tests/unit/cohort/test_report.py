@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from cdss.cohort import GeneratedCohort, screen
+from cdss.cohort import GeneratedCohort
 from cdss.cohort import _screen as cohort_mod
 from cdss.cohort._report import render_report
-from tests.support.cohort import AS_OF, RULESET, shared_cohort
+from tests.support.cohort import screen_cohort
 
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
          "track", "wbr"}
@@ -92,14 +92,8 @@ def test_the_strict_parse_finds_broken_pages() -> None:
     assert not StrictPage().check("<!DOCTYPE html><html><p>a<br>b</p></html>").problems
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
-    return shared_cohort(tmp_path_factory)
-
-
 def _screen(inputs: Any, out: Path, **kwargs: Any) -> cohort_mod.ScreenSummary:
-    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, workers=0, partitions=3,
-                  **kwargs)
+    return screen_cohort(inputs, out, partitions=3, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,11 @@ from tests.support.cohort import (
     AS_OF,
     RULESET,
     assessment_lines,
+    interrupted_screen,
     read_ndjson,
-    shared_cohort,
+    screen_cohort,
     shared_expected,
-    stop_at_partition,
 )
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
-    return shared_cohort(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +45,10 @@ def cohort_expected(cohort: GeneratedCohort) -> dict[str, bytes]:
 
 
 
-def _screen(inputs: Any, out: Path, **kwargs: Any) -> cohort_mod.ScreenSummary:
-    kwargs.setdefault("workers", 0)
-    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def screened(cohort: GeneratedCohort, tmp_path_factory: pytest.TempPathFactory
              ) -> cohort_mod.ScreenSummary:
-    return _screen([cohort.out], tmp_path_factory.mktemp("screen"), partitions=5)
+    return screen_cohort([cohort.out], tmp_path_factory.mktemp("screen"), partitions=5)
 
 
 def test_every_patient_has_the_assessment_evaluate_gives(
@@ -136,8 +126,8 @@ def test_the_report_is_self_contained(screened: cohort_mod.ScreenSummary) -> Non
 
 def test_workers_and_modes_do_not_change_the_results(
         cohort: GeneratedCohort, screened: cohort_mod.ScreenSummary, tmp_path: Path) -> None:
-    two = _screen([cohort.out], tmp_path / "two", workers=2)
-    strict = _screen([cohort.out], tmp_path / "strict", mode="strict", partitions=3)
+    two = screen_cohort([cohort.out], tmp_path / "two", workers=2)
+    strict = screen_cohort([cohort.out], tmp_path / "strict", mode="strict", partitions=3)
     for other in (two, strict):
         assert assessment_lines(other.out) == assessment_lines(screened.out)
         assert (pq.read_table(other.out / "assessments.parquet").to_pylist()
@@ -181,7 +171,7 @@ def test_every_input_shape_gives_the_same_results(
     }
     expected = assessment_lines(screened.out)
     for name, inputs in shapes.items():
-        result = _screen(inputs, tmp_path / f"out-{name}")
+        result = screen_cohort(inputs, tmp_path / f"out-{name}")
         assert assessment_lines(result.out) == expected, name
         assert result.patients == 150
 
@@ -205,13 +195,10 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
         cohort: GeneratedCohort, screened: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
-    stop_at_partition(monkeypatch, 3)  # the screen is stopped mid-way
-    with pytest.raises(KeyboardInterrupt):
-        _screen([cohort.out], out, partitions=5)
+    interrupted_screen(monkeypatch, 3, [cohort.out], out, partitions=5)
     assert not (out / "assessments.ndjson").exists()
     assert len(list((out / ".cdss-screen" / "parts").glob("*.done"))) == 2
-    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
-    resumed = _screen([cohort.out], out, resume=True)
+    resumed = screen_cohort([cohort.out], out, resume=True)
     assert resumed.resumed and resumed.timings["partitions_reused"] == 2
     assert resumed.partitions == 5
     assert assessment_lines(out) == assessment_lines(screened.out)
@@ -220,7 +207,7 @@ def test_interrupted_screen_resumes_without_gaps_or_duplicates(
         assert (out / name).read_bytes() == (screened.out / name).read_bytes(), name
     assert resumed.patients == resumed.assessed == 150
     # resuming a finished screen does nothing and says the same
-    again = _screen([cohort.out], out, resume=True)
+    again = screen_cohort([cohort.out], out, resume=True)
     assert again.to_dict()["counts"] == resumed.to_dict()["counts"]
 
 
@@ -239,7 +226,7 @@ def test_partition_counts_survive_their_done_marker_and_a_foreign_marker_is_redo
 
     monkeypatch.setattr(cohort_mod, "run_partition", stopping)
     with pytest.raises(KeyboardInterrupt):
-        _screen([cohort.out], out, partitions=5)
+        screen_cohort([cohort.out], out, partitions=5)
     monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
     parts = out / ".cdss-screen" / "parts"
     for counts in returned:
@@ -253,7 +240,7 @@ def test_partition_counts_survive_their_done_marker_and_a_foreign_marker_is_redo
     first.write_bytes(orjson.dumps({"patients": returned[0].patients, "assessed": 0}))
     with pytest.raises(ValueError, match="not a partition's counts"):
         PartitionCounts.from_json(first.read_bytes())
-    resumed = _screen([cohort.out], out, resume=True)
+    resumed = screen_cohort([cohort.out], out, resume=True)
     assert resumed.timings["partitions_reused"] == 1
     assert assessment_lines(out) == assessment_lines(screened.out)
     assert resumed.patients == resumed.assessed == 150
@@ -268,13 +255,13 @@ def test_resume_refuses_other_settings(cohort: GeneratedCohort, tmp_path: Path,
 
     monkeypatch.setattr(cohort_mod, "run_partition", stop)
     with pytest.raises(KeyboardInterrupt):
-        _screen([cohort.out], out)
+        screen_cohort([cohort.out], out)
     monkeypatch.undo()
     with pytest.raises(CohortError, match="as_of"):
         screen([cohort.out], ruleset=RULESET, as_of="2026-04-01", out=out, workers=0,
                resume=True)
     with pytest.raises(CohortError, match="mode"):
-        _screen([cohort.out], out, mode="strict", resume=True)
+        screen_cohort([cohort.out], out, mode="strict", resume=True)
 
 
 def test_a_new_screen_replaces_the_results_of_an_old_one(tmp_path: Path) -> None:
@@ -284,9 +271,9 @@ def test_a_new_screen_replaces_the_results_of_an_old_one(tmp_path: Path) -> None
     write_ndjson(data / "Patient.ndjson", [{"resourceType": "Patient", "id": "a"},
                                            {"resourceType": "Patient", "id": "b"}])
     out = tmp_path / "out"
-    assert _screen(data, out).patients == 2
+    assert screen_cohort(data, out).patients == 2
     write_ndjson(data / "Patient.ndjson", [{"resourceType": "Patient", "id": "c"}])
-    assert _screen(data, out).patients == 1
+    assert screen_cohort(data, out).patients == 1
     assert [orjson.loads(x)["patient"] for x in assessment_lines(out)] == ["Patient/c"]
 
 
@@ -323,16 +310,16 @@ def test_bad_arguments_are_refused(cohort: GeneratedCohort, tmp_path: Path) -> N
     from cdss.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument):
-        _screen(cohort.out, tmp_path / "a", mode="fast")
+        screen_cohort(cohort.out, tmp_path / "a", mode="fast")
     with pytest.raises(InvalidArgument):
-        _screen(cohort.out, tmp_path / "b", executor="spark")
+        screen_cohort(cohort.out, tmp_path / "b", executor="spark")
     with pytest.raises(InvalidArgument):
-        _screen(cohort.out, tmp_path / "c", workers=-1)
+        screen_cohort(cohort.out, tmp_path / "c", workers=-1)
     with pytest.raises(InvalidArgument, match="as_of"):
         screen(cohort.out, ruleset=RULESET, as_of=None, out=tmp_path / "d")  # type: ignore[arg-type]
     (tmp_path / "file").write_text("x")
     with pytest.raises(CohortError, match="not a folder"):
-        _screen(cohort.out, tmp_path / "file")
+        screen_cohort(cohort.out, tmp_path / "file")
 
 
 def test_rows_of_resources_read_add_up(screened: cohort_mod.ScreenSummary) -> None:

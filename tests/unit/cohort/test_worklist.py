@@ -23,21 +23,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdss.assessment import SEVERITY_RANK, Assessment
-from cdss.cohort import GeneratedCohort, screen
+from cdss.cohort import GeneratedCohort
 from cdss.cohort import _screen as cohort_mod
-from cdss.cohort._worker import PartitionCounts, run_partition
+from cdss.cohort._worker import PartitionCounts
 from tests.support.cohort import (
     AS_OF,
-    RULESET,
-    shared_cohort,
+    interrupted_screen,
+    screen_cohort,
     shared_expected,
-    stop_at_partition,
 )
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCohort:
-    return shared_cohort(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +41,8 @@ def expected(cohort: GeneratedCohort) -> dict[str, Assessment]:
 
 
 def _screen(inputs: Any, out: Path, **kwargs: Any) -> cohort_mod.ScreenSummary:
-    kwargs.setdefault("workers", 0)
     kwargs.setdefault("partitions", 5)
-    return screen(inputs, ruleset=RULESET, as_of=AS_OF, out=out, **kwargs)
+    return screen_cohort(inputs, out, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -190,15 +183,12 @@ def test_a_resumed_screen_writes_byte_identical_worklist_files(
         cohort: GeneratedCohort, screened: cohort_mod.ScreenSummary, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "resumed"
-    stop_at_partition(monkeypatch, 4)  # the screen is stopped mid-way
-    with pytest.raises(KeyboardInterrupt):
-        _screen([cohort.out], out)
+    interrupted_screen(monkeypatch, 4, [cohort.out], out, partitions=5)
     assert not (out / "worklist.csv").exists()
     parts = out / ".cdss-screen" / "parts"
     assert len(list(parts.glob("*.worklist"))) == 3
     # a partition finished by a version without worklist files is done again
     next(iter(sorted(parts.glob("*.worklist")))).unlink()
-    monkeypatch.setattr(cohort_mod, "run_partition", run_partition)
     resumed = _screen([cohort.out], out, resume=True)
     assert resumed.timings["partitions_reused"] == 2
     for name in ("worklist.csv", "worklist.parquet"):
