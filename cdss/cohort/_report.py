@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["bar_chart_svg", "count_bars", "render_report", "worklist_table"]
+__all__ = ["bar_chart_svg", "count_bars", "render_report", "shorten", "worklist_table"]
 
 _SEVERITY_COLOURS = {"critical": "#b71c1c", "high": "#e65100", "moderate": "#f9a825",
                      "low": "#2e7d32", "none": "#90a4ae"}
@@ -106,8 +106,9 @@ _LABEL_CHARS = 48
 _CHAR_PX = 7.6
 
 
-def _label(text: str) -> str:
-    return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1].rstrip() + "\u2026"
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, an ellipsis ending a cut one."""
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
 
 
 def bar_chart_svg(bars: Sequence[tuple[str, float, str]], *, title: str,
@@ -119,8 +120,8 @@ def bar_chart_svg(bars: Sequence[tuple[str, float, str]], *, title: str,
     bar_h, gap, top = 22, 8, 10
     # The label column fits the longest label (at most _LABEL_CHARS characters;
     # longer ones are cut with an ellipsis and kept whole in the bar's tooltip).
-    longest = max(len(_label(label)) for label, _, _ in bars)
-    label_w = max(120, round(longest * _CHAR_PX) + 16)
+    shown = [shorten(label, _LABEL_CHARS) for label, _, _ in bars]
+    label_w = max(120, round(max(map(len, shown)) * _CHAR_PX) + 16)
     plot_w = width - label_w - 120
     height = top + len(bars) * (bar_h + gap) + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
@@ -133,11 +134,11 @@ def bar_chart_svg(bars: Sequence[tuple[str, float, str]], *, title: str,
                      f'y2="{height - 20}" stroke="#eef1f4"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" '
                      f'fill="#57606a">{int(tick * 100)}%</text>')
-    for i, (label, share, note) in enumerate(bars):
+    for i, ((label, share, note), short) in enumerate(zip(bars, shown, strict=True)):
         y = top + i * (bar_h + gap)
         w = max(0.0, min(1.0, share)) * plot_w
         parts.append(f'<text x="{label_w - 8}" y="{y + bar_h * 0.7:.1f}" '
-                     f'text-anchor="end">{escape(_label(label))}</text>')
+                     f'text-anchor="end">{escape(short)}</text>')
         parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" '
                      f'fill="#3b6ea8"><title>{escape(label)}: {escape(note)}</title></rect>')
         parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7:.1f}" '

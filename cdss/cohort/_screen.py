@@ -1311,10 +1311,13 @@ def _rule_titles(ruleset: Ruleset) -> dict[str, str]:
 def _item_labels(ruleset: Ruleset) -> dict[str, str]:
     """``"rule item code"`` -> what a reader sees of the item: the display the
     rule gives a flag or referral, the text of a plan item the rule adds,
-    emphasises, tailors or suppresses (shortened to :data:`_LABEL_CHARS`), and
+    emphasises, tailors or suppresses (shortened to :data:`_PLAN_TEXT_CHARS`), and
     the display of the analyte a data request asks for."""
+    from cdss.cohort._report import shorten
+
     labels: dict[str, str] = {}
-    texts = {item.code: _shorten(item.text) for item in ruleset.file.plan_items}
+    texts = {item.code: shorten(" ".join(item.text.split()), _PLAN_TEXT_CHARS)
+             for item in ruleset.file.plan_items}
     concepts = ruleset.valuesets.concepts
     for rule in ruleset.file.rules:
         for action in rule.then:
@@ -1338,12 +1341,7 @@ def _item_labels(ruleset: Ruleset) -> dict[str, str]:
 
 
 #: How much of a plan item's text a diff shows beside its code.
-_LABEL_CHARS = 90
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1].rstrip() + "\u2026"
+_PLAN_TEXT_CHARS = 90
 
 
 def diff(
