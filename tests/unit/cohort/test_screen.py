@@ -44,7 +44,6 @@ def cohort_expected(cohort: GeneratedCohort) -> dict[str, bytes]:
     return shared_expected(cohort)
 
 
-
 @pytest.fixture(scope="module")
 def screened(cohort: GeneratedCohort, tmp_path_factory: pytest.TempPathFactory
              ) -> cohort_mod.ScreenSummary:
