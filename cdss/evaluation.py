@@ -82,7 +82,8 @@ def extract_facts(
     return build_facts(parsed, rs.terminology, as_of=when,
                        finding_lookback_days=rs.file.finding_lookback_days,
                        on_invalid=on_invalid, draft_orders=draft_orders,
-                       selections=selections)
+                       selections=selections, boundaries=rs.boundaries,
+                       min_age=rs.min_age)
 
 
 def evaluate(

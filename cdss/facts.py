@@ -27,6 +27,7 @@ ignored and listed as data-quality notes.
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
@@ -209,8 +210,12 @@ def _recency_key(resource: Mapping[str, Any], when: datetime) -> tuple[Any, ...]
 class _Builder:
     def __init__(self, record: Record, terminology: Terminology, as_of: datetime,
                  finding_lookback_days: int,
-                 selections: Collection[str] | None = None) -> None:
+                 selections: Collection[str] | None = None,
+                 boundaries: Mapping[str, Sequence[float]] | None = None,
+                 min_age: tuple[float, str] | None = None) -> None:
         self.record = record
+        self.boundaries = boundaries or {}
+        self.min_age = min_age
         self.selections = None if selections is None else frozenset(selections)
         self.term = terminology
         self.as_of = as_of
@@ -282,6 +287,10 @@ class _Builder:
                     values["age"] = today.year - born.year - (
                         (today.month, today.day) < (born.month, born.day)
                     )
+                    if self.min_age is not None and values["age"] < self.min_age[0]:
+                        self.note("outside-population", patient,
+                                  f"age {values['age']} is below {self.min_age[0]:g}: outside "
+                                  f"the population the ruleset is for ({self.min_age[1]})")
             gender = patient.get("gender")
             if isinstance(gender, str) and gender != "unknown":
                 values["sex"] = gender
@@ -365,6 +374,13 @@ class _Builder:
                         resource_type="Observation", resource_id=str(obs.get("id")),
                         field="valueQuantity.value",
                     )
+                at = _at_threshold(raw, value, self.boundaries.get(concept, ()))
+                if at is not None:
+                    self.note("at-threshold", obs,
+                              f"{concept} {raw} {unit} ({value} {conv.unit}) is the threshold "
+                              f"{at:g} {conv.unit} at the precision it was charted with: "
+                              f"read as {at:g}")
+                    value = at
                 values.update(value=value, unit=conv.unit, status="determinate")
                 if conv.note:
                     self.note("unit-annotation", obs, conv.note)
@@ -626,6 +642,51 @@ class _Builder:
             )
 
 
+#: A threshold's equivalent is only matched at a precision whose half step is at
+#: most this share of it: a value charted with no decimals where labs chart one
+#: or two (a magnesium of "1" mg/dL) is too coarse to stand for a threshold.
+_MAX_HALF_STEP = 0.05
+
+
+def _at_threshold(raw: float | int, value: float, thresholds: Sequence[float]) -> float | None:
+    """The threshold (canonical unit) a lab value charted as ``raw`` in another
+    unit stands for, or None.
+
+    ``value`` is ``raw`` converted. A charted value stands for a threshold when
+    the threshold, converted to the charted unit and rounded to the decimals
+    the value was charted with, is the charted value itself: 1.7 mg/dL of
+    magnesium is the 0.70 mmol/L threshold (1.7015 mg/dL), not 0.6994 mmol/L
+    below it. Then the value is neither side of the threshold and is read as
+    it, so a conversion never moves a value across a threshold; a value one
+    reporting step away is beyond the threshold in every unit.
+    """
+    if not thresholds or raw == 0 or value == raw:
+        return None
+    written = decimal.Decimal(raw if isinstance(raw, int) else repr(float(raw)))
+    exponent = written.as_tuple().exponent
+    if not isinstance(exponent, int):  # pragma: no cover - finite numbers only
+        return None
+    places = max(0, -exponent)
+    if places > 12:
+        return None
+    step = decimal.Decimal(1).scaleb(-places)
+    charted = written.quantize(step)
+    factor = value / raw
+    best: float | None = None
+    for threshold in thresholds:
+        equivalent = threshold / factor
+        if not math.isfinite(equivalent) or equivalent == 0:
+            continue
+        if float(step) / 2 > _MAX_HALF_STEP * abs(equivalent):
+            continue
+        rounded = decimal.Decimal(repr(equivalent)).quantize(
+            step, rounding=decimal.ROUND_HALF_EVEN)
+        if rounded == charted and (best is None
+                                   or abs(threshold - value) < abs(best - value)):
+            best = threshold
+    return best
+
+
 def contributes(resource: Mapping[str, Any], terminology: Terminology) -> bool:
     """Whether ``resource`` can become a fact: its codes (or, for a
     medication, its ingredient names) map to a concept of the right kind. The
@@ -728,8 +789,15 @@ def _allergy_codes(allergy: Mapping[str, Any]) -> list[Any]:
 def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
                 finding_lookback_days: int = 365, on_invalid: str = "refuse",
                 draft_orders: Any = None,
-                selections: Collection[str] | None = None) -> Facts:
+                selections: Collection[str] | None = None,
+                boundaries: Mapping[str, Sequence[float]] | None = None,
+                min_age: tuple[float, str] | None = None) -> Facts:
     """Turn one patient's record into :class:`Facts` at ``as_of``.
+
+    ``boundaries`` (analyte -> the thresholds rules compare its value with)
+    reads a lab charted in another unit at a threshold's equivalent as the
+    threshold (see :func:`_at_threshold`); ``min_age`` (years, the population
+    in words) notes a patient younger than the ruleset's population.
 
     A resource whose content cannot be read (a bad date or value) raises
     :class:`InputError` with ``on_invalid="refuse"``; with ``"leave-out"`` it
@@ -743,7 +811,8 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
     are always refused.
     """
     orders = draft_order_resources(draft_orders)
-    builder = _Builder(record, terminology, as_of, finding_lookback_days, selections)
+    builder = _Builder(record, terminology, as_of, finding_lookback_days, selections,
+                       boundaries, min_age)
     builder.patient()
     left_out = [LeftOutResource(resource=lo.resource, field=lo.field, reason=lo.reason)
                 for lo in record.left_out]

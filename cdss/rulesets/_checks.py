@@ -143,9 +143,20 @@ def check_ruleset_file(rfile: RulesetFile, valuesets: ValueSetFile, path: Path) 
                         suggestion=suggest(action.tailor.variant, item.variants))
     for i, inv in enumerate(rfile.invariants):
         names.require("analyte", inv.analyte, field=f"invariants.{i}.analyte")
+    flag_codes = {a.flag.code for r in rfile.rules for a in r.then if a.flag}
     for i, policy in enumerate(rfile.policies):
-        names.require("category", policy.no_plan_category,
-                      field=f"policies.{i}.no_plan_category")
+        if policy.no_plan_category is not None:
+            names.require("category", policy.no_plan_category,
+                          field=f"policies.{i}.no_plan_category")
+        for j, category in enumerate(policy.plan_leads_with):
+            names.require("category", category, field=f"policies.{i}.plan_leads_with.{j}")
+        for j, code in enumerate(policy.flags):
+            if code not in flag_codes:
+                raise RulesetError(f"no rule raises flag {code!r}", path=p,
+                                   field=f"policies.{i}.flags.{j}",
+                                   suggestion=suggest(code, flag_codes))
+    if rfile.population is not None and rfile.population.min_age is not None:
+        names.require("threshold", rfile.population.min_age, field="population.min_age")
 
 
 def _check_order_test(names: _Names, part: str, fname: str, test: Any, rule_id: str,

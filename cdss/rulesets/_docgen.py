@@ -113,8 +113,27 @@ def _version_section(rs: Ruleset) -> list[str]:
     if rfile.policies:
         lines += ["", "### Declared policies", ""]
         for policy in rfile.policies:
-            lines.append(f"- with a `{policy.flag_severity}` flag, the plan keeps no "
-                         f"`{policy.no_plan_category}` item")
+            flags = (" (" + ", ".join(f"`{c}`" for c in policy.flags) + ")"
+                     if policy.flags else "")
+            if policy.no_plan_category is not None:
+                lines.append(f"- with a `{policy.flag_severity}` flag{flags}, the plan keeps no "
+                             f"`{policy.no_plan_category}` item")
+            else:
+                leads = " or ".join(f"`{c}`" for c in policy.plan_leads_with)
+                lines.append(f"- with a `{policy.flag_severity}` flag{flags}, the plan leads "
+                             f"with a {leads} item, ahead of every other item")
+    if rfile.population is not None:
+        lines += ["", "### Population", "", rfile.population.description]
+        if rfile.population.min_age is not None:
+            lines += ["", f"A patient younger than `{rfile.population.min_age}` "
+                          f"({rfile.thresholds[rfile.population.min_age].value:g} years) is "
+                          "outside it: the Assessment carries an `outside-population` note."]
+    if rfile.boundary_rounding == "charted":
+        lines += ["", "### Values at a threshold", "",
+                  "A lab charted in another unit at a threshold's equivalent, at the "
+                  "precision it was charted with, is read as the threshold itself (an "
+                  "`at-threshold` note says so): a conversion never moves a value across a "
+                  "threshold."]
     return lines
 
 

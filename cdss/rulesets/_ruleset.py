@@ -32,7 +32,8 @@ __all__ = ["Ruleset", "content_hash"]
 #: of the content hash while unset, so that older files keep their hashes.
 _LATER_FIELDS = frozenset({"exists", "laterality", "site", "nocturnal", "extends",
                            "bilateral", "qualifiers", "override_reasons", "order_suggestion",
-                           "developer", "release_date"})
+                           "developer", "release_date", "boundary_rounding",
+                           "population"})
 #: Fields of a ruleset file that decide no answer: left out of the content hash.
 _CHECKED_ONLY = frozenset({"policies"})
 
@@ -77,6 +78,32 @@ class Ruleset:
     def derived_facts(self) -> frozenset[str]:
         """The names of the facts the rules derive."""
         return frozenset(a.derive for r in self.file.rules for a in r.then if a.derive)
+
+    @cached_property
+    def boundaries(self) -> dict[str, tuple[float, ...]]:
+        """Per analyte, the numbers rules compare its ``value`` with, when the
+        file reads values charted at a threshold's equivalent as the threshold
+        (``boundary_rounding: charted``); else empty."""
+        if self.file.boundary_rounding != "charted":
+            return {}
+        found: dict[str, set[float]] = {}
+        for rule in self.rules:
+            for pattern in (*rule.all, *rule.any, *rule.none):
+                for test in pattern.tests:
+                    if test.field == "value" and test.op in ("lt", "le", "gt", "ge", "eq") \
+                            and isinstance(test.value, (int, float)) \
+                            and not isinstance(test.value, bool):
+                        found.setdefault(pattern.fact, set()).add(float(test.value))
+        return {name: tuple(sorted(values)) for name, values in sorted(found.items())}
+
+    @cached_property
+    def min_age(self) -> tuple[float, str] | None:
+        """The youngest age (years) of the ruleset's population, and the
+        population in words, or None."""
+        population = self.file.population
+        if population is None or population.min_age is None:
+            return None
+        return self.threshold(population.min_age), population.description
 
     def threshold(self, name: str) -> float:
         """The value of the named threshold."""

@@ -26,6 +26,8 @@ __all__ = [
     "OverrideReasonDef",
     "PatternDef",
     "PlanItemDef",
+    "Policy",
+    "Population",
     "ReferralAction",
     "RequestAction",
     "Rule",
@@ -299,14 +301,41 @@ class Invariant(_Strict):
 
 
 class Policy(_Strict):
-    """A declared safety policy: with a flag of severity ``flag_severity``, the
-    plan keeps no item of category ``no_plan_category`` (red flags win over
-    self-care advice; checked by cdss.testing)."""
+    """A declared safety policy, checked by cdss.testing on generated records:
+    beside a flag of severity ``flag_severity`` (one of ``flags`` when given),
+    the plan keeps no item of category ``no_plan_category`` (red flags win over
+    self-care advice), or its first item is of one of the categories of
+    ``plan_leads_with`` (a severe value's review comes before every self-care
+    item). Exactly one of the two."""
 
     flag_severity: Severity = Field(description=(
         "The severity of the flags the policy applies to."))
-    no_plan_category: Annotated[str, Field(pattern=NAME, description=(
-        "The plan-item category a plan never keeps beside such a flag."))]
+    flags: list[Annotated[str, Field(pattern=CODE)]] = Field(default_factory=list, description=(
+        "The flag codes the policy applies to (default: every flag of that severity)."))
+    no_plan_category: Annotated[str | None, Field(pattern=NAME, description=(
+        "The plan-item category a plan never keeps beside such a flag."))] = None
+    plan_leads_with: list[Annotated[str, Field(pattern=NAME)]] = Field(
+        default_factory=list, description=(
+            "Beside such a flag, the plan's first item is of one of these categories, so "
+            "that no item of another category comes before them."))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Policy:
+        if (self.no_plan_category is None) == (not self.plan_leads_with):
+            raise ValueError("a policy needs exactly one of no_plan_category, plan_leads_with")
+        return self
+
+
+class Population(_Strict):
+    """Whom a ruleset is for. A record outside it is still evaluated (red flags
+    are never withheld) and carries an ``outside-population`` data-quality
+    note; what the rules give such a record is up to the rules (e.g. no adult
+    self-care advice)."""
+
+    min_age: Annotated[str | None, Field(pattern=NAME, description=(
+        "The name of the threshold (in years) below which a patient is outside the "
+        "population."))] = None
+    description: str = Field(description="The population, in words.")
 
 
 class RulesetFile(_Strict):
@@ -346,6 +375,14 @@ class RulesetFile(_Strict):
     override_reasons: list[OverrideReasonDef] = Field(default_factory=list, description=(
         "The reasons a clinician may give for overriding a flag or referral card (the "
         "cards' `overrideReasons`); a rule may offer a selection."))
+    boundary_rounding: Literal["charted"] | None = Field(None, description=(
+        "`charted`: a lab value charted in a unit other than the canonical one and equal, "
+        "at the precision it was charted with, to a threshold's equivalent in that unit is "
+        "read as the threshold itself, so that a conversion never moves a value across a "
+        "threshold (1.7 mg/dL of magnesium is the 0.70 mmol/L threshold, not below it). "
+        "Unset: values are compared as converted."))
+    population: Population | None = Field(None, description=(
+        "Whom the ruleset is for; a record outside it gets a data-quality note."))
     policies: list[Policy] = Field(default_factory=list, description=(
         "Declared safety policies (a flag's severity excludes a plan category) that "
         "`cdss test-ruleset` checks; they decide no answer and are not in the content hash."))

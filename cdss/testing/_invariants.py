@@ -228,11 +228,14 @@ def _partners(ruleset: Ruleset, index: int) -> tuple[CompiledRule, ...]:
     the category it excludes, and the other way round (so that every policy
     is put to the test); else every other rule."""
     items = {item.code: item.category for item in ruleset.file.plan_items}
-    severities = {p.flag_severity for p in ruleset.file.policies}
-    categories = {p.no_plan_category for p in ruleset.file.policies}
+    policies = ruleset.file.policies
+    categories = {p.no_plan_category for p in policies if p.no_plan_category} | {
+        item.category for item in ruleset.file.plan_items for p in policies
+        if p.plan_leads_with and item.category not in p.plan_leads_with}
 
     def critical(rule: CompiledRule) -> bool:
-        return any(a.flag and a.flag.severity in severities for a in rule.rule.then)
+        return any(a.flag and _applies(p, a.flag.code, a.flag.severity)
+                   for a in rule.rule.then for p in policies)
 
     def exercise(rule: CompiledRule) -> bool:
         return any(a.plan and items.get(a.plan) in categories for a in rule.rule.then)
@@ -428,28 +431,51 @@ def _engines_agree(ctx: _Context) -> _Result:
                     + _diff(rete.full(), reference.full(), "rete", "reference"))
 
 
+def _applies(policy: Policy, code: str, severity: str) -> bool:
+    """Whether a flag of ``code`` and ``severity`` is one ``policy`` speaks of."""
+    return severity == policy.flag_severity and (not policy.flags or code in policy.flags)
+
+
 def _red_flags(ctx: _Context) -> _Result:
     assessment = ctx.base().assessment
     if assessment is None:
         return None
     applied = False
     for policy in ctx.ruleset.file.policies:
-        raised = [f.code for f in assessment.flags if f.severity == policy.flag_severity]
+        raised = [f.code for f in assessment.flags if _applies(policy, f.code, f.severity)]
         if not raised:
             continue
         applied = True
-        left = [p.code for p in assessment.plan if p.category == policy.no_plan_category]
-        if left:
+        if policy.no_plan_category is not None:
+            left = [p.code for p in assessment.plan if p.category == policy.no_plan_category]
+            if left:
+                return _Verdict(f"{policy.flag_severity} flag(s) {raised} raised, yet the plan "
+                                f"keeps {policy.no_plan_category} item(s) {left}")
+        elif assessment.plan and assessment.plan[0].category not in policy.plan_leads_with:
+            ahead = []
+            for item in assessment.plan:
+                if item.category in policy.plan_leads_with:
+                    break
+                ahead.append(f"{item.code} ({item.category})")
             return _Verdict(f"{policy.flag_severity} flag(s) {raised} raised, yet the plan "
-                            f"keeps {policy.no_plan_category} item(s) {left}")
+                            f"leads with {ahead}, ahead of any item of "
+                            f"{policy.plan_leads_with}")
     return True if applied else None
+
+
+def _policy_said(policy: Policy) -> str:
+    flags = f" ({', '.join(policy.flags)})" if policy.flags else ""
+    if policy.no_plan_category is not None:
+        return (f"With a {policy.flag_severity} flag{flags}, no plan item of category "
+                f"{policy.no_plan_category!r} is left.")
+    return (f"With a {policy.flag_severity} flag{flags}, the plan leads with an item of "
+            f"{' or '.join(repr(c) for c in policy.plan_leads_with)}.")
 
 
 def _policies_said(policies: Sequence[Policy]) -> str:
     if not policies:
         return "No policy declared (policies:): nothing to check."
-    return " ".join(f"With a {p.flag_severity} flag, no plan item of category "
-                    f"{p.no_plan_category!r} is left." for p in policies)
+    return " ".join(_policy_said(p) for p in policies)
 
 
 def _thresholds(ruleset: Ruleset, analyte: str) -> list[float]:

@@ -297,6 +297,8 @@ def test_an_index_naming_another_ruleset_changes_the_default(
 PINNED = {
     "plantar-cramps@1.0.0": "3cd38bab1c22d367680bdbea569e8f895e288136832c85698a7a44ca41f09ccd",
     "plantar-cramps@1.1.0": "a5fb0c88168fa5f506f515eb4a86b7f505299622cae324644cbbe424b0e8e14f",
+    "plantar-cramps@1.2.0": "3b3309f0647cd1f685401d005652bea19eb2115b6127d988a00ee4361903f57d",
+    "plantar-cramps@1.3.0": "459d6ffc9c145ee0c96ccaaedf0f71695bdbd3856c205f0ca2a3e6d6c3604278",
 }
 
 
@@ -306,5 +308,7 @@ def test_pinned_versions_keep_their_content_hash(spec: str, sha256: str) -> None
 
 
 def test_the_default_version_is_the_newest_active_one() -> None:
-    assert load_ruleset("plantar-cramps").version == "1.2.0"
+    assert load_ruleset("plantar-cramps").version == "1.4.0"
     assert load_ruleset("plantar-cramps").sha256 not in PINNED.values()
+    # 1.3.0 is a draft: newer than 1.2.0, yet never the default
+    assert load_ruleset("plantar-cramps@1.3.0").file.status == "draft"
