@@ -411,6 +411,14 @@ def _severity_split(data: dict[str, Any]) -> None:
             action["flag"]["code"] = "hypokalemia-severe"
 
 
+def _review_after_self_care(data: dict[str, Any]) -> None:
+    """The urgent assessment and the prompt review moved to the end of the plan
+    catalogue: a severe value's review comes after the self-care advice."""
+    items = data["plan_items"]
+    moved = [i for i in items if i["category"] in ("escalation", "clinical_review")]
+    data["plan_items"] = [i for i in items if i not in moved] + moved
+
+
 def _contradiction(data: dict[str, Any]) -> None:
     """A threshold name copied from the potassium rule into the magnesium
     rule: magnesium below 0.7 and above 3.5, which no patient has."""
@@ -461,8 +469,12 @@ def _breakages() -> list[Any]:
     params = []
     for spec in VERSIONS:
         has_severe = "potassium_severe" in load_ruleset(spec).file.thresholds
-        for breakage, failed, name in cases:
+        leads = any(p.plan_leads_with for p in load_ruleset(spec).file.policies)
+        for breakage, failed, name in [*cases, (_review_after_self_care, "red-flag-dominance",
+                                                "review-after-self-care")]:
             if breakage is _severity_split and not has_severe:
+                continue
+            if breakage is _review_after_self_care and not leads:
                 continue
             params.append(pytest.param(spec, breakage, failed, id=f"{spec}-{name}"))
     return params
@@ -489,7 +501,11 @@ def test_test_ruleset_catches_a_broken_copy_and_prints_the_shrunk_record(
     assert record == failure["record"]
     broken = load_ruleset_file(path)
     assessment = cdss.evaluate(record, ruleset=broken, as_of=failure["as_of"])
-    if property_failed == "red-flag-dominance":
+    if property_failed == "red-flag-dominance" and breakage is _review_after_self_care:
+        assert any(f.severity in ("high", "critical") for f in assessment.flags)
+        assert assessment.plan[0].category not in ("escalation", "clinical_review")
+        assert "leads with" in failure["message"]
+    elif property_failed == "red-flag-dominance":
         assert any(f.severity == "critical" for f in assessment.flags)
         assert any(p.category == "exercise" for p in assessment.plan)
     else:
