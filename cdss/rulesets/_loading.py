@@ -85,7 +85,11 @@ def _merge_valuesets(parts: Sequence[tuple[Path, ValueSetFile]], path: Path) -> 
                                path=str(part_path), field=f"extends.{name}",
                                suggestion=suggest(name, concepts))
         concept = concepts[name]
-        concepts[name] = concept.model_copy(update={"codes": [*concept.codes, *ext.codes]})
+        update: dict[str, Any] = {"codes": [*concept.codes, *ext.codes]}
+        if ext.ingredients:
+            update["ingredients"] = [*concept.ingredients,
+                                     *(i for i in ext.ingredients if i not in concept.ingredients)]
+        concepts[name] = concept.model_copy(update=update)
     for name, spec in bilateral.items():
         for from_concept in [name, *spec.from_]:
             if from_concept not in concepts:

@@ -417,6 +417,8 @@ class ConceptExtension(_Strict):
     """More codes for a concept defined in an earlier value-set file."""
 
     codes: Annotated[list[Code], Field(min_length=1, description="The codes added.")]
+    ingredients: list[str] = Field(default_factory=list, description=(
+        "For a medication class: ingredient names added to the concept's `ingredients`."))
     note: str | None = Field(None, description="Why they are added.")
 
 
