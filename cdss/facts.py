@@ -284,12 +284,13 @@ class _Builder:
                 if born > today:
                     self.note("future-dated", patient, "birthDate is after as_of; age unknown")
                 else:
-                    values["age"] = today.year - born.year - (
+                    age = today.year - born.year - (
                         (today.month, today.day) < (born.month, born.day)
                     )
-                    if self.min_age is not None and values["age"] < self.min_age[0]:
+                    values["age"] = age
+                    if self.min_age is not None and age < self.min_age[0]:
                         self.note("outside-population", patient,
-                                  f"age {values['age']} is below {self.min_age[0]:g}: outside "
+                                  f"age {age} is below {self.min_age[0]:g}: outside "
                                   f"the population the ruleset is for ({self.min_age[1]})")
             gender = patient.get("gender")
             if isinstance(gender, str) and gender != "unknown":
