@@ -48,7 +48,9 @@ Problems = dict[int, InputError]
 
 def _resource_type(node: Any) -> str | None:
     rtype = node.get("resourceType") if isinstance(node, Mapping) else None
-    return rtype if isinstance(rtype, str) and len(rtype) <= MAX_CODE_LENGTH else None
+    if isinstance(rtype, str) and len(rtype) <= MAX_CODE_LENGTH and _encodable(rtype):
+        return rtype
+    return None
 
 
 def _resource_id(node: Any) -> str | None:
