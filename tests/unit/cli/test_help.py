@@ -32,7 +32,7 @@ SENTENCE_END = (".", ")", ":")
 
 
 def _commands() -> dict[str, Any]:
-    group = typer.main.get_command(app)
+    group: Any = typer.main.get_command(app)
     ctx = group.make_context("cdss", ["--help"], resilient_parsing=True)
     return {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
 
