@@ -23,7 +23,7 @@ from cdss.errors import DependencyError
 if TYPE_CHECKING:  # a type only: units need no ruleset loading
     from cdss.rulesets import Analyte
 
-__all__ = ["Conversion", "convert"]
+__all__ = ["MAX_UNIT_LENGTH", "Conversion", "convert"]
 
 # Common non-UCUM spellings seen in EHR feeds, mapped to their UCUM codes.
 _SPELLINGS = {
@@ -42,6 +42,10 @@ _SPELLINGS = {
     "mg/l": "mg/L",
 }
 _ANNOTATION_ONLY = re.compile(r"^\{[^{}]*\}$")
+#: The longest unit string parsed. Real UCUM units are a few characters; the
+#: parser's cost grows faster than the length (4,096 nested brackets: about a
+#: second), so a longer string is a unit cdss cannot read, at once.
+MAX_UNIT_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ def _parse(unit: str) -> tuple[Any, int] | None:
     flagged.
     """
     text = unit.strip()
+    if len(text) > MAX_UNIT_LENGTH:
+        return None
     if text in ("", "1") or _ANNOTATION_ONLY.match(text):
         text = "1"
     text = _SPELLINGS.get(text.lower(), text)
@@ -120,6 +126,9 @@ def _factor(unit: str, canonical: str, molar_mass: float | None, valence: int | 
     """Multiplicative factor from ``unit`` to ``canonical``, or (None, reason)."""
     src = _parse(unit)
     if src is None:
+        if len(unit.strip()) > MAX_UNIT_LENGTH:
+            return None, (f"unit of {len(unit):,} characters is longer than any UCUM unit "
+                          f"cdss reads ({MAX_UNIT_LENGTH})")
         return None, f"unit {unit!r} is not a UCUM unit cdss can read"
     dst = _parse(canonical)
     if dst is None:  # pragma: no cover - canonical units are validated data

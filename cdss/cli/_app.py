@@ -3,17 +3,51 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import orjson
 import typer
 
-from cdss.cli._options import ConceptMaps, RulesetFolders, TimeZone, load_cli_ruleset
+from cdss.cli._help import Command, Group
+from cdss.cli._options import (
+    ConceptMaps,
+    Engine,
+    OnInvalid,
+    RulesetFolders,
+    TimeZone,
+    load_cli_ruleset,
+)
 from cdss.errors import CDSSError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   help="Clinical decision support from FHIR R4 data.")
+
+
+class _Format(str, Enum):
+    """``cdss evaluate --format``."""
+
+    text = "text"
+    json = "json"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cdss import __version__
+
+        typer.echo(f"cdss {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Show the version of cdss and exit.")] = False,
+) -> None:
+    """Clinical decision support from FHIR R4 data: assess a patient's record
+    with a versioned ruleset, serve CDS Hooks, screen a cohort, test a ruleset."""
 
 
 def _fail(exc: CDSSError) -> None:
@@ -21,28 +55,27 @@ def _fail(exc: CDSSError) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command()
+@app.command(cls=Command)
 def evaluate(
     files: Annotated[list[Path], typer.Argument(help="FHIR R4 JSON files (Bundle or resources)")],
     ruleset: Annotated[str | None, typer.Option(
         help="id or id@version (default: the default ruleset, as `cdss rulesets` shows)")] = None,
     as_of: Annotated[str | None, typer.Option(help="evaluation time (ISO); default now")] = None,
-    output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
-    engine: Annotated[str, typer.Option(
-        help="auto (rete where durable-rules is installed), rete or reference")] = "auto",
+    output: Annotated[_Format, typer.Option(
+        "--format", help="text (for people) or json (the Assessment's JSON)")] = _Format.text,
+    engine: Annotated[Engine, typer.Option(
+        help="auto (rete where durable-rules is installed), rete or reference")] = Engine.auto,
     paths: RulesetFolders = None,
     concept_maps: ConceptMaps = None,
     timezone: TimeZone = "UTC",
-    on_invalid: Annotated[str, typer.Option(
+    on_invalid: Annotated[OnInvalid, typer.Option(
         "--on-invalid", help="leave-out (an unreadable resource is left out, with a note) "
-                             "or refuse (the record is refused)")] = "leave-out",
+                             "or refuse (the record is refused)")] = OnInvalid.leave_out,
 ) -> None:
     """Evaluate one patient record per file and print each Assessment."""
     from cdss.evaluation import evaluate as run_evaluate
     from cdss.outputs.text import render_text
 
-    if output not in ("text", "json"):
-        raise typer.BadParameter("--format must be text or json")
     status = 0
     try:
         rs = load_cli_ruleset(ruleset, paths, concept_maps)
@@ -56,13 +89,13 @@ def evaluate(
             status = 2
             continue
         try:
-            result = run_evaluate(data, ruleset=rs, as_of=as_of, engine=engine,
-                                  timezone=timezone, on_invalid=on_invalid)
+            result = run_evaluate(data, ruleset=rs, as_of=as_of, engine=engine.value,
+                                  timezone=timezone, on_invalid=on_invalid.value)
         except CDSSError as exc:
             typer.secho(f"error: {path.name}: {exc}", err=True, fg=typer.colors.RED)
             status = 2
             continue
-        if output == "json":
+        if output is _Format.json:
             sys.stdout.write(result.to_json().decode() + "\n")
         else:
             if len(files) > 1:
@@ -71,12 +104,12 @@ def evaluate(
     raise typer.Exit(code=status)
 
 
-@app.command("rulesets")
+@app.command("rulesets", cls=Command)
 def list_rulesets(
     paths: RulesetFolders = None,
 ) -> None:
-    """List the rulesets found, with status and content hash; ``default``
-    marks the version run when a command names no ruleset."""
+    """List the rulesets found, with status and content hash; "default" marks
+    the version run when a command names no ruleset."""
     from cdss.rulesets import available_rulesets, load_ruleset
 
     try:
@@ -90,7 +123,7 @@ def list_rulesets(
         _fail(exc)
 
 
-@app.command()
+@app.command(cls=Command)
 def schema() -> None:
     """Print the JSON Schema of ruleset files."""
     from cdss.rulesets import ruleset_json_schema
@@ -99,7 +132,7 @@ def schema() -> None:
                                   | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
-@app.command()
+@app.command(cls=Command)
 def docs(
     ruleset_id: Annotated[str, typer.Argument(help="ruleset id (`cdss rulesets` lists them)")],
     out: Annotated[Path | None, typer.Option(help="write to this file")] = None,

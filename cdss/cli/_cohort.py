@@ -7,12 +7,14 @@ only when they run, so that ``cdss --help`` and the other commands stay fast.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from cdss.cli._options import ConceptMaps, RulesetFolders, load_cli_ruleset
+from cdss.cli._help import Command
+from cdss.cli._options import ConceptMaps, IntakeMode, RulesetFolders, load_cli_ruleset
 
 if TYPE_CHECKING:
     from cdss.cohort import DiffReport, ScreenSummary
@@ -104,17 +106,37 @@ def _show_diff(report: DiffReport, limit: int) -> None:
 # Options screen and diff share.
 Workers = Annotated[int | None, typer.Option(
     help="worker processes (default: one per core; 0: in this process)")]
-Executor = Annotated[str, typer.Option(
+class _Executor(str, Enum):
+    """``--executor``: where partitions run."""
+
+    local = "local"
+    dask = "dask"
+
+
+class _ScreenFormat(str, Enum):
+    """``cdss screen --format``: the outputs besides the standard ones."""
+
+    fhir = "fhir"
+
+
+class _DiffFormat(str, Enum):
+    """``cdss diff --format``."""
+
+    table = "table"
+    json = "json"
+
+
+Executor = Annotated[_Executor, typer.Option(
     help="where partitions run: local (worker processes) or dask")]
 Scheduler = Annotated[str | None, typer.Option(
     help="Dask scheduler address (with --executor dask)")]
-IntakeMode = Annotated[str, typer.Option(help="intake: lean or strict")]
+Mode = Annotated[IntakeMode, typer.Option(help="intake: lean or strict")]
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
-    @app.command("screen")
+    @app.command("screen", cls=Command)
     def screen_command(
         inputs: Annotated[list[Path], typer.Argument(
             help="bulk NDJSON files (.ndjson, .ndjson.gz), a bulk-export folder or its "
@@ -124,11 +146,11 @@ def register(app: typer.Typer) -> None:
                                                            "date-time)")],
         out: Annotated[Path, typer.Option(help="folder for the results")],
         workers: Workers = None,
-        executor: Executor = "local",
+        executor: Executor = _Executor.local,
         scheduler: Scheduler = None,
         resume: Annotated[bool, typer.Option(
             "--resume", help="continue an interrupted screen in --out")] = False,
-        mode: IntakeMode = "lean",
+        mode: Mode = IntakeMode.lean,
         paths: RulesetFolders = None,
         partitions: Annotated[int | None, typer.Option(
             help="number of partitions (default: by input size)")] = None,
@@ -141,7 +163,7 @@ def register(app: typer.Typer) -> None:
                  "numbers instead, for sharing outside the care team)")] = True,
         worklist_shown: Annotated[int, typer.Option(
             help="worklist rows shown in report.html (worklist.csv holds all)")] = 500,
-        formats: Annotated[list[str] | None, typer.Option(
+        formats: Annotated[list[_ScreenFormat] | None, typer.Option(
             "--format", help="also write this output (repeatable): fhir, the results as "
                              "FHIR Bulk Data NDJSON in fhir/ under --out")] = None,
     ) -> None:
@@ -152,17 +174,19 @@ def register(app: typer.Typer) -> None:
         try:
             loaded = load_cli_ruleset(ruleset, paths, concept_maps)
             summary = screen(inputs, ruleset=loaded, as_of=as_of, out=out, workers=workers,
-                             mode=mode, executor=executor, scheduler=scheduler, resume=resume,
+                             mode=mode.value, executor=executor.value, scheduler=scheduler,
+                             resume=resume,
                              progress=sys.stderr.isatty() if progress is None else progress,
                              paths=paths, partitions=partitions, identifiers=identifiers,
-                             worklist_shown=worklist_shown, formats=formats or ())
+                             worklist_shown=worklist_shown,
+                             formats=[f.value for f in formats or ()])
         except CDSSError as exc:
             _fail(exc)
         _show_summary(summary)
-        if formats and "fhir" in formats:
+        if formats and _ScreenFormat.fhir in formats:
             typer.echo(f"FHIR Bulk Data output in {summary.out / 'fhir'} (manifest.json)")
 
-    @app.command("diff")
+    @app.command("diff", cls=Command)
     def diff_command(
         inputs: Annotated[list[Path], typer.Argument(
             help="bulk NDJSON files, a bulk-export folder or a folder of Bundles")],
@@ -173,12 +197,13 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(
             help="write the full report as JSON")] = None,
         workers: Workers = None,
-        executor: Executor = "local",
+        executor: Executor = _Executor.local,
         scheduler: Scheduler = None,
-        mode: IntakeMode = "lean",
+        mode: Mode = IntakeMode.lean,
         paths: RulesetFolders = None,
         limit: Annotated[int, typer.Option(help="patients shown in the table")] = 50,
-        output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+        output: Annotated[_DiffFormat, typer.Option(
+            "--format", help="table (for people) or json (the whole report)")] = _DiffFormat.table,
         concept_maps: ConceptMaps = None,
         html: Annotated[Path | None, typer.Option(
             help="write the report for clinicians as one HTML page")] = None,
@@ -199,8 +224,6 @@ def register(app: typer.Typer) -> None:
         from cdss.cohort._gate import Expectations, check, load_expectations
         from cdss.errors import CDSSError
 
-        if output not in ("table", "json"):
-            raise typer.BadParameter("--format must be table or json")
         when = as_of or datetime.now(timezone.utc).date().isoformat()
         expectations: Expectations | None = None
         try:
@@ -208,11 +231,12 @@ def register(app: typer.Typer) -> None:
                 expectations = load_expectations(expect)
             report = diff(inputs, from_ruleset=load_cli_ruleset(from_spec, paths, concept_maps),
                           to_ruleset=load_cli_ruleset(to_spec, paths, concept_maps), as_of=when,
-                          workers=workers, mode=mode, executor=executor, scheduler=scheduler,
+                          workers=workers, mode=mode.value, executor=executor.value,
+                          scheduler=scheduler,
                           paths=paths, out=out, progress=sys.stderr.isatty())
         except CDSSError as exc:
             _fail(exc)
-        if output == "json":
+        if output is _DiffFormat.json:
             sys.stdout.write(report.to_json().decode() + "\n")
         else:
             _show_diff(report, limit)
@@ -234,7 +258,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(code=1)
             typer.echo(f"release gate: the changes are within {expect}", err=True)
 
-    @app.command("generate")
+    @app.command("generate", cls=Command)
     def generate_command(
         patients: Annotated[int, typer.Option(help="number of patients")],
         out: Annotated[Path, typer.Option(help="folder for the bulk export")],

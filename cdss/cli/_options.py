@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +11,38 @@ import typer
 if TYPE_CHECKING:
     from cdss.rulesets import Ruleset
 
-__all__ = ["ConceptMaps", "RulesetFolders", "TimeZone", "load_cli_ruleset"]
+__all__ = ["ConceptMaps", "Engine", "IntakeMode", "OnInvalid", "RulesetFolders", "TimeZone",
+           "load_cli_ruleset"]
+
+
+class _Choice(str, Enum):
+    """The values an option takes: click checks them and the help lists them."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Engine(_Choice):
+    """``--engine``: which evaluator runs the rules."""
+
+    auto = "auto"
+    rete = "rete"
+    reference = "reference"
+
+
+class IntakeMode(_Choice):
+    """``--mode`` / ``--intake``: how records are read."""
+
+    lean = "lean"
+    strict = "strict"
+
+
+class OnInvalid(_Choice):
+    """``--on-invalid``: what a resource that cannot be read costs."""
+
+    leave_out = "leave-out"
+    refuse = "refuse"
+
 
 RulesetFolders = Annotated[
     list[Path] | None, typer.Option("--rulesets", help="a folder of a site's own rulesets")

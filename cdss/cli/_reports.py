@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import orjson
 import typer
 
+from cdss.cli._help import Command
 from cdss.errors import CDSSError
 
 Store = Annotated[Path, typer.Option("--store", help="the service's store file (SQLite)")]
@@ -75,7 +76,7 @@ def _by_item(by_item: dict[str, dict[str, int]]) -> str:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
-    @app.command("feedback-report")
+    @app.command("feedback-report", cls=Command)
     def feedback_report(store: Store, since: Since = None, until: Until = None,
                         as_json: AsJson = False,
                         comments: Annotated[bool, typer.Option(
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
                 for text in r.get("comment_texts", ()):
                     typer.echo(f"{r['rule'] or '(unknown)'}: {text}")
 
-    @app.command("shadow-report")
+    @app.command("shadow-report", cls=Command)
     def shadow_report(store: Store, since: Since = None, until: Until = None,
                       as_json: AsJson = False) -> None:
         """What shadow candidates would have changed: calls, calls differing,

@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from cdss.cli._options import ConceptMaps
+from cdss.cli._help import Command
+from cdss.cli._options import ConceptMaps, IntakeMode
 from cdss.errors import CDSSError
 
-_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+class _LogLevel(str, Enum):
+    """``--log-level``."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
 
 
 def _log_to_stderr(level: str) -> None:
@@ -38,7 +48,7 @@ def _fail(message: str) -> NoReturn:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
-    @app.command()
+    @app.command(cls=Command)
     def serve(
         host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8080,
@@ -64,10 +74,10 @@ def register(app: typer.Typer) -> None:
                                   "base URL; repeat for several (default: any)")] = None,
         cors_origin: Annotated[list[str] | None, typer.Option(
             "--cors-origin", help="browser origin allowed to call, CORS (default: *)")] = None,
-        log_level: Annotated[str, typer.Option(
-            help="log level: critical, error, warning, info, debug")] = "info",
+        log_level: Annotated[_LogLevel, typer.Option(
+            help="the least severe log records written")] = _LogLevel.info,
         concept_maps: ConceptMaps = None,
-        intake: Annotated[str | None, typer.Option(
+        intake: Annotated[IntakeMode | None, typer.Option(
             help="how records are read: strict or lean (default: the configuration's, "
                  "else strict)")] = None,
         timezone: Annotated[str | None, typer.Option(
@@ -81,14 +91,13 @@ def register(app: typer.Typer) -> None:
             "--store", help="the store file (SQLite) of feedback, cards issued and shadow "
                             "differences (default: the configuration's store)")] = None,
     ) -> None:
-        """Run the CDS Hooks 2.0 service (patient-view) over HTTP.
+        """Run the CDS Hooks 2.0 service over HTTP: patient-view, order-select and
+        order-sign.
 
         Every call must carry a JWT signed by a CDS client named in --config;
         without a configuration the service refuses to start unless
         --insecure-dev is given.
         """
-        if log_level.lower() not in _LEVELS:
-            raise typer.BadParameter(f"--log-level must be one of {', '.join(_LEVELS)}")
         try:
             import uvicorn
 
@@ -114,14 +123,15 @@ def register(app: typer.Typer) -> None:
             settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
                 rulesets=tuple(ruleset) if ruleset else None, paths=paths,
-                concept_maps=tuple(concept_maps or ()), timezone=timezone, intake=intake,
+                concept_maps=tuple(concept_maps or ()), timezone=timezone,
+                intake=None if intake is None else intake.value,
                 config=settings, insecure_dev=insecure_dev,
                 allowed_fhir_servers=fhir_server or None,
                 cors_origins=tuple(cor for cor in (cors_origin or ["*"])),
                 shadow=candidates, store=store)
         except CDSSError as exc:
             _fail(str(exc))
-        _log_to_stderr(log_level)
+        _log_to_stderr(log_level.value)
         disable_access_log()
         if insecure_dev:
             typer.secho("WARNING: --insecure-dev: calls are NOT authenticated; anyone who can "
@@ -134,5 +144,5 @@ def register(app: typer.Typer) -> None:
         if settings is not None:
             issuers = ", ".join(i.issuer for i in settings.issuers)
             typer.echo(f"public URL {settings.public_url}; trusted issuers: {issuers}", err=True)
-        uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
+        uvicorn.run(application, host=host, port=port, log_level=log_level.value,
                     access_log=False, server_header=False)

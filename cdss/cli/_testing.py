@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cdss.cli._help import Command
 from cdss.cli._options import ConceptMaps, load_cli_ruleset
 from cdss.errors import CDSSError
 
@@ -81,7 +82,7 @@ def _print_failures(console: Console, report: Report) -> None:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
-    @app.command("test-ruleset")
+    @app.command("test-ruleset", cls=Command)
     def test_ruleset(
         ruleset: Annotated[str, typer.Argument(
             help="a ruleset file (<folder>/<id>/<version>.yaml), or id / id@version")],

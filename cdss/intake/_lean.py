@@ -330,7 +330,7 @@ def _input_error(exc: ValidationError, resource: Mapping[str, Any], rtype: str) 
     )
 
 
-def entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
+def entries(record: Any, *, whole: bool = True) -> Iterator[tuple[int, Any, str | None, bool]]:
     """Yield ``(position, resource, fullUrl, validated)`` of a record.
 
     The whole record is validated in one pass (JSON text or bytes straight
@@ -338,8 +338,12 @@ def entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
     lean dict (``validated``). If anything is wrong, the record is read again
     resource by resource, unvalidated, so that intake validates each alone:
     its error names the resource, and one bad resource can be left out
-    (malformed JSON is reported as such).
+    (malformed JSON is reported as such). ``whole=False`` goes that way at
+    once (a record known to hold a resource that breaks intake's bounds).
     """
+    if not whole:
+        yield from _slow_entries(record)
+        return
     try:
         if isinstance(record, (bytes, bytearray, memoryview, str)):
             doc = _DOCUMENT.validate_json(record if not isinstance(record, memoryview)

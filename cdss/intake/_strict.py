@@ -31,6 +31,7 @@ import orjson
 from pydantic import ValidationError
 
 from cdss.errors import InputError, InvalidArgument
+from cdss.intake import _guard
 from cdss.intake import _lean as lean_intake
 from cdss.intake._shapes import (
     MODES,
@@ -179,10 +180,16 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         raise InvalidArgument(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     tz = zone(timezone)
     lean = mode == "lean"
+    # Bounds first (nesting, code lengths, numbers, Unicode): what breaks them
+    # outside every resource refuses the record here; inside one, it is that
+    # resource's error below.
+    parsed, hostile = _guard.parse_and_check(record)
     if lean:
-        source: Iterable[tuple[int, Any, str | None, bool]] = lean_intake.entries(record)
+        source: Iterable[tuple[int, Any, str | None, bool]] = (
+            lean_intake.entries(record) if not hostile
+            else lean_intake.entries(parsed, whole=False))
     else:
-        source = ((pos, res, url, False) for pos, res, url in record_entries(record))
+        source = ((pos, res, url, False) for pos, res, url in record_entries(parsed))
     patients: list[tuple[Mapping[str, Any], str | None]] = []
     used: list[Mapping[str, Any]] = []
     skipped: Counter[str] = Counter()
@@ -195,6 +202,10 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         left_out.append(LeftOut.from_error(exc, fallback))
 
     for pos, resource, full_url, validated in source:
+        if pos in hostile:
+            error = hostile[pos]
+            leave_out(error, f"item {pos}", patient=error.resource_type == "Patient")
+            continue
         try:
             rtype = _resource_type(pos, resource)
         except InputError as exc:

@@ -1,0 +1,200 @@
+"""The look at a record before anything parses it further: bounds no real
+record reaches, so that no input can crash or hang intake, facts or units.
+
+One pass over the parsed JSON (or the Python objects given), with an explicit
+stack rather than recursion, so its cost is linear in the size of the record
+and it cannot itself exceed the interpreter's recursion limit. It refuses:
+
+- nesting deeper than :data:`MAX_DEPTH` objects and arrays;
+- a code, unit, system, id, reference or resourceType longer than
+  :data:`MAX_CODE_LENGTH` characters (the strings intake, the terminology and
+  the unit parser read; free text is not bounded);
+- a number that is not finite as a double (``10**400``, NaN, infinity);
+- a string or key holding a lone surrogate (it cannot be written as UTF-8);
+- an object key that is not text, a value that is not a JSON value.
+
+A problem inside one resource is that resource's :class:`InputError` (type,
+id when it is readable, and the field's path), so that intake can leave the
+resource out with the reason; a problem outside every resource (the Bundle's
+own fields) refuses the record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from cdss.errors import InputError
+
+__all__ = ["MAX_CODE_LENGTH", "MAX_DEPTH", "Problems", "check_record", "parse_and_check"]
+
+#: Objects and arrays nested in a record, the Bundle's own levels included. A
+#: real FHIR record stays below 20 (a Bundle entry's resource is at level 3).
+MAX_DEPTH = 64
+#: Characters of a code, unit, system, id, reference or resourceType. FHIR ids
+#: hold at most 64; real codes and code-system URLs stay well below 200.
+MAX_CODE_LENGTH = 256
+_BOUNDED_KEYS = frozenset({"id", "code", "system", "unit", "reference", "resourceType"})
+_FLOAT_MAX = 1.7976931348623157e308
+
+#: Resource-level problems by position in the record (what ``record_entries``
+#: yields as position), each an :class:`InputError` naming the resource.
+Problems = dict[int, InputError]
+
+
+def _resource_type(node: Any) -> str | None:
+    rtype = node.get("resourceType") if isinstance(node, Mapping) else None
+    if isinstance(rtype, str) and len(rtype) <= MAX_CODE_LENGTH and _encodable(rtype):
+        return rtype
+    return None
+
+
+def _resource_id(node: Any) -> str | None:
+    rid = node.get("id") if isinstance(node, Mapping) else None
+    if isinstance(rid, str) and len(rid) <= MAX_CODE_LENGTH and _encodable(rid):
+        return rid
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _problem(node: Any, key: Any, value: Any, depth: int) -> str | None:
+    """What is wrong with ``value`` at ``key`` (None when nothing)."""
+    if depth > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} objects and arrays"
+    if isinstance(value, str):
+        if key in _BOUNDED_KEYS and len(value) > MAX_CODE_LENGTH:
+            return f"{len(value):,} characters; at most {MAX_CODE_LENGTH} are read here"
+        if not _encodable(value):
+            return "text holding a lone surrogate, which is not valid Unicode"
+        return None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            return None
+        return "a number beyond the range of a double"
+    if isinstance(value, (float, Decimal)):
+        if math.isfinite(value) and abs(float(value)) <= _FLOAT_MAX:
+            return None
+        return f"{value!r} is not a finite JSON number"
+    if isinstance(value, (Mapping, list, tuple)):
+        return None
+    return f"a {type(value).__name__} is not a JSON value"
+
+
+def _field(path: list[Any]) -> str:
+    shown = ".".join(str(p) for p in path[:8])
+    return (shown + ("..." if len(path) > 8 else "")) or "(the resource)"
+
+
+def _walk(root: Any, base_depth: int) -> tuple[list[Any], str] | None:
+    """The first problem below ``root`` (its path and what), or None. Depth
+    counts from ``base_depth``, the level ``root`` sits at in the record."""
+    stack: list[tuple[Any, int, list[Any]]] = [(root, base_depth, [])]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, Mapping):
+            items: Any = node.items()
+        else:
+            items = enumerate(node)
+        for key, value in items:
+            if isinstance(node, Mapping) and not isinstance(key, str):
+                return path, f"key {type(key).__name__} is not text"
+            if isinstance(key, str) and not _encodable(key):
+                return path, "a key holding a lone surrogate, which is not valid Unicode"
+            here = [*path, key]
+            is_container = isinstance(value, (Mapping, list, tuple))
+            what = _problem(node, key, value, depth + 1 if is_container else depth)
+            if what is not None:
+                return here, what
+            if is_container:
+                stack.append((value, depth + 1, here))
+    return None
+
+
+def _resource_error(resource: Any, found: tuple[list[Any], str]) -> InputError:
+    path, what = found
+    return InputError(what, resource_type=_resource_type(resource),
+                      resource_id=_resource_id(resource), field=_field(path))
+
+
+def check_record(record: Any) -> Problems:
+    """Look at a parsed record (a Bundle, a resource or a list of resources).
+
+    Returns the problems found inside resources, by position; raises
+    :class:`InputError` for a problem outside every resource, where the
+    record as a whole is refused.
+    """
+    problems: Problems = {}
+    if isinstance(record, Mapping) and record.get("resourceType") == "Bundle":
+        entries = record.get("entry")
+        rest = {k: v for k, v in record.items() if k != "entry"}
+        found = _walk(rest, 1)
+        if found is not None:
+            raise InputError(found[1], resource_type="Bundle", resource_id=_resource_id(record),
+                             field=_field(found[0]))
+        if not isinstance(entries, list):
+            return problems
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                continue
+            outside = {k: v for k, v in entry.items() if k != "resource"}
+            found = _walk(outside, 3)
+            if found is not None:
+                raise InputError(found[1], resource_type="Bundle",
+                                 resource_id=_resource_id(record),
+                                 field=_field([f"entry[{i}]", *found[0]]))
+            resource = entry.get("resource")
+            if isinstance(resource, Mapping):
+                found = _walk(resource, 4)
+                if found is not None:
+                    problems[i] = _resource_error(resource, found)
+        return problems
+    if isinstance(record, Mapping):
+        found = _walk(record, 1)
+        if found is not None:
+            problems[0] = _resource_error(record, found)
+    elif isinstance(record, (list, tuple)):
+        for i, item in enumerate(record):
+            if isinstance(item, Mapping):
+                found = _walk(item, 2)
+                if found is not None:
+                    problems[i] = _resource_error(item, found)
+            elif not isinstance(item, (str, bytes)):
+                what = _problem(record, i, item, 1)
+                if what is not None:
+                    problems[i] = InputError(what, field=f"item {i}")
+    return problems
+
+
+def _loads(data: str | bytes | bytearray) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:  # also: deeper than 1,024, lone surrogates
+        raise InputError(f"malformed JSON: {exc}") from None
+
+
+def parse_and_check(record: Any) -> tuple[Any, Problems]:
+    """``record`` parsed where it is JSON text (a list's items too), and the
+    problems :func:`check_record` finds in it."""
+    if isinstance(record, memoryview):
+        record = bytes(record)
+    if isinstance(record, (str, bytes, bytearray)):
+        record = _loads(record)
+    elif isinstance(record, (list, tuple)) and any(
+            isinstance(item, (str, bytes)) for item in record):
+        record = [_loads(item) if isinstance(item, (str, bytes)) else item for item in record]
+    return record, check_record(record)
