@@ -270,11 +270,18 @@ class PostgresBackend:
         self.where = shown(url)
         self.timeout = timeout
         self._psycopg = psycopg
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            raise StoreError(f"the store URL {self.where} cannot be read") from None
+        # the URL's own options (a search_path) kept, a statement timeout added
+        params["options"] = (f"{params.get('options') or ''} "
+                             f"-c statement_timeout={int(timeout * 1000)}").strip()
+        params.setdefault("connect_timeout", max(1, round(timeout)))
+        params.setdefault("application_name", "cdss")
         self._pool = psycopg_pool.ConnectionPool(
-            url, min_size=0, max_size=pool_size, open=True, timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout)),
-                    "options": f"-c statement_timeout={int(timeout * 1000)}",
-                    "application_name": "cdss"},
+            psycopg.conninfo.make_conninfo(**params), min_size=0, max_size=pool_size,
+            open=True, timeout=timeout, kwargs={"autocommit": True},
             reconnect_timeout=timeout, name="cdss-store")
 
     def connect(self, *, read_only: bool = False) -> Connection:

@@ -90,17 +90,25 @@ def run_worker(app: Any, sock: socket.socket, *, log_level: str = "info",
             emit(logging.INFO, {"event": "worker started", "pid": os.getpid()})
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # not uvicorn's own, which raises the signal again once stopped: a
+            # worker stopped by SIGTERM has done what was asked and exits 0
+            if self.should_exit:
+                self.force_exit = sig == signal.SIGINT
+                return
             if service is not None and not service.draining:
                 service.draining = True  # /readyz answers 503 from now on
                 service.metrics.ready.set(0)
                 emit(logging.INFO, {"event": "stopping", "pid": os.getpid(),
                                     "drain_seconds": drain_seconds})
                 if drain_seconds > 0:
-                    timer = threading.Timer(drain_seconds, super().handle_exit, (sig, frame))
+                    timer = threading.Timer(drain_seconds, self._stop)
                     timer.daemon = True
                     timer.start()
                     return
-            super().handle_exit(sig, frame)
+            self._stop()
+
+        def _stop(self) -> None:
+            self.should_exit = True
 
     config = uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False,
                             lifespan="on", timeout_graceful_shutdown=max(1, round(

@@ -452,7 +452,7 @@ class Store:
         conn.executemany(
             "INSERT INTO cards_shown VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (hour, service, ruleset, rule, kind) "
-            "DO UPDATE SET cards = cards + excluded.cards",
+            "DO UPDATE SET cards = cards_shown.cards + excluded.cards",
             [(hour_of(at), service, ruleset, rule, kind, n) for (rule, kind), n in shown.items()])
 
     def _write_feedback(self, conn: Connection, service: str, entries: tuple[Any, ...],
@@ -493,8 +493,10 @@ class Store:
         conn.execute(
             "INSERT INTO shadow_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (hour, service, active, candidate) DO UPDATE SET "
-            "calls = calls + excluded.calls, differing = differing + excluded.differing, "
-            "failed = failed + excluded.failed, dropped = dropped + excluded.dropped",
+            "calls = shadow_calls.calls + excluded.calls, "
+            "differing = shadow_calls.differing + excluded.differing, "
+            "failed = shadow_calls.failed + excluded.failed, "
+            "dropped = shadow_calls.dropped + excluded.dropped",
             (hour_of(call.at), call.service, call.active, call.candidate,
              int(not call.failed and not call.dropped), int(differing), int(call.failed),
              call.dropped))
@@ -544,7 +546,7 @@ def read_store(location: Location) -> Iterator[Connection]:
     """A connection to the store at ``location`` (a file, opened read-only,
     or a ``postgresql://`` URL); :class:`~cdss.errors.StoreError` when it is
     missing, unreachable, not a store, or of another schema version."""
-    if not is_url(location):
+    if not is_url(location) and "://" not in str(location):
         file = Path(location)
         if not file.is_file():
             raise StoreError(f"no store file {file}")
