@@ -422,7 +422,7 @@ class _Service:
             record["status"] = response.status_code
             elapsed = time.perf_counter() - start
             record["duration_ms"] = round(elapsed * 1000, 1)
-            self._measure(record, elapsed)
+            self._measure(record, request.path_params.get("service_id"), elapsed)
             if self.authenticator is None:
                 record["warning"] = INSECURE
                 level = logging.WARNING
@@ -433,11 +433,13 @@ class _Service:
 
         return run
 
-    def _measure(self, record: dict[str, Any], elapsed: float) -> None:
+    def _measure(self, record: dict[str, Any], path_sid: str | None, elapsed: float) -> None:
         """The call in the metrics: bounded labels only (an unknown service is ``unknown``)."""
-        sid = record["service"] if record["service"] in self.endpoints else (
+        sid = path_sid if path_sid in self.endpoints else (
             "" if record["event"] == "discovery" else "unknown")
         hook = str(record["event"])
+        if hook == "patient-view" and path_sid in self.endpoints:
+            hook = self.endpoints[path_sid][0]  # refused before its hook was noted
         self.metrics.calls.labels(sid, hook, str(record["status"])).inc()
         self.metrics.latency.labels(sid, hook).observe(elapsed)
         error = record.get("error")

@@ -280,7 +280,7 @@ class PostgresBackend:
         params.setdefault("connect_timeout", max(1, round(timeout)))
         params.setdefault("application_name", "cdss")
         self._pool = psycopg_pool.ConnectionPool(
-            psycopg.conninfo.make_conninfo(**params), min_size=0, max_size=pool_size,
+            psycopg.conninfo.make_conninfo("", **params), min_size=0, max_size=pool_size,
             open=True, timeout=timeout, kwargs={"autocommit": True},
             reconnect_timeout=timeout, name="cdss-store")
 

@@ -164,7 +164,7 @@ def test_a_newer_store_is_refused(location: str) -> None:
 def test_an_unreachable_postgresql_stops_the_service_at_start_in_seconds() -> None:
     url = "postgresql://postgres@127.0.0.1:1/test"  # nothing listens on port 1
     start = time.monotonic()
-    with pytest.raises(ServiceConfigError, match="127.0.0.1:1") as caught:
+    with pytest.raises(ServiceConfigError, match=r"127\.0\.0\.1:1") as caught:
         create_app(rulesets=["plantar-cramps"], insecure_dev=True, store=url)
     assert caught.value.field == "store"
     assert time.monotonic() - start < 30
