@@ -8,6 +8,7 @@ import contextlib
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,8 +39,7 @@ __all__ = ["config_file", "fhir_a", "fhir_b", "jwks_server", "keys", "rs"]
 TOKEN = "metrics-token-0123456789abcdef"
 
 
-def started(config_file: Path, stack: contextlib.ExitStack, **options: object) -> tuple[
-        str, object]:
+def started(config_file: Path, stack: contextlib.ExitStack, **options: Any) -> tuple[str, Any]:
     sock = bind("127.0.0.1")
     url = base_url(sock)
     config = load_config(config_file, public_url=url, environ={})
@@ -82,7 +82,7 @@ def test_health_readiness_and_metrics(config_file: Path, keys: Keys, rs: cdss.Ru
         again = httpx.post(f"{url}{SERVICE}", json=hook_body(rs, "pt-secret-77"),
                            headers=bearer(token))
         assert again.status_code == 401
-        assert app.state.store.flushed()  # type: ignore[attr-defined]
+        assert app.state.store.flushed()
         fb = httpx.post(f"{url}{SERVICE}/feedback", headers=bearer(sign(
             keys.a, f"{url}{SERVICE}/feedback")), json={"feedback": [
                 {"card": card["uuid"], "outcome": "overridden",
@@ -120,7 +120,7 @@ def test_metrics_are_off_without_a_token_and_unknown_services_share_a_label(
             r = httpx.post(f"{url}{path}", json=hook_body(rs, "p"),
                            headers=bearer(sign(keys.a, f"{url}{path}")))
             assert r.status_code == 404
-        text, _ = app.state.metrics.exposition()  # type: ignore[attr-defined]
+        text, _ = app.state.metrics.exposition()
     assert metric(text.decode(), "cdss_calls_total", service="unknown",
                   status="404") == 3
     assert "made-up" not in text.decode()
@@ -156,7 +156,7 @@ def test_a_store_that_stops_answering_fails_calls_closed(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="cdss")
     with contextlib.ExitStack() as stack:
-        url, app = started(config_file, stack, store=url_in(pg_schema), metrics_token=TOKEN)
+        url, _ = started(config_file, stack, store=url_in(pg_schema), metrics_token=TOKEN)
         ok = httpx.post(f"{url}{SERVICE}", json=hook_body(rs, "p2", low_k("p2")),
                         headers=bearer(sign(keys.a, f"{url}{SERVICE}")))
         assert ok.status_code == 200
@@ -184,13 +184,13 @@ def test_readiness_fails_when_the_store_is_unreachable_or_the_worker_drains(
     with contextlib.ExitStack() as stack:
         url, app = started(config_file, stack, store=url_in(pg_schema))
         assert httpx.get(f"{url}/readyz").status_code == 200
-        app.state.service.draining = True  # type: ignore[attr-defined]
+        app.state.service.draining = True
         draining = httpx.get(f"{url}/readyz")
         assert draining.status_code == 503
         assert draining.json()["checks"]["draining"] is True
         assert httpx.get(f"{url}/healthz").status_code == 200  # alive all the same
-        app.state.service.draining = False  # type: ignore[attr-defined]
-        store = app.state.store  # type: ignore[attr-defined]
+        app.state.service.draining = False
+        store = app.state.store
         store.backend.close()  # its pool closed: the store cannot be reached
         gone = httpx.get(f"{url}/readyz")
         assert gone.status_code == 503
