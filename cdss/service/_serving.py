@@ -85,6 +85,11 @@ def run_worker(app: Any, sock: socket.socket, *, log_level: str = "info",
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            # uvicorn says where it listens only for sockets it binds itself
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
             gc.collect()
             gc.freeze()  # start-up's objects are not scanned again by every collection
             emit(logging.INFO, {"event": "worker started", "pid": os.getpid()})
