@@ -27,6 +27,16 @@ calls per second the service completes.
 The service runs as deployed: it trusts one issuer whose EC P-384 key is made
 here, and every HTTP call carries its own ES384 JWT (signed before the clock
 starts, so signing is not measured; verifying is).
+
+``--open-loop`` measures ``cdss serve`` itself, as separate processes with
+lean intake, authentication and a PostgreSQL store (a fresh schema of
+``--postgres``, dropped after), under an open-loop load: calls are sent at a
+fixed arrival rate whatever the answers do, over 32 keep-alive connections,
+and each latency counts from the moment its call was due (so queueing shows).
+It reports, in one run: the throughput at saturation (offered well above
+capacity) of 1 and of ``--workers`` workers and their ratio; p50/p99 at half
+of one worker's saturation rate; and the store's cost per call (the same rate
+without a store).
 """
 
 from __future__ import annotations
@@ -271,6 +281,154 @@ def over_http(rs: cdss.Ruleset, request: dict[str, Any], intake: str, calls: int
     return rows
 
 
+# --------------------------------------------------------------------------- #
+# Open loop: cdss serve as processes, a fixed arrival rate
+# --------------------------------------------------------------------------- #
+async def _one_connection(host: str, port: int, jobs: asyncio.Queue[Any],
+                          done: list[tuple[float, float, int]]) -> None:
+    """Send the calls ``jobs`` holds over one keep-alive connection: a small
+    HTTP/1.1 client, so that the load generator costs little CPU."""
+    reader, writer = await asyncio.open_connection(host, port)
+    while True:
+        job = await jobs.get()
+        if job is None:
+            writer.close()
+            return
+        due, request = job
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        done.append((due, time.perf_counter(), status))
+
+
+def _requests(port: int, path: str, payload: bytes, headers: list[dict[str, str]]) -> list[bytes]:
+    return [(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+             f"Authorization: {h['Authorization']}\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload for h in headers]
+
+
+async def _open_loop(port: int, requests: list[bytes], rate: float,
+                     connections: int = 32) -> tuple[list[float], float, int]:
+    """Send ``requests`` at ``rate`` per second; the latencies (from when each
+    was due), the seconds from the first due time to the last answer, and the
+    number of answers other than 200."""
+    jobs: asyncio.Queue[Any] = asyncio.Queue()
+    done: list[tuple[float, float, int]] = []
+    workers = [asyncio.create_task(_one_connection("127.0.0.1", port, jobs, done))
+               for _ in range(connections)]
+    start = time.perf_counter() + 0.05
+    for i, request in enumerate(requests):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        jobs.put_nowait((due, request))
+    for _ in workers:
+        jobs.put_nowait(None)
+    await asyncio.gather(*workers)
+    latencies = [end - due for due, end, _ in done]
+    return latencies, max(end for _, end, _ in done) - start, sum(s != 200 for *_, s in done)
+
+
+def _start_serve(config_file: str, port: int, workers: int, store: str | None) -> Any:
+    command = [sys.executable, "-m", "cdss.cli", "serve", "--config", config_file,
+               "--port", str(port), "--workers", str(workers), "--intake", "lean",
+               "--log-level", "warning"]
+    if store:
+        command += ["--store", store]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"cdss serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                time.sleep(0.5)
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("cdss serve did not become ready")
+
+
+def open_loop(args: argparse.Namespace) -> None:
+    """The ``--open-loop`` measurements (see the module doc)."""
+    import secrets
+    import socket
+
+    import psycopg
+
+    rs = cdss.load_ruleset(args.ruleset)
+    key = ec.generate_private_key(ec.SECP384R1())
+    schema = f"cdss_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    store = f"{args.postgres}?options=-csearch_path%3D{schema}"
+    payload = orjson.dumps(body(rs))
+    path = f"/cds-services/{service_id(rs, HOOK)}"
+    results: dict[str, tuple[list[float], float, int, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        config_file = Path(folder) / "service.json"
+
+        def measure(name: str, workers: int, with_store: bool, rate: float,
+                    seconds: float) -> float:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            config_file.write_text(orjson.dumps({
+                "public_url": f"http://127.0.0.1:{port}",
+                "issuers": [{"issuer": ISSUER, "jwks": {"keys": [_public_jwk(key)]},
+                             "algorithms": ["ES384"], "fhir_servers": []}]}).decode())
+            process = _start_serve(str(config_file), port, workers, store if with_store else None)
+            try:
+                count = max(50, round(rate * seconds))
+                warm = _requests(port, path, payload, tokens(
+                    key, f"http://127.0.0.1:{port}{path}", min(200, count)))
+                asyncio.run(_open_loop(port, warm, min(rate, 100)))
+                requests = _requests(port, path, payload, tokens(
+                    key, f"http://127.0.0.1:{port}{path}", count))
+                latencies, took, failed = asyncio.run(_open_loop(port, requests, rate))
+            finally:
+                process.terminate()
+                process.wait(timeout=120)
+            throughput = len(latencies) / took
+            results[name] = (latencies, took, failed, rate)
+            print(f"{name:44} offered {rate:6.0f}/s  done {throughput:6.0f}/s  "
+                  f"p50 {_pct(latencies, 50) * 1e3:7.2f}  p99 {_pct(latencies, 99) * 1e3:8.2f} ms"
+                  f"  non-200 {failed}", flush=True)
+            return throughput
+
+        try:
+            one = measure("1 worker, saturation", 1, True, args.offered, args.seconds)
+            many = measure(f"{args.workers} workers, saturation", args.workers, True,
+                           args.offered * args.workers, args.seconds)
+            half = one / 2
+            measure("1 worker, half of its saturation", 1, True, half, args.seconds * 2)
+            measure(f"{args.workers} workers, half of 1 worker's saturation", args.workers,
+                    True, half, args.seconds * 2)
+            measure("1 worker, half, no store", 1, False, half, args.seconds * 2)
+        finally:
+            with psycopg.connect(args.postgres, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with_store = results["1 worker, half of its saturation"][0]
+    without = results["1 worker, half, no store"][0]
+    print(f"throughput {args.workers} workers / 1 worker: {many / one:.2f}x")
+    print(f"store's cost per call at half load: p50 "
+          f"{(_pct(with_store, 50) - _pct(without, 50)) * 1e3:+.2f} ms, mean "
+          f"{(statistics.fmean(with_store) - statistics.fmean(without)) * 1e3:+.2f} ms")
+
+
+def _public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = orjson.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    return {**jwk, "kid": "bench", "alg": "ES384", "use": "sig"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=500)
@@ -285,7 +443,18 @@ def main() -> None:
                         help="the hook called (order hooks: with two draft orders)")
     parser.add_argument("--candidate", default=None,
                         help="the shadow candidate (default: another version of the ruleset)")
+    parser.add_argument("--open-loop", action="store_true",
+                        help="measure cdss serve processes under a fixed arrival rate")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="with --open-loop: the database a fresh store schema is made in")
+    parser.add_argument("--workers", type=int, default=2, help="with --open-loop")
+    parser.add_argument("--offered", type=float, default=700,
+                        help="with --open-loop: calls/s offered per worker at saturation")
+    parser.add_argument("--seconds", type=float, default=5, help="with --open-loop")
     args = parser.parse_args()
+    if args.open_loop:
+        open_loop(args)
+        return
     rs = cdss.load_ruleset(args.ruleset)
     if args.serve:
         serve(rs, args.serve, args.intake, args.candidate, args.hook)

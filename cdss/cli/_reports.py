@@ -9,7 +9,6 @@ import functools
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -18,7 +17,9 @@ import typer
 from cdss.cli._help import Command
 from cdss.errors import CDSSError
 
-Store = Annotated[Path, typer.Option("--store", help="the service's store file (SQLite)")]
+Store = Annotated[str, typer.Option(
+    "--store", envvar="CDSS_STORE",
+    help="the service's store: a SQLite file or a postgresql:// URL")]
 Since = Annotated[str | None, typer.Option(help="from this time (ISO 8601; UTC if no zone)")]
 Until = Annotated[str | None, typer.Option(help="until this time, excluded (ISO 8601)")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -48,7 +49,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _report(read: Callable[..., dict[str, Any]], store: Path, since: str | None,
+def _report(read: Callable[..., dict[str, Any]], store: str, since: str | None,
             until: str | None, as_json: bool) -> dict[str, Any] | None:
     """The report ``read`` gives for the period, printed as JSON (then None) or
     headed by its period for a table; a store that cannot be read exits 2."""

@@ -8,10 +8,11 @@ commands work without them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -87,9 +88,25 @@ def register(app: typer.Typer) -> None:
             "--shadow", help="SERVICE=ID@VERSION: evaluate a candidate version beside the "
                              "service's after each answer and record the differences; "
                              "repeat for several (default: the configuration's shadow)")] = None,
-        store: Annotated[Path | None, typer.Option(
-            "--store", help="the store file (SQLite) of feedback, cards issued and shadow "
-                            "differences (default: the configuration's store)")] = None,
+        store: Annotated[str | None, typer.Option(
+            "--store", envvar="CDSS_STORE",
+            help="the store of feedback, cards issued, shadow differences and the replay "
+                 "cache: a SQLite file (one host) or a postgresql:// URL (shared by "
+                 "replicas) (default: the configuration's store)")] = None,
+        workers: Annotated[int, typer.Option(
+            min=1, max=64, help="worker processes sharing the port (SO_REUSEPORT), each "
+                                "with its own evaluation thread; needs a store, which holds "
+                                "the replay cache they share")] = 1,
+        metrics_token_file: Annotated[Path | None, typer.Option(
+            envvar="CDSS_METRICS_TOKEN_FILE",
+            help="file holding the bearer token GET /metrics requires (16 characters or "
+                 "more); without it /metrics is off")] = None,
+        drain_seconds: Annotated[float, typer.Option(
+            min=0, max=600, help="on SIGTERM, seconds to keep serving with /readyz "
+                                 "answering 503, before no longer accepting calls")] = 0.0,
+        graceful_seconds: Annotated[float, typer.Option(
+            min=1, max=600, help="on SIGTERM, seconds calls in flight have to finish")
+        ] = 30.0,
     ) -> None:
         """Run the CDS Hooks 2.0 service over HTTP: patient-view, order-select and
         order-sign.
@@ -99,9 +116,14 @@ def register(app: typer.Typer) -> None:
         --insecure-dev is given.
         """
         try:
-            import uvicorn
-
             from cdss.service import create_app, disable_access_log, load_config
+            from cdss.service._serving import (
+                WORKER_ENV,
+                listening_socket,
+                run_worker,
+                supervise,
+                worker_command,
+            )
         except ImportError as exc:
             _fail(f"the service needs the 'service' extra (pip install 'cdss[service]'): {exc}")
         if insecure_dev and config is not None:
@@ -119,6 +141,15 @@ def register(app: typer.Typer) -> None:
             if any(not sid or not sep or not spec for sid, sep, spec in pairs):
                 _fail("--shadow takes SERVICE=ID@VERSION")
             candidates = {sid: spec for sid, _, spec in pairs}
+        token = None
+        if metrics_token_file is not None:
+            try:
+                token = metrics_token_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                _fail(f"cannot read the metrics token file {metrics_token_file}: {exc}")
+        worker = os.environ.get(WORKER_ENV)
+        if worker is None:
+            _log_to_stderr(log_level.value)
         try:
             settings = load_config(config, public_url=public_url) if config else None
             application = create_app(
@@ -128,21 +159,74 @@ def register(app: typer.Typer) -> None:
                 config=settings, insecure_dev=insecure_dev,
                 allowed_fhir_servers=fhir_server or None,
                 cors_origins=tuple(cor for cor in (cors_origin or ["*"])),
-                shadow=candidates, store=store)
+                shadow=candidates, store=store, metrics_token=token)
         except CDSSError as exc:
             _fail(str(exc))
+        if workers > 1 and worker is None and application.state.store is None:
+            _fail("--workers needs a store (--store, CDSS_STORE or store: in the "
+                  "configuration): the workers share its replay cache")
         _log_to_stderr(log_level.value)
         disable_access_log()
-        if insecure_dev:
-            typer.secho("WARNING: --insecure-dev: calls are NOT authenticated; anyone who can "
-                        f"reach {host}:{port} can read decision support about any patient. "
-                        "Never use this with real patient data.",
-                        err=True, fg=typer.colors.YELLOW)
-        services = ", ".join(f"{sid} ({rs.spec})"
-                             for sid, rs in application.state.services.items())
-        typer.echo(f"CDS Hooks services: {services}", err=True)
-        if settings is not None:
-            issuers = ", ".join(i.issuer for i in settings.issuers)
-            typer.echo(f"public URL {settings.public_url}; trusted issuers: {issuers}", err=True)
-        uvicorn.run(application, host=host, port=port, log_level=log_level.value,
-                    access_log=False, server_header=False)
+        if worker is not None or workers == 1:
+            try:
+                sock = listening_socket(host, port, reuse_port=worker is not None)
+            except OSError as exc:
+                _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+            if worker is None:
+                _announce(application, settings, insecure_dev, host, port)
+            run_worker(application, sock, log_level=log_level.value.lower(),
+                       drain_seconds=drain_seconds, graceful_seconds=graceful_seconds)
+            return
+        if application.state.store is not None:  # each worker opens its own
+            application.state.store.close()
+        _announce(application, settings, insecure_dev, host, port)
+        raise typer.Exit(code=supervise(worker_command(), workers,
+                                        stop_seconds=drain_seconds + graceful_seconds + 15))
+
+    @app.command("store")
+    def store_command(
+        action: Annotated[str, typer.Argument(help="migrate: bring the store to this "
+                                                   "cdss's schema version")],
+        store: Annotated[str, typer.Option(
+            "--store", envvar="CDSS_STORE",
+            help="a SQLite file or a postgresql:// URL")],
+    ) -> None:
+        """Manage the service's store: ``cdss store migrate --store FILE|URL``.
+
+        The service creates an empty store itself; an existing store of an
+        older schema version is changed only by this command (run it once,
+        before the new version's replicas start; it is safe to run again).
+        """
+        if action != "migrate":
+            raise typer.BadParameter(f"unknown action {action!r}: the action is migrate")
+        try:
+            from cdss.service._backends import shown
+            from cdss.service._store import migrate_store
+
+            found, now = migrate_store(store)
+        except ImportError as exc:
+            _fail(f"the store needs the 'service' extra (pip install 'cdss[service]'): {exc}")
+        except CDSSError as exc:
+            _fail(str(exc))
+        where = shown(store)
+        if found == now:
+            typer.echo(f"{where}: schema version {now}, nothing to do")
+        else:
+            typer.echo(f"{where}: schema version {found if found is not None else 'none'} "
+                       f"-> {now}")
+
+
+def _announce(application: Any, settings: Any, insecure_dev: bool, host: str,
+              port: int) -> None:
+    """The start-up lines on stderr (what is served, to whom)."""
+    if insecure_dev:
+        typer.secho("WARNING: --insecure-dev: calls are NOT authenticated; anyone who can "
+                    f"reach {host}:{port} can read decision support about any patient. "
+                    "Never use this with real patient data.",
+                    err=True, fg=typer.colors.YELLOW)
+    services = ", ".join(f"{sid} ({rs.spec})"
+                         for sid, rs in application.state.services.items())
+    typer.echo(f"CDS Hooks services: {services}", err=True)
+    if settings is not None:
+        issuers = ", ".join(i.issuer for i in settings.issuers)
+        typer.echo(f"public URL {settings.public_url}; trusted issuers: {issuers}", err=True)

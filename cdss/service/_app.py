@@ -65,10 +65,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +91,7 @@ from cdss.errors import (
     InvalidArgument,
     ReplayCacheFull,
     ServiceConfigError,
+    StoreError,
 )
 from cdss.hooks import (
     HOOKS,
@@ -108,6 +111,7 @@ from cdss.service._config import AllowedServer, Limits, ServiceConfig, load_conf
 from cdss.service._fhir_client import Caller, fetch_missing
 from cdss.service._limits import check_depth, checked, read_body
 from cdss.service._logging import INSECURE, emit, log_failure, quiet_http_loggers
+from cdss.service._metrics import Metrics, reason_label
 from cdss.service._responses import CATEGORY, INTERNAL, HTTPError, error_response, json_response
 from cdss.service._runtime import Runtime, assess_in_thread, evaluate_in_thread
 from cdss.service._shadow import AfterAnswer, load_candidates
@@ -148,6 +152,7 @@ class _Settings:
     intake: str = "strict"
     shadow: Mapping[str, Ruleset] | None = None
     store: Store | None = None
+    metrics_token: str | None = None
 
 
 def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | None,
@@ -156,7 +161,8 @@ def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | Non
               intake: str | None,
               insecure_dev: bool, allowed_fhir_servers: Sequence[str] | None,
               limits: Limits | None, shadow: Mapping[str, str | Ruleset] | None = None,
-              store: str | Path | None = None) -> _Settings:
+              store: str | Path | None = None,
+              metrics_token: str | None = None) -> _Settings:
     """The settings, or the error that stops the service at start."""
     if isinstance(config, (str, Path)):
         config = load_config(config)
@@ -190,8 +196,16 @@ def _settings(*, rulesets: Sequence[str | Ruleset] | Mapping[str, Ruleset] | Non
         hook_services(services, HOOKS),
         shadow if shadow is not None else (config.shadow if config else {}),
         functools.partial(load_ruleset, paths=paths, concept_maps=concept_maps))
+    if metrics_token is not None and len(metrics_token.strip()) < 16:
+        raise ServiceConfigError("the metrics token must have at least 16 characters",
+                                 field="metrics_token")
     kept = open_store(config.store if config is not None else None, store)
-    return _Settings(services, config, dev_servers, zone_name, limit, mode, candidates, kept)
+    return _Settings(services, config, dev_servers, zone_name, limit, mode, candidates, kept,
+                     metrics_token.strip() if metrics_token is not None else None)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
@@ -203,6 +217,10 @@ def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
     if isinstance(exc, ReplayCacheFull):
         record["error"] = "replay cache full"
         return error_response(503, "the service is busy; try again later", {"Retry-After": "30"})
+    if isinstance(exc, StoreError):  # the replay check could not be made: fail closed
+        record["error"] = "store unavailable"
+        return error_response(503, "the service is unavailable; try again later",
+                              {"Retry-After": "5"})
     if isinstance(exc, HookRequestError):
         record["error"] = CATEGORY.get(exc.status, "refused")
         return error_response(exc.status, exc.reason)
@@ -240,11 +258,42 @@ class _Service:
         self.store = settings.store
         self.after = AfterAnswer(settings.shadow or {}, self.store,
                                  timezone_name=settings.zone_name, intake=settings.intake)
+        self.metrics = Metrics()
+        self.draining = False  # SIGTERM: /readyz answers 503 from then on
+        self.after.on_cards = self._count_cards
+        self.after.on_drop = lambda sid: self.metrics.shadow_dropped.labels(sid).inc()
+        self.replay_pool: ThreadPoolExecutor | None = None
+        if self.store is not None:
+            metrics = self.metrics
+            self.store.on_error = lambda op: metrics.store_errors.labels(op).inc()
+            self.store.on_drop = lambda kind, n: metrics.store_dropped.labels(kind).inc(n)
+            self.store.on_feedback = self._count_feedback
+            self.replay_pool = ThreadPoolExecutor(4, thread_name_prefix="cdss-replay")
         config = settings.config
-        self.authenticator = ClientAuthenticator(config, self.runtime.http) \
+        self.authenticator = ClientAuthenticator(
+            config, self.runtime.http,
+            shared_replay=self._shared_replay if self.store is not None else None) \
             if config is not None else None
         self.servers = {i.issuer: i.allowed_servers for i in config.issuers} if config else {}
         self.feedback_log: deque[dict[str, Any]] = deque(maxlen=1000)
+
+    # -- metrics ---------------------------------------------------------------- #
+    def _count_cards(self, sid: str, issued: Sequence[Any]) -> None:
+        for card in issued:
+            for rule in card.rules or ("",):
+                self.metrics.cards.labels(sid, rule).inc()
+
+    def _count_feedback(self, sid: str, rules: tuple[str, ...] | None, outcome: str) -> None:
+        for rule in (rules or ("",)) if rules is not None else ("unknown",):
+            self.metrics.feedback.labels(sid, rule, outcome).inc()
+
+    async def _shared_replay(self, key: tuple[str, str], until: float, now: float) -> bool:
+        """The store's replay check, off the event loop (on threads of its own,
+        so that a slow store cannot take the loop's default pool)."""
+        assert self.store is not None
+        assert self.replay_pool is not None
+        return await asyncio.get_running_loop().run_in_executor(
+            self.replay_pool, self.store.remember, key, until, now)
 
     # -- what every endpoint needs ------------------------------------------- #
     async def caller_of(self, request: Request, path: str) -> Caller:
@@ -348,6 +397,9 @@ class _Service:
                 except Exception as exc:
                     log_failure(exc, "feedback callback")
                     raise HTTPError(500, "feedback could not be stored") from None
+        if self.store is None:
+            for outcome in outcomes:
+                self.metrics.feedback.labels(sid, "unknown", outcome).inc()
         if self.store is not None:  # waits, off the event loop, for the rows to be committed
             try:
                 record["unknown_cards"] = await asyncio.wrap_future(
@@ -368,7 +420,9 @@ class _Service:
             except Exception as exc:
                 response = _refusal(exc, record, event)
             record["status"] = response.status_code
-            record["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
+            elapsed = time.perf_counter() - start
+            record["duration_ms"] = round(elapsed * 1000, 1)
+            self._measure(record, request.path_params.get("service_id"), elapsed)
             if self.authenticator is None:
                 record["warning"] = INSECURE
                 level = logging.WARNING
@@ -378,6 +432,61 @@ class _Service:
             return response
 
         return run
+
+    def _measure(self, record: dict[str, Any], path_sid: str | None, elapsed: float) -> None:
+        """The call in the metrics: bounded labels only (an unknown service is ``unknown``)."""
+        sid = path_sid if path_sid in self.endpoints else (
+            "" if record["event"] == "discovery" else "unknown")
+        hook = str(record["event"])
+        if hook == "patient-view" and path_sid in self.endpoints:
+            hook = self.endpoints[path_sid][0]  # refused before its hook was noted
+        self.metrics.calls.labels(sid, hook, str(record["status"])).inc()
+        self.metrics.latency.labels(sid, hook).observe(elapsed)
+        error = record.get("error")
+        if record["status"] == 401 and isinstance(error, str):
+            self.metrics.auth_failures.labels(
+                reason_label(error.removeprefix("authentication: "))).inc()
+        elif error == "store unavailable":
+            self.metrics.auth_failures.labels("store unavailable").inc()
+
+    # -- for the platform: health, readiness, metrics ---------------------------- #
+    async def healthz(self, request: Request) -> Response:
+        """``GET /healthz``: the process answers (liveness)."""
+        return json_response({"status": "alive"})
+
+    async def readyz(self, request: Request) -> Response:
+        """``GET /readyz``: rulesets loaded, store reachable, evaluation thread
+        answering, not shutting down; 503 naming what is not."""
+        checks: dict[str, bool] = {"rulesets": bool(self.endpoints), "draining": self.draining}
+        if self.store is not None:
+            try:
+                checks["store"] = await asyncio.wait_for(asyncio.to_thread(self.store.ping), 5)
+            except asyncio.TimeoutError:
+                checks["store"] = False
+        try:
+            await asyncio.wait_for(self.runtime.worker().submit(_nothing), 2)
+            checks["evaluation"] = True
+        except asyncio.TimeoutError:
+            checks["evaluation"] = False
+        ready = all(v for k, v in checks.items() if k != "draining") and not self.draining
+        self.metrics.ready.set(1 if ready else 0)
+        status = "ready" if ready else "not ready"
+        return json_response({"status": status, "checks": checks}, status=200 if ready else 503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """``GET /metrics``: Prometheus text, for a bearer of the metrics token
+        only (404 when no token is configured, 401 for any other caller)."""
+        token = self.settings.metrics_token
+        if token is None:
+            return error_response(404, "no such endpoint")
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), token.encode()):
+            self.metrics.auth_failures.labels("metrics token").inc()
+            return error_response(401, AUTH_FAILED, {"WWW-Authenticate": "Bearer"})
+        body, content_type = await asyncio.to_thread(self.metrics.exposition)
+        return Response(body, media_type=content_type)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -390,8 +499,12 @@ class _Service:
         try:
             yield
         finally:
+            self.draining = True
+            self.metrics.ready.set(0)
             await self.runtime.close()
-            if self.store is not None:
+            if self.replay_pool is not None:
+                self.replay_pool.shutdown(wait=False)
+            if self.store is not None:  # what is queued is written first
                 await asyncio.to_thread(self.store.close)
             if self.after.candidates:
                 emit(logging.INFO, {"event": "shadow stopped", **self.after.summary()})
@@ -419,6 +532,9 @@ def _starlette(service: _Service, cors_origins: Sequence[str]) -> Starlette:
                   service.logged("patient-view", service.call_service), methods=["POST"]),
             Route("/cds-services/{service_id}/feedback",
                   service.logged("feedback", service.feedback), methods=["POST"]),
+            Route("/healthz", service.healthz, methods=["GET"]),
+            Route("/readyz", service.readyz, methods=["GET"]),
+            Route("/metrics", service.metrics_endpoint, methods=["GET"]),
         ],
         middleware=[Middleware(
             CORSMiddleware, allow_origins=list(cors_origins),
@@ -447,6 +563,7 @@ def create_app(
     on_feedback: Callable[[str, dict[str, Any]], None] | None = None,
     shadow: Mapping[str, str | Ruleset] | None = None,
     store: str | Path | None = None,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """The CDS Hooks service as a Starlette app.
 
@@ -479,15 +596,20 @@ def create_app(
     ``shadow`` (default: the configuration's) maps service ids to a candidate
     ruleset (spec or loaded) evaluated beside the active one after each answer,
     its differences recorded (see :mod:`cdss.service._shadow`); its cards are
-    never returned. ``store`` is the path of the store file (SQLite) of the
-    cards issued, feedback and shadow differences; default: the
-    configuration's ``store``, and none without one.
+    never returned. ``store`` is the store of the cards issued, feedback,
+    shadow differences and the replay cache: a SQLite file's path or a
+    ``postgresql://`` URL; default: the configuration's ``store``, and none
+    without one (then the replay cache is this process's memory).
+
+    ``metrics_token`` (16 characters or more) is the bearer token
+    ``GET /metrics`` requires; without one, ``/metrics`` is a 404.
+    ``/healthz`` and ``/readyz`` need no token and say nothing of patients.
     """
     settings = _settings(rulesets=rulesets, paths=paths, concept_maps=concept_maps,
                          timezone=timezone, intake=intake, config=config,
                          insecure_dev=insecure_dev,
                          allowed_fhir_servers=allowed_fhir_servers, limits=limits,
-                         shadow=shadow, store=store)
+                         shadow=shadow, store=store, metrics_token=metrics_token)
     quiet_http_loggers()
     service = _Service(settings, clock=clock, fetch=fetch, on_feedback=on_feedback)
     app = _starlette(service, cors_origins)
@@ -498,4 +620,6 @@ def create_app(
     app.state.config = settings.config
     app.state.authenticator = service.authenticator
     app.state.insecure_dev = service.authenticator is None
+    app.state.service = service
+    app.state.metrics = service.metrics
     return app

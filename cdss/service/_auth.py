@@ -36,7 +36,7 @@ import binascii
 import heapq
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,11 +365,16 @@ class ClientAuthenticator:
     """
 
     def __init__(self, config: ServiceConfig, http: Callable[[], httpx.AsyncClient], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 shared_replay: Callable[[tuple[str, str], float, float],
+                                         Awaitable[bool]] | None = None) -> None:
         self.config = config
         self._clock = clock
         self._static = {item.issuer: load_static_keys(item) for item in config.issuers}
         self.replay = ReplayCache(config.token.replay_cache_size, clock=clock)
+        #: The store's replay check (``key, until, now -> first seen``), when the
+        #: service has a store: a jti is then refused by every process sharing it.
+        self.shared_replay = shared_replay
         self.jwks = JwksCache(config.jwks, http)
 
     def audience(self, path: str) -> str:
@@ -475,6 +480,11 @@ class ClientAuthenticator:
         longest = policy.max_lifetime_seconds + policy.leeway_seconds
         if exp > now + longest or exp - iat > longest:
             raise AuthenticationFailed("token lifetime longer than allowed", issuer=name)
-        if not self.replay.remember((name, jti), float(exp) + policy.leeway_seconds):
+        until = float(exp) + policy.leeway_seconds
+        if self.shared_replay is not None:
+            first = await self.shared_replay((name, jti), until, now)  # StoreError: fail closed
+        else:
+            first = self.replay.remember((name, jti), until)
+        if not first:
             raise AuthenticationFailed("jti replayed", issuer=name)
         return issuer

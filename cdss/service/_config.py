@@ -271,13 +271,21 @@ class Limits(_Strict):
 
 
 class StoreConfig(_Strict):
-    """The store: one SQLite file of the cards issued, feedback and shadow
-    differences (no patient data), and how long its rows are kept."""
+    """The store of the cards issued, feedback, shadow differences and the
+    replay cache (no patient data): one SQLite file (one host) or a PostgreSQL
+    database (shared by replicas), and how long its rows are kept."""
 
-    #: The file (default: ``cdss-service.sqlite3`` in ``CDSS_DATA_DIR``, else
-    #: ``$XDG_STATE_HOME/cdss``, else ``~/.local/state/cdss``), relative to the
-    #: configuration file.
+    #: The SQLite file (default: ``cdss-service.sqlite3`` in ``CDSS_DATA_DIR``,
+    #: else ``$XDG_STATE_HOME/cdss``, else ``~/.local/state/cdss``), relative
+    #: to the configuration file.
     path: str | None = None
+    #: A PostgreSQL database instead (``postgresql://user@host:5432/db``; a
+    #: password is better kept in ``PGPASSWORD`` or ``~/.pgpass``).
+    url: str | None = None
+    #: Connections per process to PostgreSQL at most.
+    pool_size: int = Field(default=8, ge=1, le=100)
+    #: Seconds connecting, taking a connection, or one statement may take.
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     #: Days a card's uuid is mapped to its rules (feedback later than that is
     #: stored with the rule unknown).
     card_days: int = Field(default=30, ge=1, le=3650)
@@ -288,6 +296,14 @@ class StoreConfig(_Strict):
     max_pending: int = Field(default=10_000, ge=10, le=1_000_000)
     #: Whether the text of override comments is kept (else only that there was one).
     comments: bool = True
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give the store a path or a url, not both")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("the store's url must be a postgresql:// URL")
+        return self
 
 
 class ServiceConfig(_Strict):

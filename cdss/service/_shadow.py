@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -99,6 +99,9 @@ class AfterAnswer:
         self.counts: Counter[str] = Counter()
         self._dropped_unlogged = 0
         self._last_drop_log = 0.0
+        #: Told of the cards of every answer (metrics), and of every shadow job dropped.
+        self.on_cards: Callable[[str, list[IssuedCard]], None] | None = None
+        self.on_drop: Callable[[str], None] | None = None
 
     def as_of(self, service: str, clock_time: datetime | None) -> datetime | None:
         """The evaluation time of a call: a service with a candidate fixes it
@@ -114,8 +117,11 @@ class AfterAnswer:
         cards, queue the shadow (``served``: the Assessment behind ``body``,
         else the active version is evaluated again)."""
         try:
+            issued = issued_cards(body)
+            if self.on_cards is not None:
+                self.on_cards(service, issued)
             if self.store is not None:
-                self.store.record_cards(service, active.spec, active.sha256, issued_cards(body))
+                self.store.record_cards(service, active.spec, active.sha256, issued)
             candidate = self.candidates.get(service)
             if candidate is None:
                 return
@@ -133,6 +139,8 @@ class AfterAnswer:
     def _dropped(self, service: str, active: Ruleset, candidate: Ruleset) -> None:
         self.counts["dropped"] += 1
         self._dropped_unlogged += 1
+        if self.on_drop is not None:
+            self.on_drop(service)
         if self.store is not None:
             self.store.record_shadow(self._call(service, active, candidate, dropped=1))
         now = time.monotonic()

@@ -1,32 +1,40 @@
-"""The service's store: one SQLite file (WAL) of the cards issued, the
-feedback on them, and the differences shadow mode found. No patient data is
-written to it: no patient id, no values, no resource ids (see
-docs/deploying.md, "The store", for the schema).
+"""The service's store: the cards issued, the feedback on them, the
+differences shadow mode found, and the replay cache of client tokens. No
+patient data is written to it: no patient id, no values, no resource ids, no
+token (see docs/deploying.md, "The store", for the schema).
 
-One writer thread owns the connection that writes; the event loop only puts
-work on its bounded queue (never waiting on disk), except feedback, whose
-call waits, off the loop, until its rows are committed, so that a client is
-told when its feedback was not stored. Work that finds the queue full, and a
-batch whose transaction fails, is counted and logged with what was lost; the
-clinical answer never waits for the store and never fails because of it.
+Two backends hold the same schema (:mod:`cdss.service._backends`): one SQLite
+file (WAL), the embedded default for one host, and PostgreSQL, shared by every
+process and replica. An empty store is created at start; an existing one of an
+older schema version is changed only by ``cdss store migrate``
+(:func:`migrate_store`).
+
+One writer thread per process writes; the event loop only puts work on its
+bounded queue (never waiting on the database), except feedback, whose call
+waits, off the loop, until its rows are committed, so that a client is told
+when its feedback was not stored, and the replay check, whose answer the
+call needs (:meth:`Store.remember`: one insert on a unique key). Work that
+finds the queue full, and a batch whose transaction fails, is counted and
+logged with what was lost; the clinical answer never waits for the store and
+never fails because of it.
 
 Rows are pruned on start and every hour: the map of cards issued after
-``card_days``, everything else after ``keep_days``. Reports read the file
-with their own read-only connection.
+``card_days``, everything else after ``keep_days``; expired replay entries
+every minute. Reports read the store with their own connection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,60 +42,37 @@ from typing import Any
 
 import orjson
 
-from cdss.errors import ServiceConfigError, StoreError
+from cdss.errors import CDSSError, ServiceConfigError, StoreError
+from cdss.service._backends import (
+    SCHEMA_VERSION,
+    Connection,
+    PostgresBackend,
+    SqliteBackend,
+    backend_for,
+    is_url,
+    migrate,
+)
 from cdss.service._logging import emit, log_failure
 
-__all__ = ["DATA_DIR_ENV", "SCHEMA_VERSION", "IssuedCard", "ShadowCall", "Store",
-           "default_store_path", "feedback_report", "hour_of", "open_store", "read_store",
-           "shadow_report"]
+__all__ = ["DATA_DIR_ENV", "SCHEMA_VERSION", "STORE_ENV", "IssuedCard", "ShadowCall", "Store",
+           "default_store_path", "feedback_report", "hour_of", "migrate_store", "open_store",
+           "read_store", "shadow_report"]
 
-#: The schema the store is written in (the ``schema_version`` table holds it).
-SCHEMA_VERSION = 1
 #: Environment variable naming the folder of the default store file.
 DATA_DIR_ENV = "CDSS_DATA_DIR"
+#: Environment variable naming the store (a file or a ``postgresql://`` URL).
+STORE_ENV = "CDSS_STORE"
 _FILE = "cdss-service.sqlite3"
 #: A card with no rule (the left-out warning) is counted under this rule id.
 NO_RULE = ""
 #: Seconds between prunings while the service runs.
 _PRUNE_EVERY = 3600.0
+#: Seconds between prunings of expired replay entries.
+_PRUNE_REPLAY_EVERY = 60.0
 #: Seconds between log lines about work dropped because the queue was full.
 _DROP_LOG_EVERY = 10.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS issued_cards (
-    service TEXT NOT NULL, card TEXT NOT NULL, ruleset TEXT NOT NULL, sha256 TEXT NOT NULL,
-    kind TEXT NOT NULL, rules TEXT NOT NULL, issued_at TEXT NOT NULL,
-    PRIMARY KEY (service, card));
-CREATE INDEX IF NOT EXISTS issued_cards_at ON issued_cards (issued_at);
-CREATE TABLE IF NOT EXISTS cards_shown (
-    hour TEXT NOT NULL, service TEXT NOT NULL, ruleset TEXT NOT NULL, rule TEXT NOT NULL,
-    kind TEXT NOT NULL, cards INTEGER NOT NULL,
-    PRIMARY KEY (hour, service, ruleset, rule, kind));
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY, service TEXT NOT NULL, card TEXT NOT NULL,
-    ruleset TEXT, sha256 TEXT, kind TEXT, rules TEXT,
-    outcome TEXT NOT NULL, outcome_at TEXT NOT NULL, received_at TEXT NOT NULL,
-    reason_system TEXT, reason_code TEXT, reason_display TEXT,
-    has_comment INTEGER NOT NULL, comment TEXT, accepted_suggestions INTEGER NOT NULL,
-    UNIQUE (service, card, outcome, outcome_at));
-CREATE INDEX IF NOT EXISTS feedback_at ON feedback (outcome_at);
-CREATE TABLE IF NOT EXISTS shadow_calls (
-    hour TEXT NOT NULL, service TEXT NOT NULL, active TEXT NOT NULL, candidate TEXT NOT NULL,
-    calls INTEGER NOT NULL DEFAULT 0, differing INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, service, active, candidate));
-CREATE TABLE IF NOT EXISTS shadow_differences (
-    id INTEGER PRIMARY KEY, hour TEXT NOT NULL, service TEXT NOT NULL,
-    active TEXT NOT NULL, active_sha256 TEXT NOT NULL,
-    candidate TEXT NOT NULL, candidate_sha256 TEXT NOT NULL,
-    run TEXT NOT NULL, patient TEXT, changes TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS shadow_differences_hour ON shadow_differences (hour);
-CREATE TABLE IF NOT EXISTS shadow_rule_changes (
-    difference INTEGER NOT NULL REFERENCES shadow_differences (id) ON DELETE CASCADE,
-    rule TEXT NOT NULL, item TEXT NOT NULL, code TEXT NOT NULL, change TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS shadow_rule_changes_difference ON shadow_rule_changes (difference);
-"""
+Location = str | Path
 
 
 def default_store_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -113,31 +98,42 @@ def hour_of(at: datetime) -> str:
     return _iso(at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0))
 
 
-def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    """A connection to ``path``, set up; closed again when setting it up fails
-    (a file that is not a database fails at the first statement)."""
-    if read_only:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-    else:
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None,
-                               check_same_thread=False)
+def replay_key(issuer: str, jti: str) -> str:
+    """What the replay cache keeps of a token: a hash of its issuer and ``jti``."""
+    return hashlib.sha256(f"{issuer}\n{jti}".encode()).hexdigest()
+
+
+def migrate_store(location: Location) -> tuple[int | None, int]:
+    """Bring the store at ``location`` to this cdss's schema version (``cdss
+    store migrate``); the version found (``None``: empty) and the version now.
+    :class:`StoreError` when it cannot be reached or is newer than this cdss."""
+    backend = _backend(location)
     try:
-        if not read_only:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-    except BaseException:
-        conn.close()
+        if isinstance(backend, SqliteBackend):
+            backend.path.parent.mkdir(parents=True, exist_ok=True)
+        return migrate(backend)
+    except OSError as exc:
+        raise StoreError(f"the store {backend.where} cannot be created: {exc.strerror}") \
+            from None
+    except backend.errors() as exc:
+        raise StoreError(f"the store {backend.where} cannot be used: "
+                         f"{type(exc).__name__}: {_first_line(exc)}") from None
+    finally:
+        backend.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _backend(location: Location, **options: Any) -> SqliteBackend | PostgresBackend:
+    try:
+        return backend_for(location, **options)
+    except CDSSError:
         raise
-    return conn
-
-
-def _version(conn: sqlite3.Connection) -> int | None:
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "schema_version" not in tables:
-        return None
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    return row[0] if row else None
+    except Exception as exc:  # psycopg's pool refuses a malformed URL
+        raise StoreError(f"the store {location!s:.40} cannot be used: "
+                         f"{type(exc).__name__}") from None
 
 
 # --------------------------------------------------------------------------- #
@@ -189,46 +185,81 @@ class _Counts:
 
 
 class Store:
-    """The store file, opened and checked at start (:class:`ServiceConfigError`
-    when it cannot be used), and its writer thread."""
+    """The store (a file or a PostgreSQL URL), opened and checked at start
+    (:class:`ServiceConfigError` when it cannot be used), and its writer
+    thread. ``on_error(operation)`` is told of every failed operation
+    (``write``, ``replay``, ``ping``, ``prune``) and ``on_drop(kind, rows)``
+    of work dropped because the queue was full (the metrics count them)."""
 
-    def __init__(self, path: Path, *, card_days: int = 30, keep_days: int = 400,
-                 max_pending: int = 10_000, comments: bool = True) -> None:
-        self.path = path
+    def __init__(self, location: Location, *, card_days: int = 30, keep_days: int = 400,
+                 max_pending: int = 10_000, comments: bool = True,
+                 pool_size: int = 8, timeout: float = 5.0) -> None:
+        self.location = location
         self.card_days = card_days
         self.keep_days = keep_days
         self.comments = comments
         self.counts = _Counts()
+        self.on_error: Callable[[str], None] | None = None
+        self.on_drop: Callable[[str, int], None] | None = None
+        #: Told of each feedback entry once committed: (service, rules or None, outcome).
+        self.on_feedback: Callable[[str, tuple[str, ...] | None, str], None] | None = None
+        self._feedback_seen: list[tuple[str, tuple[str, ...] | None, str]] = []
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_drop_log = 0.0
         self._dropped_unlogged: Counter[str] = Counter()
-        self._init()
+        field_name = "store"
+        try:
+            self.backend = _backend(location, pool_size=pool_size, timeout=timeout)
+        except StoreError as exc:
+            raise ServiceConfigError(str(exc), field=field_name) from None
+        self.where = self.backend.where
+        try:
+            self._init()
+        except BaseException:
+            self.backend.close()
+            raise
+
+    @property
+    def path(self) -> Path | None:
+        """The file of a SQLite store (``None`` for PostgreSQL)."""
+        return self.backend.path if isinstance(self.backend, SqliteBackend) else None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hosts can share the store (PostgreSQL)."""
+        return isinstance(self.backend, PostgresBackend)
 
     # -- start ------------------------------------------------------------- #
     def _init(self) -> None:
-        field_name = "store.path"
+        field_name = "store"
+        backend = self.backend
+        if isinstance(backend, SqliteBackend):
+            try:
+                backend.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceConfigError(f"cannot create the store's folder "
+                                         f"{backend.path.parent}: {exc.strerror}",
+                                         field=field_name) from None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceConfigError(f"cannot create the store's folder "
-                                     f"{self.path.parent}: {exc.strerror}",
-                                     field=field_name) from None
-        try:
-            with closing(_connect(self.path)) as conn:
-                version = _version(conn)
-                if version is not None and version != SCHEMA_VERSION:
-                    raise ServiceConfigError(
-                        f"the store {self.path} has schema version {version}; this cdss "
-                        f"writes version {SCHEMA_VERSION}", field=field_name)
-                conn.executescript(_SCHEMA)
-                if version is None:
-                    conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            _, version = migrate(backend, create_only=True)
+            if version != SCHEMA_VERSION:
+                raise ServiceConfigError(
+                    f"the store {self.where} has schema version {version}; this cdss "
+                    f"writes version {SCHEMA_VERSION}: run 'cdss store migrate --store "
+                    f"{self.where}' first", field=field_name)
+            conn = backend.connect()
+            try:
                 self._prune(conn)
-        except sqlite3.Error as exc:
-            raise ServiceConfigError(f"the store {self.path} cannot be used: "
-                                     f"{type(exc).__name__}: {exc}", field=field_name) from None
+            finally:
+                conn.close()
+        except StoreError as exc:
+            raise ServiceConfigError(str(exc), field=field_name) from None
+        except backend.errors() as exc:
+            raise ServiceConfigError(f"the store {self.where} cannot be used: "
+                                     f"{type(exc).__name__}: {_first_line(exc)}",
+                                     field=field_name) from None
 
     def start(self) -> None:
         """Start the writer thread (once)."""
@@ -239,15 +270,19 @@ class Store:
                 self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the writer thread (blocking: call it
-        off the event loop)."""
+        """Write what is queued, then stop the writer thread and close the
+        connections (blocking: call it off the event loop)."""
         with self._lock:
             thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._queue.put(None)
-        thread.join(timeout=timeout)
-        self._log_drops(force=True)
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=timeout)
+            self._log_drops(force=True)
+        self.backend.close()
+
+    def _failed(self, operation: str) -> None:
+        if self.on_error is not None:
+            self.on_error(operation)
 
     # -- what the service calls (never blocking) ------------------------------ #
     def _put(self, job: _Job) -> bool:
@@ -258,6 +293,8 @@ class Store:
         except queue.Full:
             self.counts.dropped[job.kind] += job.rows
             self._dropped_unlogged[job.kind] += job.rows
+            if self.on_drop is not None:
+                self.on_drop(job.kind, job.rows)
             self._log_drops()
             return False
 
@@ -292,84 +329,133 @@ class Store:
             done.set_exception(StoreError("the store's queue is full"))
         return done
 
+    # -- what the service calls and waits for (blocking: off the event loop) ---- #
+    def remember(self, key: tuple[str, str], until: float, now: float | None = None) -> bool:
+        """Record the token ``key`` (issuer, jti) until ``until`` (epoch
+        seconds) with one insert on its unique key; ``False`` when an unexpired
+        entry holds it already (a replay), from this process or any other.
+        :class:`StoreError` when the store cannot answer: the caller must then
+        refuse the token (fail closed)."""
+        moment = time.time() if now is None else now
+        try:
+            conn = self.backend.connect()
+            try:
+                rows = conn.execute(
+                    "INSERT INTO replay (token, until) VALUES (?, ?) ON CONFLICT (token) "
+                    "DO UPDATE SET until = excluded.until WHERE replay.until < ? RETURNING 1",
+                    (replay_key(*key), until, moment)).fetchall()
+            finally:
+                conn.close()
+        except self.backend.errors() as exc:
+            self._failed("replay")
+            emit(logging.ERROR, {"event": "store unreachable", "operation": "replay",
+                                  "error": type(exc).__name__})
+            raise StoreError("the store did not answer the replay check") from None
+        return bool(rows)
+
+    def ping(self) -> bool:
+        """Whether the store answers a query now (readiness)."""
+        try:
+            conn = self.backend.connect()
+            try:
+                conn.execute("SELECT 1").fetchall()
+            finally:
+                conn.close()
+            return True
+        except self.backend.errors():
+            self._failed("ping")
+            return False
+
     # -- the writer thread --------------------------------------------------- #
     def _write_loop(self) -> None:
-        try:
-            conn = _connect(self.path)
-        except sqlite3.Error as exc:  # it opened at start: the disk went away since
-            log_failure(exc, "store open")
-            conn = None
-        last_prune = time.monotonic()
-        try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    return
-                batch = [job]
-                while len(batch) < 500:  # one transaction for what has piled up
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._queue.put(None)  # stop after this batch
-                        break
-                    batch.append(more)
-                self._write(conn, batch)
-                if conn is not None and time.monotonic() - last_prune >= _PRUNE_EVERY:
-                    last_prune = time.monotonic()
-                    try:
-                        self._prune(conn)
-                    except sqlite3.Error as exc:
-                        log_failure(exc, "store prune")
-        finally:
-            if conn is not None:
-                conn.close()
+        last_prune = last_replay = time.monotonic()
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < 500:  # one transaction for what has piled up
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._write(batch)
+            now = time.monotonic()
+            if now - last_replay >= _PRUNE_REPLAY_EVERY or now - last_prune >= _PRUNE_EVERY:
+                full = now - last_prune >= _PRUNE_EVERY
+                last_replay = now
+                last_prune = now if full else last_prune
+                self._prune_now(full)
 
-    def _write(self, conn: sqlite3.Connection | None, batch: list[_Job]) -> None:
+    def _prune_now(self, full: bool) -> None:
+        try:
+            conn = self.backend.connect()
+            try:
+                if full:
+                    self._prune(conn)
+                else:
+                    conn.execute("DELETE FROM replay WHERE until < ?", (time.time(),))
+            finally:
+                conn.close()
+        except self.backend.errors() as exc:
+            self._failed("prune")
+            log_failure(exc, "store prune")
+
+    def _write(self, batch: list[_Job]) -> None:
         results: list[Any] = []
         try:
-            if conn is None:
-                raise sqlite3.OperationalError("the store is not open")
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self.backend.connect()
             try:
-                for job in batch:
-                    results.append(getattr(self, f"_write_{job.kind}")(conn, *job.args))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                with self.backend.transaction(conn):
+                    for job in batch:
+                        results.append(getattr(self, f"_write_{job.kind}")(conn, *job.args))
+            finally:
+                conn.close()
         except Exception as exc:
+            results.clear()
+            self._feedback_seen.clear()
             lost = Counter[str]()
             for job in batch:
                 lost[job.kind] += job.rows
                 self.counts.failed[job.kind] += job.rows
                 if job.done is not None:
                     job.done.set_exception(StoreError("the store could not write"))
+            self._failed("write")
             log_failure(exc, "store write")
             emit(logging.ERROR, {"event": "store write failed", "lost": dict(lost),
                                   "lost_total": dict(self.counts.failed)})
             return
+        seen, self._feedback_seen = self._feedback_seen, []
+        if self.on_feedback is not None:
+            for item in seen:
+                self.on_feedback(*item)
         for job, result in zip(batch, results, strict=True):
             self.counts.written[job.kind] += job.rows
             if job.done is not None:
                 job.done.set_result(result)
 
-    def _write_cards(self, conn: sqlite3.Connection, service: str, ruleset: str, sha256: str,
+    def _write_cards(self, conn: Connection, service: str, ruleset: str, sha256: str,
                      cards: tuple[IssuedCard, ...], at: datetime) -> None:
         issued = _iso(at)
         conn.executemany(
-            "INSERT OR REPLACE INTO issued_cards VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO issued_cards VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (service, card) DO UPDATE SET ruleset = excluded.ruleset, "
+            "sha256 = excluded.sha256, kind = excluded.kind, rules = excluded.rules, "
+            "issued_at = excluded.issued_at",
             [(service, c.uuid, ruleset, sha256, c.kind, orjson.dumps(list(c.rules)).decode(),
               issued) for c in cards])
         shown = Counter((rule, c.kind) for c in cards for rule in (c.rules or (NO_RULE,)))
         conn.executemany(
             "INSERT INTO cards_shown VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (hour, service, ruleset, rule, kind) "
-            "DO UPDATE SET cards = cards + excluded.cards",
+            "DO UPDATE SET cards = cards_shown.cards + excluded.cards",
             [(hour_of(at), service, ruleset, rule, kind, n) for (rule, kind), n in shown.items()])
 
-    def _write_feedback(self, conn: sqlite3.Connection, service: str, entries: tuple[Any, ...],
+    def _write_feedback(self, conn: Connection, service: str, entries: tuple[Any, ...],
                         at: datetime) -> int:
         unknown = 0
         for entry in entries:
@@ -378,14 +464,17 @@ class Store:
                                  (service, entry.card)).fetchone()
             if found is None:
                 unknown += 1
+            self._feedback_seen.append(
+                (service, None if found is None else tuple(orjson.loads(found[3])),
+                 entry.outcome))
             reason = entry.overrideReason
             coding = reason.reason if reason is not None else None
             comment = reason.userComment if reason is not None else None
             conn.execute(
-                "INSERT OR IGNORE INTO feedback (service, card, ruleset, sha256, kind, rules, "
+                "INSERT INTO feedback (service, card, ruleset, sha256, kind, rules, "
                 "outcome, outcome_at, received_at, reason_system, reason_code, reason_display, "
                 "has_comment, comment, accepted_suggestions) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (service, entry.card, *(found or (None, None, None, None)), entry.outcome,
                  _iso(entry.outcomeTimestamp if entry.outcomeTimestamp.tzinfo
                       else entry.outcomeTimestamp.replace(tzinfo=timezone.utc)),
@@ -396,46 +485,46 @@ class Store:
         self.counts.unknown_cards += unknown
         return unknown
 
-    def _write_sync(self, conn: sqlite3.Connection) -> None:
+    def _write_sync(self, conn: Connection) -> None:
         return None
 
-    def _write_shadow(self, conn: sqlite3.Connection, call: ShadowCall) -> None:
+    def _write_shadow(self, conn: Connection, call: ShadowCall) -> None:
         differing = bool(call.changes)
         conn.execute(
             "INSERT INTO shadow_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (hour, service, active, candidate) DO UPDATE SET "
-            "calls = calls + excluded.calls, differing = differing + excluded.differing, "
-            "failed = failed + excluded.failed, dropped = dropped + excluded.dropped",
+            "calls = shadow_calls.calls + excluded.calls, "
+            "differing = shadow_calls.differing + excluded.differing, "
+            "failed = shadow_calls.failed + excluded.failed, "
+            "dropped = shadow_calls.dropped + excluded.dropped",
             (hour_of(call.at), call.service, call.active, call.candidate,
              int(not call.failed and not call.dropped), int(differing), int(call.failed),
              call.dropped))
         if not differing:
             return
-        cur = conn.execute(
+        difference = conn.execute(
             "INSERT INTO shadow_differences (hour, service, active, active_sha256, candidate, "
-            "candidate_sha256, run, patient, changes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "candidate_sha256, run, patient, changes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
             (hour_of(call.at), call.service, call.active, call.active_sha256, call.candidate,
              call.candidate_sha256, call.run, call.patient,
-             orjson.dumps(list(call.changes), option=orjson.OPT_SORT_KEYS).decode()))
+             orjson.dumps(list(call.changes), option=orjson.OPT_SORT_KEYS).decode())
+        ).fetchall()[0][0]
         conn.executemany("INSERT INTO shadow_rule_changes VALUES (?, ?, ?, ?, ?)",
-                         [(cur.lastrowid, c["rule"], c["item"], c["code"], c["change"])
+                         [(difference, c["rule"], c["item"], c["code"], c["change"])
                           for c in call.changes])
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _prune(self, conn: Connection) -> None:
         now = _now()
         cards_before = _iso(now - timedelta(days=self.card_days))
         before = _iso(now - timedelta(days=self.keep_days))
         hour_before = hour_of(now - timedelta(days=self.keep_days))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.backend.transaction(conn):
             conn.execute("DELETE FROM issued_cards WHERE issued_at < ?", (cards_before,))
             conn.execute("DELETE FROM feedback WHERE received_at < ?", (before,))
             for table in ("cards_shown", "shadow_calls", "shadow_differences"):
                 conn.execute(f"DELETE FROM {table} WHERE hour < ?", (hour_before,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            conn.execute("DELETE FROM replay WHERE until < ?", (time.time(),))
 
     def flushed(self, timeout: float = 10.0) -> bool:
         """Wait (blocking) until what was queued before this call is written; for tests."""
@@ -453,30 +542,42 @@ class Store:
 # Reading: the reports
 # --------------------------------------------------------------------------- #
 @contextmanager
-def read_store(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the store file ``path``;
-    :class:`~cdss.errors.StoreError` when it is missing, not a store, or of
-    another schema version."""
-    file = Path(path)
-    if not file.is_file():
-        raise StoreError(f"no store file {file}")
+def read_store(location: Location) -> Iterator[Connection]:
+    """A connection to the store at ``location`` (a file, opened read-only,
+    or a ``postgresql://`` URL); :class:`~cdss.errors.StoreError` when it is
+    missing, unreachable, not a store, or of another schema version."""
+    if not is_url(location) and "://" not in str(location):
+        file = Path(location)
+        if not file.is_file():
+            raise StoreError(f"no store file {file}")
     try:
-        conn = _connect(file, read_only=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{file} cannot be read: {exc}") from None
+        backend = _backend(location, pool_size=1)
+    except StoreError:
+        raise
+    except CDSSError as exc:
+        raise StoreError(str(exc)) from None
+    where = backend.where
     try:
         try:
-            version = _version(conn)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{file} is not a store: {exc}") from None
-        if version is None:
-            raise StoreError(f"{file} is not a store (it has no schema_version)")
-        if version != SCHEMA_VERSION:
-            raise StoreError(f"{file} has schema version {version}; this cdss reads "
-                             f"version {SCHEMA_VERSION}")
-        yield conn
+            conn = backend.connect(read_only=True)
+        except backend.errors() as exc:
+            raise StoreError(f"{where} cannot be read: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
+        try:
+            try:
+                version = backend.version(conn)
+            except backend.errors() as exc:
+                raise StoreError(f"{where} is not a store: {_first_line(exc)}") from None
+            if version is None:
+                raise StoreError(f"{where} is not a store (it has no schema_version)")
+            if version != SCHEMA_VERSION:
+                raise StoreError(f"{where} has schema version {version}; this cdss reads "
+                                 f"version {SCHEMA_VERSION} (cdss store migrate)")
+            yield conn
+        finally:
+            conn.close()
     finally:
-        conn.close()
+        backend.close()
 
 
 def _bounds(column: str, since: datetime | None,
@@ -597,16 +698,23 @@ def shadow_report(path: str | Path, *, since: datetime | None = None,
 
 
 
-def open_store(config: Any, path: str | Path | None = None) -> Store | None:
+def open_store(config: Any, location: Location | None = None) -> Store | None:
     """The store a :class:`~cdss.service.StoreConfig` (or ``None``) names,
-    ``path`` overriding its file (and turning the store on); ``None`` when
-    neither asks for one."""
-    if config is None and path is None:
+    ``location`` (a file or a ``postgresql://`` URL) overriding its own (and
+    turning the store on); ``None`` when neither asks for one."""
+    if config is None and location is None:
         return None
     settings = {} if config is None else config.model_dump()
-    file = Path(path) if path is not None else (
-        Path(settings["path"]) if settings.get("path") else default_store_path())
-    return Store(file, card_days=settings.get("card_days", 30),
+    where: Location
+    if location is not None:
+        where = location if is_url(location) else Path(location)
+    elif settings.get("url"):
+        where = settings["url"]
+    else:
+        where = Path(settings["path"]) if settings.get("path") else default_store_path()
+    return Store(where, card_days=settings.get("card_days", 30),
                  keep_days=settings.get("keep_days", 400),
                  max_pending=settings.get("max_pending", 10_000),
-                 comments=settings.get("comments", True))
+                 comments=settings.get("comments", True),
+                 pool_size=settings.get("pool_size", 8),
+                 timeout=settings.get("timeout_seconds", 5.0))

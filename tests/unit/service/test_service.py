@@ -504,8 +504,10 @@ def test_cdss_serve_insecure_dev_logs_no_patient_data(rs: cdss.Ruleset) -> None:
         err = served.stop()
     assert any("plantar-cramps (plantar-cramps@1.0.0)" in s for s in served.seen)
     assert "--insecure-dev" in err and "NOT authenticated" in err
-    calls = [orjson.loads(line) for line in err.splitlines()
-             if line.startswith("{") and '"event":"start"' not in line]
+    lines = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
+    calls = [c for c in lines if "status" in c]  # the calls' lines, not the process's
+    assert [c["event"] for c in lines if "status" not in c] == [
+        "start", "worker started", "stopping", "worker stopped"]
     assert [c["event"] for c in calls] == ["discovery", "patient-view", "patient-view"]
     assert [c["status"] for c in calls] == [200, 200, 400]
     assert all("--insecure-dev" in c["warning"] for c in calls)
