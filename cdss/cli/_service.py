@@ -21,6 +21,12 @@ from cdss.cli._options import ConceptMaps, IntakeMode
 from cdss.errors import CDSSError
 
 
+class _StoreAction(str, Enum):
+    """``cdss store`` actions."""
+
+    migrate = "migrate"
+
+
 class _LogLevel(str, Enum):
     """``--log-level``."""
 
@@ -183,22 +189,20 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code=supervise(worker_command(), workers,
                                         stop_seconds=drain_seconds + graceful_seconds + 15))
 
-    @app.command("store")
+    @app.command("store", cls=Command)
     def store_command(
-        action: Annotated[str, typer.Argument(help="migrate: bring the store to this "
-                                                   "cdss's schema version")],
+        action: Annotated[_StoreAction, typer.Argument(
+            help="migrate: bring the store to this cdss's schema version")],
         store: Annotated[str, typer.Option(
             "--store", envvar="CDSS_STORE",
             help="a SQLite file or a postgresql:// URL")],
     ) -> None:
-        """Manage the service's store: ``cdss store migrate --store FILE|URL``.
+        """Manage the service's store: cdss store migrate --store FILE|URL.
 
-        The service creates an empty store itself; an existing store of an
-        older schema version is changed only by this command (run it once,
-        before the new version's replicas start; it is safe to run again).
+        The service creates an empty store itself; an existing store of an older schema
+        version is changed only by this command (run it once, before the new version's
+        replicas start; it is safe to run again).
         """
-        if action != "migrate":
-            raise typer.BadParameter(f"unknown action {action!r}: the action is migrate")
         try:
             from cdss.service._backends import shown
             from cdss.service._store import migrate_store
