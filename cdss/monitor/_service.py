@@ -277,7 +277,7 @@ def _version_alarms(service: str, h: _History, settings: MonitorSettings,
             old_rules, new_rules = h.by_version[service][previous], h.by_version[service][current]
             n_old = h.calls_by_version[service][previous]
             n_new = h.calls_by_version[service][current]
-            moved = []
+            moved: list[dict[str, Any]] = []
             for rule in sorted(set(old_rules) | set(new_rules)):
                 x1, x2 = old_rules[rule], new_rules[rule]
                 pvalue = compare_rates(x1, n_old, x2, n_new)
@@ -343,7 +343,7 @@ def _unmapped(service: str, h: _History, settings: MonitorSettings, base: list[d
         xb = sum(by_period[p] for p in base)
         xw = sum(by_period[p] for p in window)
         seen = [p for p in window if by_period[p]]
-        row = {"code": code, "baseline": {"calls": xb, "rate": _rate(xb, nb)},
+        row: dict[str, Any] = {"code": code, "baseline": {"calls": xb, "rate": _rate(xb, nb)},
                "window": {"calls": xw, "rate": _rate(xw, nw)},
                "first_seen": seen[0].isoformat() if seen else None}
         rows.append(row)

@@ -117,7 +117,7 @@ def simulate(*, rates: Mapping[str, float], days: int, calls_per_day: float,
             elif fault.kind == "override":
                 overrides[fault.rule] = fault.factor
         firings = {rule: _poisson_binomial(rng, calls, p) for rule, p in current.items()}
-        feedback = []
+        feedback: list[tuple[str, str, str | None, int]] = []
         for rule, fired in firings.items():
             answered = _poisson_binomial(rng, fired, feedback_share)
             over = _poisson_binomial(rng, answered, overrides[rule])
