@@ -154,9 +154,9 @@ def docs(
 def _register_commands() -> None:
     # Commands of the optional parts live beside them; each module imports its
     # extra packages only when its command runs.
-    from cdss.cli import _cohort, _reports, _service, _testing
+    from cdss.cli import _cohort, _monitor, _reports, _service, _testing
 
-    for module in (_service, _reports, _cohort, _testing):
+    for module in (_service, _reports, _cohort, _testing, _monitor):
         module.register(app)
 
 

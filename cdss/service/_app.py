@@ -367,9 +367,13 @@ class _Service:
                                       fetch=self.fetch)
         as_of = self.after.as_of(sid, self.clock() if self.clock is not None else None)
         shadowed = sid in self.after.candidates
-        result = await self.evaluate(req, rs, fetched, hook, as_of, with_assessment=shadowed)
+        # the Assessment behind the cards: a shadow candidate is compared with it, and
+        # the store counts the codes it could not map (cdss monitor)
+        with_assessment = shadowed or self.store is not None
+        result = await self.evaluate(req, rs, fetched, hook, as_of,
+                                     with_assessment=with_assessment)
         served = None
-        if shadowed:  # the candidate is compared with the Assessment behind the cards
+        if with_assessment:
             result, served = result
         record["cards"] = len(result["cards"])
         response = json_response(result)

@@ -68,6 +68,23 @@ CREATE TABLE IF NOT EXISTS replay (
     token TEXT NOT NULL PRIMARY KEY, until {real} NOT NULL);
 CREATE INDEX IF NOT EXISTS replay_until ON replay (until);
 """),
+    # what per-rule monitoring needs (cdss monitor): the calls answered per hour (the
+    # denominator of a firing rate), the calls in which each rule's cards were issued, and
+    # the codes no concept mapped, counted per call; codes and counts, never a patient
+    (3, """
+CREATE TABLE IF NOT EXISTS service_calls (
+    hour TEXT NOT NULL, service TEXT NOT NULL, ruleset TEXT NOT NULL, sha256 TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (hour, service, ruleset, sha256));
+CREATE TABLE IF NOT EXISTS rule_calls (
+    hour TEXT NOT NULL, service TEXT NOT NULL, ruleset TEXT NOT NULL, sha256 TEXT NOT NULL,
+    rule TEXT NOT NULL, calls INTEGER NOT NULL,
+    PRIMARY KEY (hour, service, ruleset, sha256, rule));
+CREATE TABLE IF NOT EXISTS unmapped_codes (
+    hour TEXT NOT NULL, service TEXT NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (hour, service, system, code));
+"""),
 )
 #: The schema version this cdss writes and reads.
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -38,7 +38,7 @@ from cdss.service._logging import emit, log_failure
 from cdss.service._runtime import Worker
 from cdss.service._store import IssuedCard, ShadowCall, Store
 
-__all__ = ["AfterAnswer", "card_changes", "issued_cards", "load_candidates"]
+__all__ = ["AfterAnswer", "card_changes", "issued_cards", "load_candidates", "unmapped_codes"]
 
 #: Seconds between log lines about shadow evaluations dropped (queue full).
 _DROP_LOG_EVERY = 10.0
@@ -51,6 +51,19 @@ def issued_cards(body: Mapping[str, Any]) -> list[IssuedCard]:
         ext = card.get("extension", {}).get(CARD_EXTENSION, {})
         out.append(IssuedCard(card["uuid"], ext.get("kind", "unknown"),
                               tuple(ext.get("rules", ()))))
+    return out
+
+
+def unmapped_codes(assessment: Assessment | None) -> list[tuple[str, str]]:
+    """The codes (system, code) no concept mapped in the data behind an
+    answer, from its Assessment's data-quality notes (none without one)."""
+    if assessment is None:
+        return []
+    out = []
+    for note in assessment.data_quality:
+        if note.code == "unmapped-code" and note.coding:
+            system, _, code = note.coding.rpartition("|")
+            out.append((system, code))
     return out
 
 
@@ -122,6 +135,9 @@ class AfterAnswer:
                 self.on_cards(service, issued)
             if self.store is not None:
                 self.store.record_cards(service, active.spec, active.sha256, issued)
+                self.store.record_call(service, active.spec, active.sha256,
+                                       [rule for card in issued for rule in card.rules],
+                                       unmapped_codes(served))
             candidate = self.candidates.get(service)
             if candidate is None:
                 return

@@ -170,7 +170,7 @@ class ShadowCall:
 
 @dataclass
 class _Job:
-    kind: str  # "cards", "feedback", "shadow"
+    kind: str  # "cards", "call", "feedback", "shadow"
     args: tuple[Any, ...]
     done: Future[Any] | None = None
     rows: int = 1
@@ -315,6 +315,15 @@ class Store:
         return self._put(_Job("cards", (service, ruleset, sha256, tuple(cards), at or _now()),
                               rows=len(cards)))
 
+    def record_call(self, service: str, ruleset: str, sha256: str, rules: Sequence[str],
+                    unmapped: Sequence[tuple[str, str]] = (), at: datetime | None = None) -> bool:
+        """Count one call answered (with or without cards), the rules whose
+        cards it issued (each once) and the codes (system, code) no concept
+        mapped in its data (each once): what ``cdss monitor`` needs for a
+        firing rate per call. False when the queue was full (counted, logged)."""
+        return self._put(_Job("call", (service, ruleset, sha256, tuple(sorted(set(rules))),
+                                       tuple(sorted(set(unmapped))), at or _now())))
+
     def record_shadow(self, call: ShadowCall) -> bool:
         """Note one shadow evaluation (and the rows of its differences)."""
         return self._put(_Job("shadow", (call,)))
@@ -455,6 +464,27 @@ class Store:
             "DO UPDATE SET cards = cards_shown.cards + excluded.cards",
             [(hour_of(at), service, ruleset, rule, kind, n) for (rule, kind), n in shown.items()])
 
+    def _write_call(self, conn: Connection, service: str, ruleset: str, sha256: str,
+                    rules: tuple[str, ...], unmapped: tuple[tuple[str, str], ...],
+                    at: datetime) -> None:
+        hour = hour_of(at)
+        conn.execute(
+            "INSERT INTO service_calls VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (hour, service, ruleset, sha256) "
+            "DO UPDATE SET calls = service_calls.calls + 1", (hour, service, ruleset, sha256))
+        if rules:
+            conn.executemany(
+                "INSERT INTO rule_calls VALUES (?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT (hour, service, ruleset, sha256, rule) "
+                "DO UPDATE SET calls = rule_calls.calls + 1",
+                [(hour, service, ruleset, sha256, rule) for rule in rules])
+        if unmapped:
+            conn.executemany(
+                "INSERT INTO unmapped_codes VALUES (?, ?, ?, ?, 1) "
+                "ON CONFLICT (hour, service, system, code) "
+                "DO UPDATE SET calls = unmapped_codes.calls + 1",
+                [(hour, service, system, code) for system, code in unmapped])
+
     def _write_feedback(self, conn: Connection, service: str, entries: tuple[Any, ...],
                         at: datetime) -> int:
         unknown = 0
@@ -522,7 +552,8 @@ class Store:
         with self.backend.transaction(conn):
             conn.execute("DELETE FROM issued_cards WHERE issued_at < ?", (cards_before,))
             conn.execute("DELETE FROM feedback WHERE received_at < ?", (before,))
-            for table in ("cards_shown", "shadow_calls", "shadow_differences"):
+            for table in ("cards_shown", "shadow_calls", "shadow_differences",
+                          "service_calls", "rule_calls", "unmapped_codes"):
                 conn.execute(f"DELETE FROM {table} WHERE hour < ?", (hour_before,))
             conn.execute("DELETE FROM replay WHERE until < ?", (time.time(),))
 

@@ -65,4 +65,14 @@ if [ -z "$(find_chromium)" ]; then
     die "no Chromium found: install it (Debian/Ubuntu: apt install chromium) or set CDSS_CHROMIUM to its path"
   fi
 fi
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing promtool (Debian package prometheus), for the alert rules' tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    die "no promtool found: install it (Debian/Ubuntu: apt install prometheus)"
+  fi
+fi
 say "ready: node $(node --version), $("$(find_chromium)" --version 2>/dev/null || echo "$(find_chromium)")"
