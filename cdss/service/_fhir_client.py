@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 import httpx
 from starlette.concurrency import run_in_threadpool
 
 from cdss.errors import HookRequestError
-from cdss.hooks import Fetch, HookRequest, collect_pages_async, fetch_headers, missing_prefetch
+from cdss.hooks import (
+    V2,
+    Fetch,
+    HookRequest,
+    collect_pages_async,
+    fetch_headers,
+    missing_prefetch,
+)
 from cdss.hooks import read_fhir_json as parse_fhir_json
 from cdss.rulesets import Ruleset
 from cdss.service._config import AllowedServer, Limits
@@ -69,11 +77,12 @@ async def read_capped(client: httpx.AsyncClient, url: str, headers: Mapping[str,
 
 
 async def fetch_missing(req: HookRequest, rs: Ruleset, caller: Caller, limit: Limits, *,
-                        client: Callable[[], httpx.AsyncClient], fetch: Fetch | None
-                        ) -> dict[str, Any]:
-    """The prefetch keys ``req`` lacks, read from its ``fhirServer`` with
-    ``fetch`` (blocking, run off the event loop) or else ``client()``."""
-    missing = missing_prefetch(req, rs)
+                        client: Callable[[], httpx.AsyncClient], fetch: Fetch | None,
+                        version: str = V2, today: date | None = None) -> dict[str, Any]:
+    """The prefetch keys ``req`` lacks (its CDS Hooks ``version``'s keys, 3.0
+    windows ending ``today``), read from its ``fhirServer`` with ``fetch``
+    (blocking, run off the event loop) or else ``client()``."""
+    missing = missing_prefetch(req, rs, version=version, today=today)
     if not missing:
         return {}
     assert req.fhirServer is not None  # missing_prefetch raised otherwise
