@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pytest
 import httpx
+import pytest
 
 import cdss
 from cdss.service import create_app, serve_in_background
