@@ -1,4 +1,4 @@
-"""The CDS Hooks 2.0 protocol as pure functions: no HTTP server here (see
+"""The CDS Hooks protocol, 2.0 and 3.0, as pure functions: no HTTP server here (see
 :mod:`cdss.service`); the only network access is the optional fetch from the
 CDS client's FHIR server, through a callable that callers may inject.
 
@@ -11,6 +11,10 @@ CDS client's FHIR server, through a callable that callers may inject.
   no date, the order hooks ask for the newest results of each lab
   (``_sort=-date&_count=``), and the lookback windows are applied when facts
   are built (a lab older than its lookback counts as missing and is noted).
+  With ``version="3.0"`` the FHIRPath token ``{{today() - N days}}`` bounds
+  each lab's search by its lookback (:func:`prefetch_templates`), discovery
+  says ``version`` and ``hookVersion``, and the SMART v1 or v2 scopes of
+  ``fhirAuthorization`` are read (:func:`granted`) before data is fetched.
 * :func:`validate_request` turns a request body into a :class:`HookRequest`,
   raising :class:`~cdss.errors.HookRequestError` (with the HTTP ``status`` to
   answer) with a message naming the field.

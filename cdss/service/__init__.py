@@ -1,5 +1,5 @@
-"""The CDS Hooks 2.0 HTTP service (extra ``service``: starlette, uvicorn, httpx,
-PyJWT).
+"""The CDS Hooks HTTP service, 2.0 and 3.0 (extra ``service``: starlette, uvicorn,
+httpx, PyJWT), and :func:`check_service`, a conformance check of any CDS Hooks service.
 
 :func:`create_app` builds the Starlette app from rulesets and a
 :class:`ServiceConfig` (:func:`load_config` reads its file): trusted CDS

@@ -1,4 +1,8 @@
-"""The CDS Hooks 2.0 HTTP service (extra ``service``: starlette, uvicorn, httpx, PyJWT).
+"""The CDS Hooks HTTP service (extra ``service``: starlette, uvicorn, httpx, PyJWT).
+
+CDS Hooks 2.0 at ``/cds-services``, 3.0 at ``/v3/cds-services`` (:data:`V3_PREFIX`;
+the same endpoints, answered as 3.0: its discovery fields and prefetch, its
+OperationOutcome errors and override reasons).
 
 :func:`create_app` returns a Starlette application:
 
