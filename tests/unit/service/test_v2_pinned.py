@@ -42,9 +42,9 @@ def _calls() -> dict[str, tuple[str, str, Any]]:
     v1 = cdss.load_ruleset("plantar-cramps@1.0.0")
     v4 = cdss.load_ruleset("plantar-cramps@1.4.0")
     record = [*red_flag_record("p1"), _k(3.1)]
-    pv = {"hook": "patient-view", "hookInstance": INSTANCE,
-          "context": {"patientId": "p1", "userId": "Practitioner/u1"},
-          "prefetch": full_prefetch(v1, "p1", record)}
+    pv: dict[str, Any] = {"hook": "patient-view", "hookInstance": INSTANCE,
+                          "context": {"patientId": "p1", "userId": "Practitioner/u1"},
+                          "prefetch": full_prefetch(v1, "p1", record)}
     sign = order_request(v4, "order-sign",
                          [_k(5.4), lab("m1", "2601-3", 0.8, "mmol/L", when="2026-02-20"),
                           finding("c1", "leg-cramps", when="2026-02-20")],
