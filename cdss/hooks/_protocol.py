@@ -647,6 +647,41 @@ def missing_prefetch(request: HookRequest, ruleset: Ruleset, *, version: str = V
             for k, q in missing.items()}
 
 
+def prefetch_continuations(request: HookRequest, ruleset: Ruleset, *,
+                           version: str = V2) -> dict[str, str]:
+    """For a 3.0 call: the ``next`` page URL of each prefetch searchset the
+    client paginated, by key (the rest is read from ``fhirServer`` and joined
+    to the page sent). :class:`HookRequestError` 412 when the request names no
+    ``fhirServer``, the page is elsewhere, or the scope does not grant the
+    search. A 2.0 call's prefetch is read as sent: none."""
+    if version != V3:
+        return {}
+    given = request.prefetch or {}
+    out: dict[str, str] = {}
+    for key, template in prefetch_templates(ruleset, _hook_of(request), version=V3).items():
+        value = given.get(key)
+        if not isinstance(value, Mapping) or value.get("resourceType") != "Bundle":
+            continue
+        links = value.get("link") or []
+        nxt = next((link.get("url") for link in links if isinstance(link, Mapping)
+                    and link.get("relation") == "next"), None)
+        if not isinstance(nxt, str):
+            continue
+        if request.fhirServer is None:
+            raise HookRequestError(f"prefetch {key!r} is one page of several and the request "
+                                   "names no fhirServer to read the rest from", status=412)
+        if not nxt.startswith(f"{request.fhirServer}/"):
+            raise HookRequestError(f"prefetch {key!r}: its next page is not on fhirServer",
+                                   status=412)
+        auth = request.fhirAuthorization
+        if auth is not None and not granted(auth.scope, template_type(template), "search"):
+            raise HookRequestError(f"prefetch {key!r} is one page of several and "
+                                   "fhirAuthorization.scope grants no search of "
+                                   f"{template_type(template)}", status=412)
+        out[key] = nxt
+    return out
+
+
 def http_fetch(url: str, headers: Mapping[str, str], *, timeout: float = 10.0) -> Any:
     """GET ``url`` with httpx and return its JSON; :class:`HookRequestError`
     412 on a network error, a timeout, a non-2xx answer or a body that is not
@@ -711,15 +746,16 @@ def _read_errors() -> Iterator[None]:
                                status=412) from None
 
 
-def _paging(url: str, base: str) -> Generator[str, Any, Any]:
+def _paging(url: str, base: str, all_pages: bool = False) -> Generator[str, Any, Any]:
     """The paging of a search, for either kind of fetch: yields each URL to GET
     (``url``, then the ``next`` pages on ``base``'s host only, at most
-    :data:`MAX_PAGES`; none for a :func:`single_page` search), is sent its
+    :data:`MAX_PAGES`; none for a :func:`single_page` search unless
+    ``all_pages``: the rest of a search the client paginated), is sent its
     page, and returns one Bundle with every page's entries."""
     pages: list[Any] = []
     next_url: str | None = url
     while next_url is not None:
-        if pages and single_page(url):
+        if pages and single_page(url) and not all_pages:
             break
         if len(pages) >= MAX_PAGES:
             raise HookRequestError(f"the FHIR search has more than {MAX_PAGES} pages",
@@ -730,10 +766,12 @@ def _paging(url: str, base: str) -> Generator[str, Any, Any]:
     return _merge(pages)
 
 
-def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str) -> Any:
+def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str, *,
+                  all_pages: bool = False) -> Any:
     """GET ``url`` and the ``next`` pages of a search (on ``base``'s host only);
-    one Bundle with every page's entries."""
-    core = _paging(url, base)
+    one Bundle with every page's entries. ``all_pages`` follows every page
+    even of a :func:`single_page` URL (the rest of a paginated prefetch)."""
+    core = _paging(url, base, all_pages)
     try:
         target = next(core)
         while True:
@@ -746,9 +784,9 @@ def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str)
 
 async def collect_pages_async(url: str, headers: Mapping[str, str],
                               fetch: Callable[[str, Mapping[str, str]], Awaitable[Any]],
-                              base: str) -> Any:
+                              base: str, *, all_pages: bool = False) -> Any:
     """:func:`collect_pages` with an asynchronous ``fetch``."""
-    core = _paging(url, base)
+    core = _paging(url, base, all_pages)
     try:
         target = next(core)
         while True:
@@ -796,7 +834,9 @@ def _record(request: HookRequest, ruleset: Ruleset, fetched: Mapping[str, Any],
     record: list[Mapping[str, Any]] = []
     templates = prefetch_templates(ruleset, _hook_of(request), version=version)
     for key, template in templates.items():
-        if key in given:
+        if key in given and key in fetched and version == V3:  # a page and the rest
+            value, origin = _merge([given[key], fetched[key]]), "prefetch"
+        elif key in given:
             value, origin = given[key], "prefetch"
         elif key in fetched:
             value, origin = fetched[key], "FHIR server"
@@ -915,13 +955,16 @@ def handle_hook(request: HookRequest | Mapping[str, Any] | str | bytes, ruleset:
     req = validate_request(request.model_dump(mode="json") if isinstance(request, HookRequest)
                            else request, hook)
     missing = missing_prefetch(req, ruleset, version=version, today=_day_of(as_of))
+    rest = prefetch_continuations(req, ruleset, version=version)
     fetched: dict[str, Any] = {}
-    if missing:
+    if missing or rest:
         assert req.fhirServer is not None  # missing_prefetch raised otherwise
         get = fetch or http_fetch
         headers = fetch_headers(req)
         for key, url in missing.items():
             fetched[key] = collect_pages(url, headers, get, req.fhirServer)
+        for key, url in rest.items():
+            fetched[key] = collect_pages(url, headers, get, req.fhirServer, all_pages=True)
     return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of, timezone=timezone,
                             mode=mode, hook=hook, version=version)
 

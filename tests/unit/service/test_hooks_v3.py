@@ -267,3 +267,33 @@ def test_the_2_0_form_stays_for_2_0_calls(rs: cdss.Ruleset) -> None:
         missing_prefetch(validate_request(sign_body(rs, [], prefetch={}), "order-sign"), rs,
                          version="3.0")
     assert info.value.status == 412
+
+
+def test_the_rest_of_a_paginated_prefetch_is_read_and_joined(base: str, rs: cdss.Ruleset,
+                                                              fhir: Fhir) -> None:
+    """The client sent one page of the potassium search (none on it) and a
+    ``next`` link: the high potassium is on the page the service reads."""
+    prefetch = v3_prefetch(rs, "order-sign", "p1", HIGH_K)
+    rest = f"{FHIR}/Observation?patient=p1&code=http://loinc.org|2823-3&date=ge2025-11-30"
+    prefetch["lab-potassium"] = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                                 "link": [{"relation": "next", "url": rest}]}
+    fhir.urls.clear()
+    auth = {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
+            "subject": "cdss", "scope": "patient/Observation.rs"}
+    body = sign_body(rs, HIGH_K, prefetch=prefetch, fhirServer=FHIR, fhirAuthorization=auth)
+    r = httpx.post(f"{base}/v3/cds-services/{SIGN}", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert fhir.urls == [rest]
+    assert r.json()["cards"][0]["summary"].startswith(
+        "Potassium supplement ordered with a high potassium")
+    # without a server to read the rest from, the data is incomplete: 412
+    del body["fhirServer"], body["fhirAuthorization"]
+    r = httpx.post(f"{base}/v3/cds-services/{SIGN}", json=body, timeout=30)
+    assert r.status_code == 412
+    assert "one page of several" in r.json()["issue"][0]["diagnostics"]
+    # a 2.0 call reads its prefetch as sent (the pinned behaviour): no potassium known
+    v2 = sign_body(rs, HIGH_K, prefetch={**prefetch}, fhirServer=FHIR, fhirAuthorization=auth)
+    fhir.urls.clear()
+    r = httpx.post(f"{base}/cds-services/{SIGN}", json=v2, timeout=30)
+    assert r.status_code == 200, r.text
+    assert not any(u == rest for u in fhir.urls)
