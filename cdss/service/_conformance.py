@@ -26,7 +26,8 @@ wrong and why) or ``not-applicable`` (with why):
     ``source.label``, ``uuid``, ``selectionBehavior`` with suggestions,
     suggestions and actions (``create`` and ``update`` with a resource,
     ``delete`` naming a resource that exists: a draft order of the call or a
-    resource of the record), ``overrideReasons`` with a display, ``links``
+    resource of the record; the relative references of a created or updated
+    resource, ``Type/id``, to such resources too), ``overrideReasons`` with a display, ``links``
     (absolute URL, type ``absolute`` or ``smart``).
 ``errors``
     malformed JSON is a 4xx, an unknown service a 404, neither with a stack
@@ -402,6 +403,9 @@ def _check_action(action: Any, at: str, known: set[str]) -> None:
             ref = f"{res.get('resourceType')}/{res.get('id')}"
             _require(ref in known, f"{at}.resource",
                      f"updates {ref}, which is not in the call's data")
+        for where, ref in _references(res, f"{at}.resource"):
+            _require(ref in known or not _LITERAL_REF.match(ref), where,
+                     f"refers to {ref}, which is not in the call's data")
     else:
         ids = action.get("resourceId")
         ids = [ids] if isinstance(ids, str) else ids
@@ -410,6 +414,24 @@ def _check_action(action: Any, at: str, known: set[str]) -> None:
         for n, ref in enumerate(ids):
             _require(ref in known, f"{at}.resourceId[{n}]",
                      f"deletes {ref}, which is not in the call's data")
+
+
+_LITERAL_REF = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+
+def _references(node: Any, at: str) -> list[tuple[str, str]]:
+    """Every ``reference`` string inside ``node``, with its JSON path."""
+    out: list[tuple[str, str]] = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                out.append((f"{at}.reference", value))
+            elif key != "contained":
+                out += _references(value, f"{at}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += _references(value, f"{at}[{i}]")
+    return out
 
 
 def _absolute(value: Any) -> bool:

@@ -199,6 +199,13 @@ def stub_app(fault: str | None, version: str, public_key: Any = None) -> Starlet
                  "resourceId": ["MedicationRequest/not-there" if fault == "delete-unknown"
                                 else target]}]}]
             out["selectionBehavior"] = "any"
+        if fault == "create-dangling-reference":
+            out["suggestions"] = [{"label": "Order", "actions": [
+                {"type": "create", "description": "Order a lab",
+                 "resource": {"resourceType": "ServiceRequest", "status": "draft",
+                              "intent": "proposal",
+                              "subject": {"reference": "Patient/someone-else"}}}]}]
+            out["selectionBehavior"] = "any"
         if fault == "summary-long":
             out["summary"] = "A" * 150
         if fault == "indicator-bad":
@@ -266,6 +273,8 @@ FAULTS = {
     "uuid-bad": ("cards", "POST /cds-services/stub-pv $.cards[0].uuid", ("2.0",)),
     "delete-unknown": ("cards", "POST /cds-services/stub-sign $.cards[0].suggestions[0]."
                                 "actions[0].resourceId[0]", ("2.0", "3.0")),
+    "create-dangling-reference": ("cards", "POST /cds-services/stub-pv $.cards[0].suggestions[0]"
+                                           ".actions[0].resource.subject.reference", ("2.0",)),
     "no-selection-behavior": ("cards", "POST /cds-services/stub-sign $.cards[0]."
                                        "selectionBehavior", ("2.0",)),
     "link-relative": ("cards", "POST /cds-services/stub-pv $.cards[0].links[0].url", ("2.0",)),
