@@ -297,7 +297,8 @@ def _announce(application: Any, settings: Any, insecure_dev: bool, host: str,
                     err=True, fg=typer.colors.YELLOW)
     services = ", ".join(f"{sid} ({rs.spec})"
                          for sid, rs in application.state.services.items())
-    typer.echo(f"CDS Hooks services: {services}", err=True)
+    typer.echo(f"CDS Hooks services: {services}; CDS Hooks 2.0 at /cds-services, 3.0 at "
+               "/v3/cds-services", err=True)
     if settings is not None:
         issuers = ", ".join(i.issuer for i in settings.issuers)
         typer.echo(f"public URL {settings.public_url}; trusted issuers: {issuers}", err=True)
