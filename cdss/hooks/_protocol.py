@@ -107,6 +107,8 @@ class FhirAuthorization(_Model):
     expires_in: int = Field(ge=0)
     scope: str
     subject: str
+    #: 3.0: the patient a patient-scoped token is restricted to (read by 3.0 calls only).
+    patient: Any = None
 
     @field_validator("token_type")
     @classmethod
@@ -634,6 +636,7 @@ def missing_prefetch(request: HookRequest, ruleset: Ruleset, *, version: str = V
             "fhirServer to fetch them from", status=412)
     auth = request.fhirAuthorization
     if auth is not None and version == V3:  # a 2.0 call is read as it always was
+        _token_patient(request)
         for key, query in missing.items():
             rtype = template_type(query)
             how: Literal["read", "search"] = "search" if "?" in query else "read"
@@ -645,6 +648,16 @@ def missing_prefetch(request: HookRequest, ruleset: Ruleset, *, version: str = V
     pid = request.context.patientId
     return {k: f"{request.fhirServer}/{resolve_template(q, patient_id=pid, today=day)}"
             for k, q in missing.items()}
+
+
+def _token_patient(request: HookRequest) -> None:
+    """3.0's ``fhirAuthorization.patient``, when given, must be the context's
+    patient: a token restricted to another patient reads another's record."""
+    assert request.fhirAuthorization is not None
+    given = request.fhirAuthorization.patient
+    if given is not None and given != request.context.patientId:
+        raise HookRequestError("fhirAuthorization.patient is not the context's patientId: the "
+                               "token is restricted to another patient")
 
 
 def prefetch_continuations(request: HookRequest, ruleset: Ruleset, *,
@@ -674,6 +687,8 @@ def prefetch_continuations(request: HookRequest, ruleset: Ruleset, *,
             raise HookRequestError(f"prefetch {key!r}: its next page is not on fhirServer",
                                    status=412)
         auth = request.fhirAuthorization
+        if auth is not None:
+            _token_patient(request)
         if auth is not None and not granted(auth.scope, template_type(template), "search"):
             raise HookRequestError(f"prefetch {key!r} is one page of several and "
                                    "fhirAuthorization.scope grants no search of "

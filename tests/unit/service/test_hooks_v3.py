@@ -297,3 +297,20 @@ def test_the_rest_of_a_paginated_prefetch_is_read_and_joined(base: str, rs: cdss
     r = httpx.post(f"{base}/cds-services/{SIGN}", json=v2, timeout=30)
     assert r.status_code == 200, r.text
     assert not any(u == rest for u in fhir.urls)
+
+
+def test_a_token_restricted_to_another_patient_is_refused(base: str, rs: cdss.Ruleset,
+                                                          fhir: Fhir) -> None:
+    prefetch = v3_prefetch(rs, "order-sign", "p1", HIGH_K)
+    del prefetch["lab-potassium"]
+    fhir.urls.clear()
+    auth = {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
+            "subject": "cdss", "scope": "patient/Observation.rs", "patient": "p9"}
+    body = sign_body(rs, HIGH_K, prefetch=prefetch, fhirServer=FHIR, fhirAuthorization=auth)
+    r = httpx.post(f"{base}/v3/cds-services/{SIGN}", json=body, timeout=30)
+    assert r.status_code == 400
+    assert "restricted to another patient" in r.json()["issue"][0]["diagnostics"]
+    assert fhir.urls == []
+    auth["patient"] = "p1"
+    r = httpx.post(f"{base}/v3/cds-services/{SIGN}", json=body, timeout=30)
+    assert r.status_code == 200, r.text
