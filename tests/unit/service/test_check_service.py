@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import orjson
 import pytest
@@ -91,6 +92,16 @@ def test_cdss_passes_with_authentication(secured_service: str, key_file: tuple[P
     report = check_service(url, version=version, key=key_file[0], issuer=ISSUER)
     assert report.passed, report.to_text()
     assert statuses(report) == dict.fromkeys(CHECKS, "passed")
+
+
+def test_a_3_0_call_without_a_jwt_gets_a_401_operation_outcome(secured_service: str) -> None:
+    r = httpx.post(f"{secured_service}/v3/cds-services/plantar-cramps", json={}, timeout=10)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json() == {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "login", "details": {"text": "HTTP 401"},
+        "diagnostics": "authentication failed"}]}
+    old = httpx.post(f"{secured_service}/cds-services/plantar-cramps", json={}, timeout=10)
+    assert old.json() == {"error": {"status": 401, "message": "authentication failed"}}
 
 
 def test_a_2_0_service_checked_as_3_0_fails_its_error_shapes(open_service: str) -> None:

@@ -176,6 +176,9 @@ def test_3_0_errors_are_operation_outcomes(base: str, rs: cdss.Ruleset) -> None:
         assert issue["diagnostics"] and "Traceback" not in issue["diagnostics"]
     unknown = httpx.get(f"{base}/v3/elsewhere", timeout=10)
     assert unknown.status_code == 404
+    assert unknown.json()["issue"][0]["code"] == "not-found"
+    assert httpx.get(f"{base}/elsewhere", timeout=10).json() == {
+        "error": {"status": 404, "message": "no such endpoint"}}
     # the same refusal to a 2.0 client keeps the 2.0 shape
     old = httpx.post(f"{base}/cds-services/nope", json=sign_body(rs, HIGH_K), timeout=10)
     assert old.json() == {"error": {"status": 404,
