@@ -727,8 +727,7 @@ class _Run:
 def check_service(url: str, *, version: str = "2.0", patient: str | Path | None = None,
                   key: str | Path | None = None, issuer: str | None = None,
                   kid: str | None = None, jku: str | None = None,
-                  public_url: str | None = None, timeout: float = 30.0,
-                  transport: httpx.BaseTransport | None = None) -> ConformanceReport:
+                  public_url: str | None = None, timeout: float = 30.0) -> ConformanceReport:
     """Run every check of :data:`CHECKS` against the CDS Hooks service at
     ``url`` (its base URL: discovery is ``{url}/cds-services``) as a client
     of CDS Hooks ``version`` (``2.0`` or ``3.0``).
@@ -740,7 +739,8 @@ def check_service(url: str, *, version: str = "2.0", patient: str | Path | None 
     every call, as a trusted client would (``jku`` names the key set URL in
     its header); with a key the service is taken to need a JWT, and calls
     without one must be refused. ``public_url`` is the base the tokens'
-    ``aud`` names when the service knows itself by another URL than ``url``.
+    ``aud`` names when the service knows itself by another URL than ``url``;
+    ``timeout`` bounds each request (seconds); redirects are not followed.
     :class:`~cdss.errors.InvalidArgument` for a bad argument or file.
     """
     if version not in ("2.0", "3.0"):
@@ -758,7 +758,7 @@ def check_service(url: str, *, version: str = "2.0", patient: str | Path | None 
     elif issuer is not None:
         raise InvalidArgument("an issuer needs a signing key (--key)")
     report = ConformanceReport(url=url.rstrip("/"), version=version)
-    with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client:
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
         run = _Run(url, version, record, signer, client, public_url or url)
         run.discovery()
         run.templates()
