@@ -27,6 +27,20 @@ class _StoreAction(str, Enum):
     migrate = "migrate"
 
 
+class _HooksVersion(str, Enum):
+    """``cdss check-service --version``: the CDS Hooks version to check."""
+
+    v2 = "2.0"
+    v3 = "3.0"
+
+
+class _ReportFormat(str, Enum):
+    """``cdss check-service --format``."""
+
+    text = "text"
+    json = "json"
+
+
 class _LogLevel(str, Enum):
     """``--log-level``."""
 
@@ -189,6 +203,59 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code=supervise(worker_command(), workers,
                                         stop_seconds=drain_seconds + graceful_seconds + 15))
 
+    @app.command("check-service", cls=Command)
+    def check_service_command(
+        url: Annotated[str, typer.Argument(
+            help="the service's base URL (discovery is URL/cds-services; cdss serves 3.0 "
+                 "at its base URL plus /v3)")],
+        version: Annotated[_HooksVersion, typer.Option(
+            "--version", help="the CDS Hooks version to call it as")] = _HooksVersion.v2,
+        patient: Annotated[Path | None, typer.Option(
+            help="a JSON file (a Bundle or a list of resources with one Patient; draft "
+                 "resources are the draft orders) the calls are built from; default: a "
+                 "generated patient")] = None,
+        key: Annotated[Path | None, typer.Option(
+            help="a PEM private key (EC: ES384, RSA: RS384) signing a JWT for every call; "
+                 "with it, calls without a JWT must be refused")] = None,
+        issuer: Annotated[str | None, typer.Option(
+            help="the iss of the tokens (needed with --key)")] = None,
+        kid: Annotated[str | None, typer.Option(help="the kid of the tokens' header")] = None,
+        jku: Annotated[str | None, typer.Option(
+            help="the jku of the tokens' header (the issuer's JWK Set URL)")] = None,
+        public_url: Annotated[str | None, typer.Option(
+            help="the base URL the tokens' aud names, when the service knows itself by "
+                 "another URL than URL")] = None,
+        output_format: Annotated[_ReportFormat, typer.Option(
+            "--format", help="text for people, json for programs")] = _ReportFormat.text,
+    ) -> None:
+        """Check a CDS Hooks service against the specification: cdss's own or any other.
+
+        Checks discovery, each service's prefetch templates, a call per hook (patient-view,
+        order-select, order-sign) built from a patient, the cards' schema (indicator,
+        source, summary under 140 characters, uuids, suggestions and actions on resources
+        that exist, links), error shapes (an OperationOutcome for 3.0), feedback and, with
+        --key, that calls without a valid JWT are refused. Each check is passed, failed
+        (with the JSON path of the fault) or not applicable. Exit status 1 when a check
+        failed, 2 on a usage error.
+        """
+        try:
+            from cdss.service._conformance import check_service
+        except ImportError as exc:
+            _fail(f"check-service needs the 'service' extra (pip install 'cdss[service]'): "
+                  f"{exc}")
+        try:
+            report = check_service(url, version=version.value, patient=patient, key=key,
+                                   issuer=issuer, kid=kid, jku=jku, public_url=public_url)
+        except CDSSError as exc:
+            _fail(str(exc))
+        if output_format is _ReportFormat.json:
+            import orjson
+
+            typer.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        else:
+            typer.echo(report.to_text())
+        raise typer.Exit(code=0 if report.passed else 1)
+
     @app.command("store", cls=Command)
     def store_command(
         action: Annotated[_StoreAction, typer.Argument(
@@ -230,7 +297,8 @@ def _announce(application: Any, settings: Any, insecure_dev: bool, host: str,
                     err=True, fg=typer.colors.YELLOW)
     services = ", ".join(f"{sid} ({rs.spec})"
                          for sid, rs in application.state.services.items())
-    typer.echo(f"CDS Hooks services: {services}", err=True)
+    typer.echo(f"CDS Hooks services: {services}; CDS Hooks 2.0 at /cds-services, 3.0 at "
+               "/v3/cds-services", err=True)
     if settings is not None:
         issuers = ", ".join(i.issuer for i in settings.issuers)
         typer.echo(f"public URL {settings.public_url}; trusted issuers: {issuers}", err=True)

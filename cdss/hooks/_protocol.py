@@ -1,4 +1,4 @@
-"""The CDS Hooks 2.0 protocol as pure functions: no HTTP server here (see
+"""The CDS Hooks protocol, 2.0 and 3.0, as pure functions: no HTTP server here (see
 :mod:`cdss.service`); the only network access is the optional fetch from the
 CDS client's FHIR server, through a callable that callers may inject.
 
@@ -11,6 +11,10 @@ CDS client's FHIR server, through a callable that callers may inject.
   no date, the order hooks ask for the newest results of each lab
   (``_sort=-date&_count=``), and the lookback windows are applied when facts
   are built (a lab older than its lookback counts as missing and is noted).
+  With ``version="3.0"`` the FHIRPath token ``{{today() - N days}}`` bounds
+  each lab's search by its lookback (:func:`prefetch_templates`), discovery
+  says ``version`` and ``hookVersion``, and the SMART v1 or v2 scopes of
+  ``fhirAuthorization`` are read (:func:`granted`) before data is fetched.
 * :func:`validate_request` turns a request body into a :class:`HookRequest`,
   raising :class:`~cdss.errors.HookRequestError` (with the HTTP ``status`` to
   answer) with a message naming the field.
@@ -36,7 +40,8 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -62,6 +67,19 @@ LAB_COUNT = 20
 MAX_PAGES = 100
 _PATIENT_TOKEN = "{{context.patientId}}"
 _FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+
+#: The CDS Hooks versions served: 2.0 (2.0.1) and 3.0 (the January 2026 ballot).
+V2 = "2.0"
+V3 = "3.0"
+VERSIONS = (V2, V3)
+#: What a 3.0 discovery entry says of the specification it implements (semver).
+SPEC_VERSION_3 = "3.0.0"
+#: Each hook's ``hookVersion`` as the hooks library 1.0.1 publishes it.
+HOOK_VERSIONS = {HOOK: "1.0", ORDER_SELECT: "1.0", ORDER_SIGN: "1.0"}
+#: A 3.0 lab template's window starts this many days before the lookback: the
+#: client's ``today()`` may be a day ahead of the service's (another time zone).
+WINDOW_MARGIN_DAYS = 1
+_TODAY_TOKEN = re.compile(r"\{\{\s*today\(\)\s*(?:([+-])\s*(\d{1,5})\s*days?\s*)?\}\}")
 
 def _text(value: str) -> str:
     """Folded YAML text with its line breaks and runs of spaces collapsed."""
@@ -89,6 +107,8 @@ class FhirAuthorization(_Model):
     expires_in: int = Field(ge=0)
     scope: str
     subject: str
+    #: 3.0: the patient a patient-scoped token is restricted to (read by 3.0 calls only).
+    patient: Any = None
 
     @field_validator("token_type")
     @classmethod
@@ -348,26 +368,56 @@ def _lab_codes(ruleset: Ruleset, concept: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def prefetch_templates(ruleset: Ruleset, hook: str = HOOK) -> dict[str, str]:
+def check_version(version: str) -> str:
+    """``version`` if it is one of :data:`VERSIONS`, else :class:`InvalidArgument`."""
+    if version not in VERSIONS:
+        raise InvalidArgument(f"version must be one of {VERSIONS}, not {version!r}")
+    return version
+
+
+def lab_lookbacks(ruleset: Ruleset) -> dict[str, int]:
+    """The lookback (days) of each lab concept that has one (its analyte's)."""
+    analytes = ruleset.valuesets.analytes
+    return {name: analytes[name].lookback_days for name, c in ruleset.valuesets.concepts.items()
+            if c.kind == "lab" and name in analytes}
+
+
+def prefetch_templates(ruleset: Ruleset, hook: str = HOOK, *, version: str = V2) -> dict[str, str]:
     """The prefetch templates of the ``hook`` service of ``ruleset``, by key.
 
     Observations are searched by the codes of the ruleset's labs and findings
     (``findings``); conditions, medications and allergies by patient only,
     because their value sets hold code prefixes (ICD-10-CM, ATC) and names
     that a token search cannot express. A resource type is asked for only
-    when the ruleset has concepts read from it. ``patient-view`` searches
-    every lab at once (``labs``). The order hooks, called at every order
+    when the ruleset has concepts read from it.
+
+    CDS Hooks 2.0 tokens have no date arithmetic: ``patient-view`` searches
+    every lab at once (``labs``), and the order hooks, called at every order
     selected or signed, ask for the newest :data:`LAB_COUNT` results of each
-    lab (``lab-<concept>``: ``_sort=-date&_count=``), the only bound a
-    template can state (its tokens have no date arithmetic), and for active
-    medications only (``status=active``); their draft orders come in the
-    context.
+    lab (``lab-<concept>``: ``_sort=-date&_count=``), the only bound a 2.0
+    template can state; they ask for active medications only
+    (``status=active``); their draft orders come in the context.
+
+    With ``version="3.0"`` every hook searches each lab on its own
+    (``lab-<concept>``) within its lookback, with a FHIRPath token:
+    ``date=ge{{today() - N days}}`` where ``N`` is the analyte's
+    ``lookback_days`` plus :data:`WINDOW_MARGIN_DAYS`; the other keys are as
+    in 2.0.
     """
+    check_version(version)
     kinds = {c.kind for c in ruleset.valuesets.concepts.values()}
     pid = _PATIENT_TOKEN
     out = {"patient": f"Patient/{pid}"}
     orders = hook != HOOK
-    if "lab" in kinds and orders:
+    if "lab" in kinds and version == V3:
+        lookbacks = lab_lookbacks(ruleset)
+        for name, concept in ruleset.valuesets.concepts.items():
+            codes = _lab_codes(ruleset, name) if concept.kind == "lab" else []
+            if codes:
+                window = (f"&date=ge{{{{today() - {lookbacks[name] + WINDOW_MARGIN_DAYS} days}}}}"
+                          if name in lookbacks else "")
+                out[f"lab-{name}"] = f"Observation?patient={pid}&code={','.join(codes)}{window}"
+    elif "lab" in kinds and orders:
         for name, concept in ruleset.valuesets.concepts.items():
             codes = _lab_codes(ruleset, name) if concept.kind == "lab" else []
             if codes:
@@ -387,6 +437,23 @@ def prefetch_templates(ruleset: Ruleset, hook: str = HOOK) -> dict[str, str]:
     if "allergy" in kinds:
         out["allergies"] = f"AllergyIntolerance?patient={pid}"
     return out
+
+
+def resolve_template(template: str, *, patient_id: str, today: date) -> str:
+    """A prefetch template with its tokens replaced: ``{{context.patientId}}``
+    by the (URL-quoted) patient id and the FHIRPath ``{{today()}}``,
+    ``{{today() - N days}}`` and ``{{today() + N days}}`` by ISO dates
+    relative to ``today``, as a 3.0 client would."""
+    def day(match: re.Match[str]) -> str:
+        sign, days = match.group(1), int(match.group(2) or 0)
+        return (today + timedelta(days=-days if sign == "-" else days)).isoformat()
+
+    return _TODAY_TOKEN.sub(day, template.replace(_PATIENT_TOKEN, quote(patient_id, safe="")))
+
+
+def template_type(template: str) -> str:
+    """The resource type a prefetch template reads or searches (``Observation``)."""
+    return re.split(r"[/?]", template, maxsplit=1)[0]
 
 
 def service_ids(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset]) -> dict[str, Ruleset]:
@@ -462,27 +529,76 @@ SOURCE_EXTENSION = "dev.cdss.source"
 
 
 def discovery(rulesets: Iterable[Ruleset] | Mapping[str, Ruleset],
-              hooks: Sequence[str] = (HOOK,)) -> dict[str, Any]:
+              hooks: Sequence[str] = (HOOK,), *, version: str = V2) -> dict[str, Any]:
     """The CDS Hooks discovery document (``GET /cds-services``): one service
     per ruleset and hook (:func:`hook_services`; ``hooks`` defaults to
     ``patient-view`` alone), each with the ruleset's source attributes in its
-    extension :data:`SOURCE_EXTENSION`."""
+    extension :data:`SOURCE_EXTENSION`. With ``version="3.0"`` each entry
+    also says the specification version it implements (``version``
+    :data:`SPEC_VERSION_3`), its hook's ``hookVersion``, and in
+    ``usageRequirements`` the SMART scopes reading what its prefetch lacks
+    needs; its prefetch is the 3.0 form (labs bounded by their lookback)."""
+    check_version(version)
     services = []
     for sid, (hook, rs) in hook_services(rulesets, hooks).items():
         made_by = f", developer {rs.file.developer}" if rs.file.developer else ""
         released = f", released {rs.file.release_date.isoformat()}" \
             if rs.file.release_date else ""
         what = "" if hook == HOOK else f" Cards on the draft orders ({hook})."
-        services.append({
+        templates = prefetch_templates(rs, hook, version=version)
+        entry: dict[str, Any] = {
             "hook": hook,
             "id": sid,
             "title": _text(rs.file.title),
             "description": f"{_text(rs.file.description)}{what} (ruleset {rs.spec}"
                            f"{made_by}{released}, sha256 {rs.sha256})",
-            "prefetch": prefetch_templates(rs, hook),
-            "extension": {SOURCE_EXTENSION: source_attributes(rs)},
-        })
+            "prefetch": templates,
+        }
+        if version == V3:
+            entry["version"] = SPEC_VERSION_3
+            entry["hookVersion"] = HOOK_VERSIONS[hook]
+            entry["usageRequirements"] = (
+                "Data the prefetch does not hold is read from fhirServer with "
+                "fhirAuthorization, whose scope must grant: "
+                + " ".join(needed_scopes(templates)) + " (SMART v2; the v1 forms "
+                "patient/<type>.read are read too).")
+        entry["extension"] = {SOURCE_EXTENSION: source_attributes(rs)}
+        services.append(entry)
     return {"services": services}
+
+
+# --------------------------------------------------------------------------- #
+# SMART scopes of fhirAuthorization
+# --------------------------------------------------------------------------- #
+_SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)(\?.*)?$")
+
+
+def needed_scopes(templates: Mapping[str, str]) -> list[str]:
+    """The SMART v2 scopes reading ``templates`` needs: ``patient/<type>.rs``
+    per resource type (``.r`` for a read such as ``Patient/{{...}}``)."""
+    out: dict[str, set[str]] = {}
+    for template in templates.values():
+        rtype = template_type(template)
+        out.setdefault(rtype, set()).add("s" if "?" in template else "r")
+    return [f"patient/{t}.{''.join(sorted(ops, key='rs'.index))}" for t, ops in out.items()]
+
+
+def granted(scope: str, resource_type: str, interaction: Literal["read", "search"]) -> bool:
+    """Whether the SMART scope string ``scope`` (v1 ``patient/Observation.read``,
+    ``user/*.*``, or v2 ``patient/Observation.rs``, ``patient/*.cruds``, with
+    or without a ``?param=value`` restriction, which the FHIR server enforces)
+    grants ``interaction`` on ``resource_type``. Scopes that name no resource
+    (``launch``, ``openid``, ``fhirUser``) grant nothing."""
+    want = "r" if interaction == "read" else "s"
+    for part in scope.split():
+        m = _SCOPE.match(part)
+        if m is None or m.group(2) not in ("*", resource_type):
+            continue
+        ops = m.group(3)
+        if ops in ("read", "*") or (ops not in ("write",) and want in ops
+                                    and set(ops) <= set("cruds")):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- #
@@ -497,25 +613,88 @@ def fetch_headers(request: HookRequest) -> dict[str, str]:
     return headers
 
 
-def missing_prefetch(request: HookRequest, ruleset: Ruleset) -> dict[str, str]:
+def missing_prefetch(request: HookRequest, ruleset: Ruleset, *, version: str = V2,
+                     today: date | None = None) -> dict[str, str]:
     """The absolute FHIR URLs of the templates ``prefetch`` did not satisfy, by key.
 
     A key present with ``null`` is satisfied (the client has no data for it);
     an absent key is not. Raises :class:`HookRequestError` 412 when keys are
-    missing and the request names no ``fhirServer`` to fetch them from.
+    missing and the request names no ``fhirServer`` to fetch them from, or,
+    for a 3.0 call, when its ``fhirAuthorization.scope`` (SMART v1 or v2)
+    does not grant reading them (the request is then never sent). The 3.0
+    templates' FHIRPath ``today()`` tokens are resolved with ``today``
+    (default: the UTC date).
     """
+    templates = prefetch_templates(ruleset, _hook_of(request), version=version)
     given = request.prefetch or {}
-    missing = {k: q for k, q in prefetch_templates(ruleset, _hook_of(request)).items()
-               if k not in given}
+    missing = {k: q for k, q in templates.items() if k not in given}
     if not missing:
         return {}
     if request.fhirServer is None:
         raise HookRequestError(
             f"prefetch lacks {', '.join(repr(k) for k in missing)} and the request names no "
             "fhirServer to fetch them from", status=412)
-    pid = quote(request.context.patientId, safe="")
-    return {k: f"{request.fhirServer}/{q.replace(_PATIENT_TOKEN, pid)}"
+    auth = request.fhirAuthorization
+    if auth is not None and version == V3:  # a 2.0 call is read as it always was
+        _token_patient(request)
+        for key, query in missing.items():
+            rtype = template_type(query)
+            how: Literal["read", "search"] = "search" if "?" in query else "read"
+            if not granted(auth.scope, rtype, how):
+                raise HookRequestError(
+                    f"prefetch lacks {key!r} and fhirAuthorization.scope grants no {how} of "
+                    f"{rtype}", status=412)
+    day = today or datetime.now(dt_timezone.utc).date()
+    pid = request.context.patientId
+    return {k: f"{request.fhirServer}/{resolve_template(q, patient_id=pid, today=day)}"
             for k, q in missing.items()}
+
+
+def _token_patient(request: HookRequest) -> None:
+    """3.0's ``fhirAuthorization.patient``, when given, must be the context's
+    patient: a token restricted to another patient reads another's record."""
+    assert request.fhirAuthorization is not None
+    given = request.fhirAuthorization.patient
+    if given is not None and given != request.context.patientId:
+        raise HookRequestError("fhirAuthorization.patient is not the context's patientId: the "
+                               "token is restricted to another patient")
+
+
+def prefetch_continuations(request: HookRequest, ruleset: Ruleset, *,
+                           version: str = V2) -> dict[str, str]:
+    """For a 3.0 call: the ``next`` page URL of each prefetch searchset the
+    client paginated, by key (the rest is read from ``fhirServer`` and joined
+    to the page sent). :class:`HookRequestError` 412 when the request names no
+    ``fhirServer``, the page is elsewhere, or the scope does not grant the
+    search. A 2.0 call's prefetch is read as sent: none."""
+    if version != V3:
+        return {}
+    given = request.prefetch or {}
+    out: dict[str, str] = {}
+    for key, template in prefetch_templates(ruleset, _hook_of(request), version=V3).items():
+        value = given.get(key)
+        if not isinstance(value, Mapping) or value.get("resourceType") != "Bundle":
+            continue
+        links = value.get("link") or []
+        nxt = next((link.get("url") for link in links if isinstance(link, Mapping)
+                    and link.get("relation") == "next"), None)
+        if not isinstance(nxt, str):
+            continue
+        if request.fhirServer is None:
+            raise HookRequestError(f"prefetch {key!r} is one page of several and the request "
+                                   "names no fhirServer to read the rest from", status=412)
+        if not nxt.startswith(f"{request.fhirServer}/"):
+            raise HookRequestError(f"prefetch {key!r}: its next page is not on fhirServer",
+                                   status=412)
+        auth = request.fhirAuthorization
+        if auth is not None:
+            _token_patient(request)
+        if auth is not None and not granted(auth.scope, template_type(template), "search"):
+            raise HookRequestError(f"prefetch {key!r} is one page of several and "
+                                   "fhirAuthorization.scope grants no search of "
+                                   f"{template_type(template)}", status=412)
+        out[key] = nxt
+    return out
 
 
 def http_fetch(url: str, headers: Mapping[str, str], *, timeout: float = 10.0) -> Any:
@@ -582,15 +761,16 @@ def _read_errors() -> Iterator[None]:
                                status=412) from None
 
 
-def _paging(url: str, base: str) -> Generator[str, Any, Any]:
+def _paging(url: str, base: str, all_pages: bool = False) -> Generator[str, Any, Any]:
     """The paging of a search, for either kind of fetch: yields each URL to GET
     (``url``, then the ``next`` pages on ``base``'s host only, at most
-    :data:`MAX_PAGES`; none for a :func:`single_page` search), is sent its
+    :data:`MAX_PAGES`; none for a :func:`single_page` search unless
+    ``all_pages``: the rest of a search the client paginated), is sent its
     page, and returns one Bundle with every page's entries."""
     pages: list[Any] = []
     next_url: str | None = url
     while next_url is not None:
-        if pages and single_page(url):
+        if pages and single_page(url) and not all_pages:
             break
         if len(pages) >= MAX_PAGES:
             raise HookRequestError(f"the FHIR search has more than {MAX_PAGES} pages",
@@ -601,10 +781,12 @@ def _paging(url: str, base: str) -> Generator[str, Any, Any]:
     return _merge(pages)
 
 
-def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str) -> Any:
+def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str, *,
+                  all_pages: bool = False) -> Any:
     """GET ``url`` and the ``next`` pages of a search (on ``base``'s host only);
-    one Bundle with every page's entries."""
-    core = _paging(url, base)
+    one Bundle with every page's entries. ``all_pages`` follows every page
+    even of a :func:`single_page` URL (the rest of a paginated prefetch)."""
+    core = _paging(url, base, all_pages)
     try:
         target = next(core)
         while True:
@@ -617,9 +799,9 @@ def collect_pages(url: str, headers: Mapping[str, str], fetch: Fetch, base: str)
 
 async def collect_pages_async(url: str, headers: Mapping[str, str],
                               fetch: Callable[[str, Mapping[str, str]], Awaitable[Any]],
-                              base: str) -> Any:
+                              base: str, *, all_pages: bool = False) -> Any:
     """:func:`collect_pages` with an asynchronous ``fetch``."""
-    core = _paging(url, base)
+    core = _paging(url, base, all_pages)
     try:
         target = next(core)
         while True:
@@ -630,8 +812,10 @@ async def collect_pages_async(url: str, headers: Mapping[str, str],
         return done.value
 
 
-def _resources(key: str, value: Any) -> list[Mapping[str, Any]]:
-    """The resources of one prefetch value: a resource, a Bundle, or null."""
+def _resources(key: str, value: Any, expected: str | None = None) -> list[Mapping[str, Any]]:
+    """The resources of one prefetch value: a resource, a Bundle, or null;
+    with ``expected`` (the resource type the key's template asks for), any
+    other type (an OperationOutcome aside) is refused, naming it."""
     if value is None:
         return []
     if not isinstance(value, Mapping):
@@ -648,23 +832,34 @@ def _resources(key: str, value: Any) -> list[Mapping[str, Any]]:
         search = entry.get("search")
         if isinstance(search, Mapping) and search.get("mode") == "outcome":
             continue  # an OperationOutcome about the search, not patient data
-        out.append(entry["resource"])
+        res = entry["resource"]
+        rtype = res.get("resourceType")
+        if expected is not None and rtype not in (expected, "OperationOutcome"):
+            raise HookRequestError(
+                f"prefetch {key!r}: entry {i} is {rtype}/{res.get('id')}, but the template "
+                f"searches {expected}")
+        out.append(res)
     return out
 
 
-def _record(request: HookRequest, ruleset: Ruleset,
-            fetched: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _record(request: HookRequest, ruleset: Ruleset, fetched: Mapping[str, Any],
+            version: str = V2) -> list[Mapping[str, Any]]:
     given = request.prefetch or {}
     seen: set[tuple[str, str]] = set()
     record: list[Mapping[str, Any]] = []
-    for key in prefetch_templates(ruleset, _hook_of(request)):
-        if key in given:
+    templates = prefetch_templates(ruleset, _hook_of(request), version=version)
+    for key, template in templates.items():
+        if key in given and key in fetched and version == V3:  # a page and the rest
+            value, origin = _merge([given[key], fetched[key]]), "prefetch"
+        elif key in given:
             value, origin = given[key], "prefetch"
         elif key in fetched:
             value, origin = fetched[key], "FHIR server"
         else:
             raise HookRequestError(f"no data for prefetch {key!r}", status=412)
-        for res in _resources(key, value):
+        # what arrives must be what was asked for (2.0 answers are kept as they were)
+        expected = template_type(template) if version == V3 and "?" in template else None
+        for res in _resources(key, value, expected):
             rtype, rid = res.get("resourceType"), res.get("id")
             if key == "patient" and (rtype != "Patient" or rid != request.context.patientId):
                 raise HookRequestError(
@@ -697,7 +892,7 @@ def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
                      fetched: Mapping[str, Any] | None = None,
                      as_of: datetime | date | str | None = None,
                      timezone: str = "UTC", mode: str = "strict",
-                     hook: str = HOOK) -> dict[str, Any]:
+                     hook: str = HOOK, version: str = V2) -> dict[str, Any]:
     """Evaluate ``request`` with its prefetch plus the ``fetched`` values of
     the keys it lacked, and return the response body ``{"cards": [...]}``.
     A resource that cannot be read is left out (a warning card says which);
@@ -706,18 +901,20 @@ def evaluate_request(request: HookRequest, ruleset: Ruleset, *,
     ``hook`` is the hook of the service called: the request must be for it;
     for an order hook the context's draft orders (and order-select's
     selections) are evaluated with the record and only the cards on draft
-    orders are returned (with the warning when resources were left out)."""
+    orders are returned (with the warning when resources were left out).
+    ``version`` is the CDS Hooks version of the call (its prefetch keys and
+    its cards' override reasons)."""
     assessment = assess_request(request, ruleset, fetched=fetched, as_of=as_of,
-                                timezone=timezone, mode=mode, hook=hook)
+                                timezone=timezone, mode=mode, hook=hook, version=version)
     return {"cards": cards(assessment, ruleset, hook_instance=request.hookInstance,
-                           only_orders=hook != HOOK)}
+                           only_orders=hook != HOOK, version=version)}
 
 
 def assess_request(request: HookRequest, ruleset: Ruleset, *,
                    fetched: Mapping[str, Any] | None = None,
                    as_of: datetime | date | str | None = None,
                    timezone: str = "UTC", mode: str = "strict",
-                   hook: str = HOOK) -> Assessment:
+                   hook: str = HOOK, version: str = V2) -> Assessment:
     """The Assessment :func:`evaluate_request` renders as cards (same
     arguments, same refusals)."""
     from cdss.evaluation import evaluate
@@ -725,7 +922,7 @@ def assess_request(request: HookRequest, ruleset: Ruleset, *,
     if hook != HOOK and request.hook == hook:
         request = validate_request(request.model_dump(mode="json"), hook)
     _check_hook(request, hook)
-    record = _record(request, ruleset, fetched or {})
+    record = _record(request, ruleset, fetched or {}, check_version(version))
     orders, selections = order_context(request) if hook != HOOK else (None, None)
     if orders:  # the order being written replaces any copy of it in the chart
         drafts = {(o["resourceType"], o["id"]) for o in orders}
@@ -761,7 +958,8 @@ def handle_patient_view(request: HookRequest | Mapping[str, Any] | str | bytes,
 def handle_hook(request: HookRequest | Mapping[str, Any] | str | bytes, ruleset: Ruleset, *,
                 hook: str, fetch: Fetch | None = None,
                 as_of: datetime | date | str | None = None,
-                timezone: str = "UTC", mode: str = "strict") -> dict[str, Any]:
+                timezone: str = "UTC", mode: str = "strict",
+                version: str = V2) -> dict[str, Any]:
     """Answer a call of the ``hook`` service of ``ruleset`` (``patient-view``,
     ``order-select`` or ``order-sign``): ``{"cards": [...]}``, as
     :func:`handle_patient_view` does. An order hook's request is validated as
@@ -771,13 +969,30 @@ def handle_hook(request: HookRequest | Mapping[str, Any] | str | bytes, ruleset:
         raise InvalidArgument(f"hook must be one of {HOOKS}, not {hook!r}")
     req = validate_request(request.model_dump(mode="json") if isinstance(request, HookRequest)
                            else request, hook)
-    missing = missing_prefetch(req, ruleset)
+    missing = missing_prefetch(req, ruleset, version=version, today=_day_of(as_of))
+    rest = prefetch_continuations(req, ruleset, version=version)
     fetched: dict[str, Any] = {}
-    if missing:
+    if missing or rest:
         assert req.fhirServer is not None  # missing_prefetch raised otherwise
         get = fetch or http_fetch
         headers = fetch_headers(req)
         for key, url in missing.items():
             fetched[key] = collect_pages(url, headers, get, req.fhirServer)
+        for key, url in rest.items():
+            fetched[key] = collect_pages(url, headers, get, req.fhirServer, all_pages=True)
     return evaluate_request(req, ruleset, fetched=fetched, as_of=as_of, timezone=timezone,
-                            mode=mode, hook=hook)
+                            mode=mode, hook=hook, version=version)
+
+
+def _day_of(as_of: datetime | date | str | None) -> date | None:
+    """The date ``today()`` stands for at ``as_of`` (UTC), or None for now."""
+    if as_of is None:
+        return None
+    if isinstance(as_of, str):
+        try:
+            as_of = datetime.fromisoformat(as_of)
+        except ValueError:
+            return None  # evaluate() refuses it, naming it
+    if isinstance(as_of, datetime):
+        return (as_of.astimezone(dt_timezone.utc) if as_of.tzinfo else as_of).date()
+    return as_of

@@ -28,11 +28,33 @@ from cdss.outputs.fhir import (
 )
 from cdss.rulesets import Ruleset
 
-__all__ = ["CARD_EXTENSION", "MAX_SUMMARY", "cards"]
+__all__ = ["CARD_EXTENSION", "MAX_SUMMARY", "OVERRIDE_REASONS_3", "cards"]
 
 #: A card summary is a "<140-character" sentence (CDS Hooks 2.0, Card attributes).
 MAX_SUMMARY = 139
 _INDICATOR = {"critical": "critical", "high": "warning", "moderate": "warning", "low": "info"}
+_NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+#: The override reasons CDS Hooks 3.0 suggests (its example value set
+#: ``non-adherence-reason-clinical``), offered on 3.0 cards by rulesets that
+#: declare no catalogue of their own: (code, display).
+OVERRIDE_REASONS_3 = (
+    ("cds-not-applicable", "PC CDS does not apply to patient"),
+    ("action-completed", "Recommended action was already completed"),
+    ("cds-suboptimal-context", "PC CDS delivered in suboptimal context"),
+    ("recipient-disagrees-evidence",
+     "Recipient disagrees with recommendation because of issues with the evidence"),
+    ("recipient-concerns-outcomes", "Recipient has concerns regarding potential health outcomes"),
+    ("patient-contraindication", "Patient has contraindication to recommended action"),
+    ("does-not-align-preferences",
+     "Recommendation does not align with patient preferences or values"),
+    ("patient-refuses", "Patient refuses/declines (no context given)*"),
+    ("not-convenient-feasible", "Recommendation is not convenient or feasible"),
+    ("service-not-available", "Treatment or service is not practically available"),
+    ("too-costly-uncovered", "Recommended action is too costly or not covered by insurance"),
+    ("recipient-does-not-understand",
+     "Recipient does not understand the recommended action or know how to perform the "
+     "recommended action"),
+)
 
 
 # --------------------------------------------------------------------------- #
@@ -139,10 +161,15 @@ def _referral_suggestion(ref: Referral, assessment: Assessment,
                        referral_request(ref, assessment), hook_instance)
 
 
-def _override_reasons(ruleset: Ruleset | None, rule_id: str) -> list[dict[str, str]]:
+def _override_reasons(ruleset: Ruleset | None, rule_id: str,
+                      version: str = "2.0") -> list[dict[str, str]]:
     """The ``overrideReasons`` a rule's cards offer: the ruleset's catalogue, or
-    the rule's selection of it (none when the ruleset declares none)."""
+    the rule's selection of it; when the ruleset declares none, none in 2.0
+    and the 3.0 example value set (:data:`OVERRIDE_REASONS_3`) in 3.0."""
     if ruleset is None or not ruleset.file.override_reasons:
+        if version == "3.0":
+            return [{"system": _NON_ADHERENCE, "code": c, "display": d}
+                    for c, d in OVERRIDE_REASONS_3]
         return []
     rule = next((r for r in ruleset.file.rules if r.id == rule_id), None)
     chosen = set(rule.override_reasons) if rule is not None and rule.override_reasons else None
@@ -152,7 +179,8 @@ def _override_reasons(ruleset: Ruleset | None, rule_id: str) -> list[dict[str, s
 
 
 def _flag_card(flag: Flag, refs: list[Referral], assessment: Assessment,
-               ruleset: Ruleset | None, hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+               ruleset: Ruleset | None, hook_instance: uuid.UUID | str | None,
+               version: str = "2.0") -> dict[str, Any]:
     summary = flag.display
     if refs:
         summary += f": {_referral_label(refs[0])}"
@@ -174,7 +202,7 @@ def _flag_card(flag: Flag, refs: list[Referral], assessment: Assessment,
     suggestions = [_referral_suggestion(r, assessment, hook_instance) for r in refs]
     if suggestions:
         card["suggestions"] = suggestions
-    reasons = _override_reasons(ruleset, flag.rule_id)
+    reasons = _override_reasons(ruleset, flag.rule_id, version)
     if reasons:
         card["overrideReasons"] = reasons
     return _finish(card, hook_instance, _links(flag, *refs))
@@ -194,7 +222,7 @@ def _order_lines(orders: Sequence[Evidence]) -> list[str]:
 
 
 def _order_card(flag: Flag, order: Evidence, assessment: Assessment, ruleset: Ruleset | None,
-                hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+                hook_instance: uuid.UUID | str | None, version: str = "2.0") -> dict[str, Any]:
     """A card on one draft order a flag concerns: which order (reference and
     text), why, the evidence, the citation, and, when the rule suggests
     removing the order, a ``delete`` suggestion of it."""
@@ -219,6 +247,10 @@ def _order_card(flag: Flag, order: Evidence, assessment: Assessment, ruleset: Ru
              "resourceId": [ref]}]}
         body["uuid"] = _uuid(hook_instance, "suggestion", body)
         card["suggestions"] = [body]
+    if version != "2.0":  # 2.0 order cards stay as they were
+        reasons = _override_reasons(ruleset, flag.rule_id, version)
+        if reasons:
+            card["overrideReasons"] = reasons
     return _finish(card, hook_instance, _links(flag))
 
 
@@ -253,7 +285,7 @@ def _order_lab_card(req: DataRequest, assessment: Assessment, ruleset: Ruleset |
 
 
 def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | None,
-                   hook_instance: uuid.UUID | str | None) -> dict[str, Any]:
+                   hook_instance: uuid.UUID | str | None, version: str = "2.0") -> dict[str, Any]:
     lines = [f"**Urgency:** {ref.urgency}", "", _text(ref.rationale)]
     evidence = _evidence_md(ref)
     if evidence:
@@ -268,7 +300,7 @@ def _referral_card(ref: Referral, assessment: Assessment, ruleset: Ruleset | Non
             "display": ref.display}),
         "suggestions": [_referral_suggestion(ref, assessment, hook_instance)],
     }
-    reasons = _override_reasons(ruleset, ref.rule_id)
+    reasons = _override_reasons(ruleset, ref.rule_id, version)
     if reasons:
         card["overrideReasons"] = reasons
     return _finish(card, hook_instance, _links(ref))
@@ -380,8 +412,8 @@ def _cited(rule_ids: Sequence[str], assessment: Assessment) -> list[dict[str, st
 
 def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
           hook_instance: uuid.UUID | str | None = None,
-          only_orders: bool = False) -> list[dict[str, Any]]:
-    """``assessment`` as CDS Hooks 2.0 cards, most urgent first.
+          only_orders: bool = False, version: str = "2.0") -> list[dict[str, Any]]:
+    """``assessment`` as CDS Hooks cards, most urgent first.
 
     One card per flag (``indicator``: critical → critical, high and moderate →
     warning, low → info), carrying as a suggestion each referral its rule made
@@ -402,15 +434,22 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
     ``order-lab``, ``plan``), the ``rules`` that made it (none for
     ``left-out``) and their citations. Flag and referral cards offer the
     ruleset's ``overrideReasons`` (its ``override_reasons``, or the rule's
-    selection of them) when it declares any.
+    selection of them) when it declares any. ``version`` is the CDS Hooks
+    version of the call (``2.0`` or ``3.0``): 3.0 cards differ only in their
+    override reasons, offered on flag, referral and order cards, which are
+    the 3.0 example value set (:data:`OVERRIDE_REASONS_3`) when the ruleset
+    declares none.
     """
     if not isinstance(assessment, Assessment):
         raise InvalidArgument(f"assessment must be an Assessment, not {type(assessment).__name__}")
+    if version not in ("2.0", "3.0"):
+        raise InvalidArgument(f"version must be '2.0' or '3.0', not {version!r}")
     out: list[tuple[dict[str, Any], str, list[str]]] = []  # card, kind, rule ids
     attached: set[str] = set()
     for flag in assessment.flags:
         if flag.orders:
-            out += [(_order_card(flag, order, assessment, ruleset, hook_instance), "order",
+            out += [(_order_card(flag, order, assessment, ruleset, hook_instance, version),
+                     "order",
                      [flag.rule_id]) for order in flag.orders]
             continue
         if only_orders:
@@ -418,11 +457,12 @@ def cards(assessment: Assessment, ruleset: Ruleset | None = None, *,
         refs = [r for r in assessment.referrals
                 if r.rule_id == flag.rule_id and r.code not in attached]
         attached.update(r.code for r in refs)
-        out.append((_flag_card(flag, refs, assessment, ruleset, hook_instance), "flag",
+        out.append((_flag_card(flag, refs, assessment, ruleset, hook_instance, version), "flag",
                     [flag.rule_id]))
     for ref in assessment.referrals:
         if ref.code not in attached and not only_orders:
-            out.append((_referral_card(ref, assessment, ruleset, hook_instance), "referral",
+            out.append((_referral_card(ref, assessment, ruleset, hook_instance, version),
+                        "referral",
                         [ref.rule_id]))
     if assessment.left_out:
         out.append((_left_out_card(assessment, ruleset, hook_instance), "left-out", []))

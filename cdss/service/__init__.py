@@ -1,5 +1,5 @@
-"""The CDS Hooks 2.0 HTTP service (extra ``service``: starlette, uvicorn, httpx,
-PyJWT).
+"""The CDS Hooks HTTP service, 2.0 and 3.0 (extra ``service``: starlette, uvicorn,
+httpx, PyJWT), and :func:`check_service`, a conformance check of any CDS Hooks service.
 
 :func:`create_app` builds the Starlette app from rulesets and a
 :class:`ServiceConfig` (:func:`load_config` reads its file): trusted CDS
@@ -28,6 +28,7 @@ from cdss.service._config import (
     TokenPolicy,
     load_config,
 )
+from cdss.service._conformance import CHECKS, Check, ConformanceReport, check_service
 from cdss.service._limits import json_depth, json_too_deep
 from cdss.service._logging import disable_access_log
 from cdss.service._server import base_url, bind, serve_in_background
@@ -35,11 +36,14 @@ from cdss.service._server import base_url, bind, serve_in_background
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "AUTH_FAILED",
+    "CHECKS",
     "CONFIG_ENV",
     "DEFAULT_ALGORITHMS",
     "PUBLIC_URL_ENV",
     "AllowedServer",
     "AuthenticationFailed",
+    "Check",
+    "ConformanceReport",
     "IssuerConfig",
     "JwksPolicy",
     "Limits",
@@ -50,6 +54,7 @@ __all__ = [
     "TokenPolicy",
     "base_url",
     "bind",
+    "check_service",
     "create_app",
     "disable_access_log",
     "json_depth",

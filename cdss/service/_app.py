@@ -1,4 +1,8 @@
-"""The CDS Hooks 2.0 HTTP service (extra ``service``: starlette, uvicorn, httpx, PyJWT).
+"""The CDS Hooks HTTP service (extra ``service``: starlette, uvicorn, httpx, PyJWT).
+
+CDS Hooks 2.0 at ``/cds-services``, 3.0 at ``/v3/cds-services`` (:data:`V3_PREFIX`;
+the same endpoints, answered as 3.0: its discovery fields and prefetch, its
+OperationOutcome errors and override reasons).
 
 :func:`create_app` returns a Starlette application:
 
@@ -95,6 +99,8 @@ from cdss.errors import (
 )
 from cdss.hooks import (
     HOOKS,
+    V2,
+    V3,
     FeedbackRequest,
     Fetch,
     HookRequest,
@@ -112,15 +118,20 @@ from cdss.service._fhir_client import Caller, fetch_missing
 from cdss.service._limits import check_depth, checked, read_body
 from cdss.service._logging import INSECURE, emit, log_failure, quiet_http_loggers
 from cdss.service._metrics import Metrics, reason_label
-from cdss.service._responses import CATEGORY, INTERNAL, HTTPError, error_response, json_response
+from cdss.service._responses import CATEGORY, INTERNAL, HTTPError, json_response
+from cdss.service._responses import error_response as _error_response
 from cdss.service._runtime import Runtime, assess_in_thread, evaluate_in_thread
 from cdss.service._shadow import AfterAnswer, load_candidates
 from cdss.service._store import Store, open_store
 
-__all__ = ["AUTH_FAILED", "create_app"]
+__all__ = ["AUTH_FAILED", "V3_PREFIX", "create_app"]
 
 #: The one message every refused token gets (details go to the log only).
 AUTH_FAILED = "authentication failed"
+#: Where the CDS Hooks 3.0 services are (``/v3/cds-services``): a 3.0 call carries
+#: no version of its own, and the 3.0 ballot has a service supporting two
+#: versions expose each at its own endpoint. ``/cds-services`` stays 2.0.
+V3_PREFIX = "/v3"
 _CORS_EXPOSE = ["Origin", "Accept", "Content-Location", "Location", "X-Requested-With"]
 
 
@@ -208,8 +219,11 @@ def _nothing() -> None:
     return None
 
 
-def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
-    """The answer to a call that raised ``exc``, its reason noted in ``record``."""
+def _refusal(exc: Exception, record: dict[str, Any], event: str,
+             version: str = V2) -> Response:
+    """The answer to a call that raised ``exc``, its reason noted in ``record``
+    (an OperationOutcome for a 3.0 client)."""
+    error_response = functools.partial(_error_response, version=version)
     if isinstance(exc, AuthenticationFailed):
         record["issuer"] = exc.issuer
         record["error"] = f"authentication: {exc.reason}"
@@ -235,7 +249,7 @@ def _refusal(exc: Exception, record: dict[str, Any], event: str) -> Response:
     return error_response(500, INTERNAL)
 
 
-_Handler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
+_Handler = Callable[[Request, dict[str, Any], str], Awaitable[Response]]
 
 
 class _Service:
@@ -252,7 +266,8 @@ class _Service:
         self.fetch = fetch
         self.on_feedback = on_feedback
         self.endpoints = hook_services(settings.services, HOOKS)
-        self.document = discovery(settings.services, hooks=HOOKS)
+        self.documents = {v: discovery(settings.services, hooks=HOOKS, version=v)
+                          for v in (V2, V3)}
         self.runtime = Runtime(self.limit.fhir_timeout_seconds,
                                self.limit.evaluation_timeout_seconds, self.limit.shadow_queue)
         self.store = settings.store
@@ -335,12 +350,13 @@ class _Service:
 
     async def evaluate(self, req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
                        hook: str, as_of: datetime | None = None, *,
-                       with_assessment: bool = False) -> Any:
+                       with_assessment: bool = False, version: str = V2) -> Any:
         """The cards, from the evaluation thread within the evaluation timeout
         (else 503); with ``with_assessment``, ``(cards, Assessment)``."""
         run = assess_in_thread if with_assessment else evaluate_in_thread
         work = self.runtime.worker().submit(functools.partial(
-            run, req, rs, fetched, as_of, self.settings.zone_name, self.settings.intake, hook))
+            run, req, rs, fetched, as_of, self.settings.zone_name, self.settings.intake, hook,
+            version))
         try:
             return await asyncio.wait_for(work, timeout=self.limit.evaluation_timeout_seconds)
         except asyncio.TimeoutError:
@@ -348,30 +364,35 @@ class _Service:
                             {"Retry-After": "5"}) from None
 
     # -- the endpoints --------------------------------------------------------- #
-    async def list_services(self, request: Request, record: dict[str, Any]) -> Response:
-        """``GET /cds-services``: the discovery document."""
-        record["issuer"] = (await self.caller_of(request, "/cds-services")).issuer
-        return json_response(self.document)
+    async def list_services(self, request: Request, record: dict[str, Any],
+                            version: str = V2) -> Response:
+        """``GET /cds-services``: the discovery document (``/v3/cds-services``: 3.0's)."""
+        record["issuer"] = (await self.caller_of(request, f"{_prefix(version)}/cds-services")
+                            ).issuer
+        return json_response(self.documents[version])
 
-    async def call_service(self, request: Request, record: dict[str, Any]) -> Response:
-        """``POST /cds-services/{id}``: a call of the service's hook, answered with cards."""
+    async def call_service(self, request: Request, record: dict[str, Any],
+                           version: str = V2) -> Response:
+        """``POST /cds-services/{id}``: a call of the service's hook, answered with
+        cards (``/v3/cds-services/{id}``: read and answered as CDS Hooks 3.0)."""
         sid = request.path_params["service_id"]
-        caller = await self.caller_of(request, f"/cds-services/{sid}")
+        caller = await self.caller_of(request, f"{_prefix(version)}/cds-services/{sid}")
         record["issuer"] = caller.issuer
         _, hook, rs = self.service_of(request, record)
         record["event"] = hook
         req: HookRequest = await self.parsed(request, "request body",
                                              functools.partial(validate_request, hook=hook))
         record["hookInstance"] = str(req.hookInstance)
-        fetched = await fetch_missing(req, rs, caller, self.limit, client=self.runtime.http,
-                                      fetch=self.fetch)
         as_of = self.after.as_of(sid, self.clock() if self.clock is not None else None)
+        fetched = await fetch_missing(req, rs, caller, self.limit, client=self.runtime.http,
+                                      fetch=self.fetch, version=version,
+                                      today=as_of.date() if as_of is not None else None)
         shadowed = sid in self.after.candidates
         # the Assessment behind the cards: a shadow candidate is compared with it, and
         # the store counts the codes it could not map (cdss monitor)
         with_assessment = shadowed or self.store is not None
         result = await self.evaluate(req, rs, fetched, hook, as_of,
-                                     with_assessment=with_assessment)
+                                     with_assessment=with_assessment, version=version)
         served = None
         if with_assessment:
             result, served = result
@@ -379,13 +400,16 @@ class _Service:
         response = json_response(result)
         # after the answer is sent: its cards noted, the shadow candidate queued
         response.background = BackgroundTask(self.after, sid, rs, req, fetched, as_of, result,
-                                             self.runtime.worker(), hook, served)
+                                             self.runtime.worker(), hook, served,
+                                             version=version)
         return response
 
-    async def feedback(self, request: Request, record: dict[str, Any]) -> Response:
-        """``POST /cds-services/{id}/feedback``: validated, counted, passed on."""
+    async def feedback(self, request: Request, record: dict[str, Any],
+                       version: str = V2) -> Response:
+        """``POST /cds-services/{id}/feedback``: validated, counted, passed on
+        (the same for both versions; only a refusal's shape differs)."""
         sid = request.path_params["service_id"]
-        caller = await self.caller_of(request, f"/cds-services/{sid}/feedback")
+        caller = await self.caller_of(request, f"{_prefix(version)}/cds-services/{sid}/feedback")
         record["issuer"] = caller.issuer
         self.ruleset_of(request, record)
         body: FeedbackRequest = await self.parsed(request, "feedback body", validate_feedback)
@@ -413,16 +437,20 @@ class _Service:
         return json_response({"received": len(body.feedback)})
 
     # -- around every call ----------------------------------------------------- #
-    def logged(self, event: str, handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
-        """``handler`` as an endpoint: its refusals answered, one log line written."""
+    def logged(self, event: str, handler: _Handler,
+               version: str = V2) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` as the endpoint of CDS Hooks ``version``: its refusals
+        answered, one log line written (with the version of a 3.0 call)."""
         async def run(request: Request) -> Response:
             record: dict[str, Any] = {"event": event, "service": None, "hookInstance": None,
                                       "issuer": None}
+            if version != V2:
+                record["version"] = version
             start = time.perf_counter()
             try:
-                response = await handler(request, record)
+                response = await handler(request, record, version)
             except Exception as exc:
-                response = _refusal(exc, record, event)
+                response = _refusal(exc, record, event, version)
             record["status"] = response.status_code
             elapsed = time.perf_counter() - start
             record["duration_ms"] = round(elapsed * 1000, 1)
@@ -482,13 +510,13 @@ class _Service:
         only (404 when no token is configured, 401 for any other caller)."""
         token = self.settings.metrics_token
         if token is None:
-            return error_response(404, "no such endpoint")
+            return _error_response(404, "no such endpoint")
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
                 value.strip().encode(), token.encode()):
             self.metrics.auth_failures.labels("metrics token").inc()
-            return error_response(401, AUTH_FAILED, {"WWW-Authenticate": "Bearer"})
+            return _error_response(401, AUTH_FAILED, {"WWW-Authenticate": "Bearer"})
         body, content_type = await asyncio.to_thread(self.metrics.exposition)
         return Response(body, media_type=content_type)
 
@@ -514,16 +542,26 @@ class _Service:
                 emit(logging.INFO, {"event": "shadow stopped", **self.after.summary()})
 
 
+def _prefix(version: str) -> str:
+    """The path prefix of the services of CDS Hooks ``version``."""
+    return V3_PREFIX if version == V3 else ""
+
+
+def _version_of_path(request: Request) -> str:
+    return V3 if request.url.path.startswith(f"{V3_PREFIX}/") else V2
+
+
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    version = _version_of_path(request)
     if exc.status_code == 404:
-        return error_response(404, "no such endpoint")
-    return error_response(exc.status_code, str(exc.detail), exc.headers)
+        return _error_response(404, "no such endpoint", version=version)
+    return _error_response(exc.status_code, str(exc.detail), exc.headers, version=version)
 
 
 async def _on_any_error(request: Request, exc: Exception) -> Response:
     log_failure(exc, "request")
-    return error_response(500, INTERNAL)
+    return _error_response(500, INTERNAL, version=_version_of_path(request))
 
 
 def _starlette(service: _Service, cors_origins: Sequence[str]) -> Starlette:
@@ -536,6 +574,12 @@ def _starlette(service: _Service, cors_origins: Sequence[str]) -> Starlette:
                   service.logged("patient-view", service.call_service), methods=["POST"]),
             Route("/cds-services/{service_id}/feedback",
                   service.logged("feedback", service.feedback), methods=["POST"]),
+            Route(f"{V3_PREFIX}/cds-services",
+                  service.logged("discovery", service.list_services, V3), methods=["GET"]),
+            Route(f"{V3_PREFIX}/cds-services/{{service_id}}",
+                  service.logged("patient-view", service.call_service, V3), methods=["POST"]),
+            Route(f"{V3_PREFIX}/cds-services/{{service_id}}/feedback",
+                  service.logged("feedback", service.feedback, V3), methods=["POST"]),
             Route("/healthz", service.healthz, methods=["GET"]),
             Route("/readyz", service.readyz, methods=["GET"]),
             Route("/metrics", service.metrics_endpoint, methods=["GET"]),

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 import httpx
 from starlette.concurrency import run_in_threadpool
 
 from cdss.errors import HookRequestError
-from cdss.hooks import Fetch, HookRequest, collect_pages_async, fetch_headers, missing_prefetch
+from cdss.hooks import (
+    V2,
+    Fetch,
+    HookRequest,
+    collect_pages_async,
+    fetch_headers,
+    missing_prefetch,
+    prefetch_continuations,
+)
 from cdss.hooks import read_fhir_json as parse_fhir_json
 from cdss.rulesets import Ruleset
 from cdss.service._config import AllowedServer, Limits
@@ -69,12 +78,15 @@ async def read_capped(client: httpx.AsyncClient, url: str, headers: Mapping[str,
 
 
 async def fetch_missing(req: HookRequest, rs: Ruleset, caller: Caller, limit: Limits, *,
-                        client: Callable[[], httpx.AsyncClient], fetch: Fetch | None
-                        ) -> dict[str, Any]:
-    """The prefetch keys ``req`` lacks, read from its ``fhirServer`` with
-    ``fetch`` (blocking, run off the event loop) or else ``client()``."""
-    missing = missing_prefetch(req, rs)
-    if not missing:
+                        client: Callable[[], httpx.AsyncClient], fetch: Fetch | None,
+                        version: str = V2, today: date | None = None) -> dict[str, Any]:
+    """The prefetch keys ``req`` lacks (its CDS Hooks ``version``'s keys, 3.0
+    windows ending ``today``), and for 3.0 the rest of each search the client
+    paginated, read from its ``fhirServer`` with ``fetch`` (blocking, run off
+    the event loop) or else ``client()``."""
+    missing = missing_prefetch(req, rs, version=version, today=today)
+    rest = prefetch_continuations(req, rs, version=version)
+    if not missing and not rest:
         return {}
     assert req.fhirServer is not None  # missing_prefetch raised otherwise
     base = req.fhirServer
@@ -91,11 +103,13 @@ async def fetch_missing(req: HookRequest, rs: Ruleset, caller: Caller, limit: Li
             return await run_in_threadpool(fetch, url, hdrs)
         return await read_capped(client(), url, hdrs, limit)
 
-    keys = list(missing)
+    reads = [(k, u, False) for k, u in missing.items()] + \
+        [(k, u, True) for k, u in rest.items()]  # the rest of a paginated prefetch: all pages
+    keys = [k for k, _, _ in reads]
     try:
         pages = await asyncio.wait_for(
-            asyncio.gather(*(collect_pages_async(missing[k], headers, get, base)
-                             for k in keys)),
+            asyncio.gather(*(collect_pages_async(u, headers, get, base, all_pages=every)
+                             for _, u, every in reads)),
             timeout=limit.fhir_total_timeout_seconds)
     except asyncio.TimeoutError:
         raise HookRequestError("the FHIR server did not answer in time", status=412) from None

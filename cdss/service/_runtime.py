@@ -20,7 +20,7 @@ import httpx
 
 from cdss.assessment import Assessment
 from cdss.errors import HookRequestError
-from cdss.hooks import HOOK, HookRequest, assess_request, evaluate_request
+from cdss.hooks import HOOK, V2, HookRequest, assess_request, evaluate_request
 from cdss.outputs.cds_hooks import cards
 from cdss.rulesets import Ruleset
 from cdss.service._logging import emit, log_failure
@@ -46,26 +46,28 @@ def no_cookies() -> http.cookiejar.CookieJar:
 
 def evaluate_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
                         as_of: datetime | None, timezone_name: str = "UTC",
-                        mode: str = "strict", hook: str = HOOK) -> Any:
+                        mode: str = "strict", hook: str = HOOK, version: str = V2) -> Any:
     """:func:`evaluate_request`, in the evaluation thread. A failure of any kind
     (a bug, or a ``SystemExit`` or ``KeyboardInterrupt`` from a library, which
     would stop the event loop) is logged without its message and becomes a
     500 for this call only; a :class:`HookRequestError` (unusable data) stays one."""
     with _contained():
         return evaluate_request(req, rs, fetched=fetched, as_of=as_of, timezone=timezone_name,
-                                mode=mode, hook=hook)
+                                mode=mode, hook=hook, version=version)
 
 
 def assess_in_thread(req: HookRequest, rs: Ruleset, fetched: dict[str, Any],
                      as_of: datetime | None, timezone_name: str = "UTC",
-                     mode: str = "strict", hook: str = HOOK) -> tuple[Any, Assessment]:
+                     mode: str = "strict", hook: str = HOOK,
+                     version: str = V2) -> tuple[Any, Assessment]:
     """:func:`evaluate_in_thread` that also gives the Assessment behind the
     cards (for a shadowed service, whose candidate is compared with it)."""
     with _contained():
         assessment = assess_request(req, rs, fetched=fetched, as_of=as_of,
-                                    timezone=timezone_name, mode=mode, hook=hook)
+                                    timezone=timezone_name, mode=mode, hook=hook,
+                                    version=version)
         body = {"cards": cards(assessment, rs, hook_instance=req.hookInstance,
-                               only_orders=hook != HOOK)}
+                               only_orders=hook != HOOK, version=version)}
         return body, assessment
 
 

@@ -125,7 +125,8 @@ class AfterAnswer:
 
     def __call__(self, service: str, active: Ruleset, req: HookRequest,
                  fetched: dict[str, Any], as_of: datetime | None, body: Mapping[str, Any],
-                 worker: Worker, hook: str = HOOK, served: Assessment | None = None) -> None:
+                 worker: Worker, hook: str = HOOK, served: Assessment | None = None, *,
+                 version: str = "2.0") -> None:
         """After the answer ``body`` to a call of ``hook`` was sent: note its
         cards, queue the shadow (``served``: the Assessment behind ``body``,
         else the active version is evaluated again)."""
@@ -143,7 +144,8 @@ class AfterAnswer:
                 return
 
             def job() -> None:
-                self._shadow(service, active, candidate, req, fetched, as_of, body, hook, served)
+                self._shadow(service, active, candidate, req, fetched, as_of, body, hook, served,
+                             version)
 
             if worker.offer(job):
                 self.counts["queued"] += 1
@@ -177,17 +179,18 @@ class AfterAnswer:
 
     def _shadow(self, service: str, active: Ruleset, candidate: Ruleset, req: HookRequest,
                 fetched: dict[str, Any], as_of: datetime | None,
-                body: Mapping[str, Any], hook: str, served: Assessment | None) -> None:
+                body: Mapping[str, Any], hook: str, served: Assessment | None,
+                version: str = "2.0") -> None:
         """In the evaluation thread: evaluate the candidate (and the active
         version, unless its Assessment is ``served``), compare, record."""
         try:
             try:
                 before = served if served is not None else assess_request(
                     req, active, fetched=fetched, as_of=as_of, timezone=self.timezone_name,
-                    mode=self.intake, hook=hook)
+                    mode=self.intake, hook=hook, version=version)
                 after = assess_request(req, candidate, fetched=fetched, as_of=as_of,
                                        timezone=self.timezone_name, mode=self.intake,
-                                       hook=hook)
+                                       hook=hook, version=version)
             except HookRequestError:  # the candidate refuses data the active version took
                 self.counts["failed"] += 1
                 emit(logging.WARNING, {"event": "shadow failed", "service": service,
@@ -197,7 +200,7 @@ class AfterAnswer:
                     self.store.record_shadow(self._call(service, active, candidate, failed=True))
                 return
             shown = cards(after, candidate, hook_instance=req.hookInstance,
-                          only_orders=hook != HOOK)
+                          only_orders=hook != HOOK, version=version)
             changes = [*rule_changes(before, after), *card_changes(body["cards"], shown)]
             self.counts["evaluated"] += 1
             call = self._call(service, active, candidate, changes=tuple(changes),
