@@ -299,6 +299,8 @@ PINNED = {
     "plantar-cramps@1.1.0": "a5fb0c88168fa5f506f515eb4a86b7f505299622cae324644cbbe424b0e8e14f",
     "plantar-cramps@1.2.0": "3b3309f0647cd1f685401d005652bea19eb2115b6127d988a00ee4361903f57d",
     "plantar-cramps@1.3.0": "459d6ffc9c145ee0c96ccaaedf0f71695bdbd3856c205f0ca2a3e6d6c3604278",
+    # released 2026-12-05 (the default): pinned like the others
+    "plantar-cramps@1.4.0": "71ca2d0bedbba427c91962f0504d32afd86bc6ec84dc7b9249a8b997ca89716e",
 }
 
 
@@ -309,6 +311,6 @@ def test_pinned_versions_keep_their_content_hash(spec: str, sha256: str) -> None
 
 def test_the_default_version_is_the_newest_active_one() -> None:
     assert load_ruleset("plantar-cramps").version == "1.4.0"
-    assert load_ruleset("plantar-cramps").sha256 not in PINNED.values()
+    assert load_ruleset("plantar-cramps").sha256 == PINNED["plantar-cramps@1.4.0"]
     # 1.3.0 is a draft: newer than 1.2.0, yet never the default
     assert load_ruleset("plantar-cramps@1.3.0").file.status == "draft"
