@@ -22,7 +22,7 @@ from cdss.assessment import (
 )
 from cdss.engine import Firing, resolve_engine, run
 from cdss.errors import InvalidArgument
-from cdss.facts import Fact, Facts, build_facts, contributes, parse_time
+from cdss.facts import Fact, Facts, UnmappedCodes, build_facts, contributes, parse_time
 from cdss.intake import read_record
 from cdss.rulesets import ORDER, Ruleset, load_ruleset
 
@@ -77,13 +77,16 @@ def extract_facts(
     rs = resolve_ruleset(ruleset, paths, concept_maps)
     when = resolve_as_of(as_of)
     terminology = rs.terminology
+    # resources that can become no fact are tallied by code, never validated or read
+    unmapped = UnmappedCodes()
     parsed = read_record(record, mode=mode, on_invalid=on_invalid, timezone=timezone,
-                         relevant=lambda resource: contributes(resource, terminology))
+                         relevant=lambda resource: contributes(resource, terminology),
+                         unmapped=unmapped.add)
     return build_facts(parsed, rs.terminology, as_of=when,
                        finding_lookback_days=rs.file.finding_lookback_days,
                        on_invalid=on_invalid, draft_orders=draft_orders,
                        selections=selections, boundaries=rs.boundaries,
-                       min_age=rs.min_age)
+                       min_age=rs.min_age, unmapped=unmapped)
 
 
 def evaluate(

@@ -38,7 +38,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from cdss.errors import InputError
-from cdss.intake import Record
+from cdss.intake import Record, reference_path
 from cdss.rulesets import ORDER
 from cdss.terminology import Terminology, coding_displays, codings
 from cdss.units import convert
@@ -49,6 +49,7 @@ __all__ = [
     "Fact",
     "Facts",
     "LeftOutResource",
+    "UnmappedCodes",
     "build_facts",
     "contributes",
     "draft_order_resources",
@@ -207,12 +208,95 @@ def _recency_key(resource: Mapping[str, Any], when: datetime) -> tuple[Any, ...]
             str(resource.get("id")), content)
 
 
+class UnmappedCodes:
+    """The codes of a patient's resources that match no value set, as the
+    ``unmapped-code`` notes need them: per ``(system, code)`` the references of
+    the resources charting it and the displays they give it; and the draft
+    MedicationRequests among them (a selection may name one).
+
+    Intake hands it the resources that can become no fact
+    (:func:`contributes` is false) instead of keeping them in the Record, so
+    they are never validated or read as facts; the facts add the unmapped
+    resources they read themselves (a draft order of the request). Order does
+    not matter: the notes sort what is tallied.
+    """
+
+    __slots__ = ("displays", "draft_orders", "note", "refs")
+
+    def __init__(self) -> None:
+        self.refs: dict[tuple[str, str], set[str]] = {}
+        self.displays: dict[tuple[str, str], set[str]] = {}
+        self.draft_orders: set[str] = set()
+        self.note = self.note_reference if reference_path() else self.note_fast
+
+    def add(self, resource: Mapping[str, Any]) -> None:
+        """Tally a resource of the record that :func:`contributes` nothing."""
+        rtype = resource.get("resourceType")
+        if rtype in ("Observation", "Condition"):
+            self.note(resource, resource.get("code"))
+        elif rtype in ("MedicationRequest", "MedicationStatement"):
+            if rtype == "MedicationRequest" and resource.get("status") == "draft":
+                self.draft_orders.add(_ref(resource))
+            self.note(resource, resource.get("medicationCodeableConcept"))
+        elif rtype == "AllergyIntolerance":
+            self.note(resource, *_allergy_codes(resource))
+        else:  # pragma: no cover - every other type contributes
+            raise TypeError(f"{rtype!r} resources always contribute")
+
+    def note_reference(self, resource: Mapping[str, Any], *codeables: Any) -> None:
+        """:meth:`note_fast` as the terminology reads codings: the reference
+        the fast one is tested against."""
+        codes = sorted({(system, code) for cc in codeables for system, code in codings(cc)})
+        for key in codes or [("", "")]:
+            self.refs.setdefault(key, set()).add(_ref(resource))
+        for key, display in coding_displays(*codeables):
+            self.displays.setdefault(key, set()).add(display)
+
+    def note_fast(self, resource: Mapping[str, Any], *codeables: Any) -> None:
+        """Remember ``resource`` under each well-formed coding of ``codeables``
+        (under no code when it has none), with the codings' displays: one
+        pass over the codings."""
+        ref = _ref(resource)
+        keys: set[tuple[str, str]] = set()
+        for codeable in codeables:
+            for cc in codeable if isinstance(codeable, list) else (codeable,):
+                if not isinstance(cc, Mapping):
+                    continue
+                coding_list = cc.get("coding")
+                if coding_list is None:
+                    continue
+                for coding in coding_list if isinstance(coding_list, list) else (coding_list,):
+                    if not isinstance(coding, Mapping):
+                        continue
+                    system, code = coding.get("system"), coding.get("code")
+                    if not (isinstance(system, str) and isinstance(code, str)):
+                        continue
+                    key = (system, code)
+                    keys.add(key)
+                    display = coding.get("display")
+                    if isinstance(display, str):
+                        display = display.strip()
+                        if display:
+                            found = self.displays.get(key)
+                            if found is None:
+                                self.displays[key] = {display}
+                            else:
+                                found.add(display)
+        for key in keys or (("", ""),):
+            held = self.refs.get(key)
+            if held is None:
+                self.refs[key] = {ref}
+            else:
+                held.add(ref)
+
+
 class _Builder:
     def __init__(self, record: Record, terminology: Terminology, as_of: datetime,
                  finding_lookback_days: int,
                  selections: Collection[str] | None = None,
                  boundaries: Mapping[str, Sequence[float]] | None = None,
-                 min_age: tuple[float, str] | None = None) -> None:
+                 min_age: tuple[float, str] | None = None,
+                 unmapped: UnmappedCodes | None = None) -> None:
         self.record = record
         self.boundaries = boundaries or {}
         self.min_age = min_age
@@ -229,18 +313,12 @@ class _Builder:
         # (concept, side) -> the latest record stating it: (recency key, present?,
         # resource ref, age in days)
         self.sides: dict[tuple[str, str], tuple[tuple[Any, ...], bool, str, int]] = {}
-        # (system, code) -> refs of resources whose codes match no value set,
-        # and the displays the records give those codes
-        self.unmapped: dict[tuple[str, str], list[str]] = {}
-        self.unmapped_displays: dict[tuple[str, str], set[str]] = {}
+        # the resources whose codes match no value set, by code, and their displays
+        self.unmapped = unmapped if unmapped is not None else UnmappedCodes()
 
     def no_concept(self, res: Mapping[str, Any], *codeables: Any) -> None:
         """Remember a resource whose codes match no value set (noted by code)."""
-        codes = sorted({(system, code) for cc in codeables for system, code in codings(cc)})
-        for key in codes or [("", "")]:
-            self.unmapped.setdefault(key, []).append(_ref(res))
-        for key, display in coding_displays(*codeables):
-            self.unmapped_displays.setdefault(key, set()).add(display)
+        self.unmapped.note(res, *codeables)
 
     def side(self, concept: str, res: Mapping[str, Any], age: float, key: tuple[Any, ...],
              present: bool) -> None:
@@ -572,11 +650,11 @@ class _Builder:
         for _, fact in (*self.labs.values(), *self.findings.values()):
             self.facts[fact.id] = fact
         self.bilateral()
-        for (system, code), refs in sorted(self.unmapped.items()):
+        for (system, code), held in sorted(self.unmapped.refs.items()):
             what = f"{system}|{code}" if system or code else "no code"
-            refs = sorted(set(refs))
+            refs = sorted(held)
             more = f" and {len(refs) - 1} more" if len(refs) > 1 else ""
-            displays = sorted(self.unmapped_displays.get((system, code), ()))
+            displays = sorted(self.unmapped.displays.get((system, code), ()))
             self.notes.append(DataQualityNote(
                 code="unmapped-code", resource=refs[0], coding=what,
                 display=displays[0] if displays else None,
@@ -792,8 +870,14 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
                 draft_orders: Any = None,
                 selections: Collection[str] | None = None,
                 boundaries: Mapping[str, Sequence[float]] | None = None,
-                min_age: tuple[float, str] | None = None) -> Facts:
+                min_age: tuple[float, str] | None = None,
+                unmapped: UnmappedCodes | None = None) -> Facts:
     """Turn one patient's record into :class:`Facts` at ``as_of``.
+
+    ``unmapped`` holds the codes of the record's resources that intake kept
+    out of it because they can become no fact (``read_record(...,
+    unmapped=tally.add)``): they are noted as the resources themselves would
+    be.
 
     ``boundaries`` (analyte -> the thresholds rules compare its value with)
     reads a lab charted in another unit at a threshold's equivalent as the
@@ -813,7 +897,7 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
     """
     orders = draft_order_resources(draft_orders)
     builder = _Builder(record, terminology, as_of, finding_lookback_days, selections,
-                       boundaries, min_age)
+                       boundaries, min_age, unmapped)
     builder.patient()
     left_out = [LeftOutResource(resource=lo.resource, field=lo.field, reason=lo.reason)
                 for lo in record.left_out]
@@ -834,7 +918,8 @@ def build_facts(record: Record, terminology: Terminology, *, as_of: datetime,
                                             reason=exc.reason))
     refs = {_ref(res) for res in orders} | {
         _ref(res) for res in record.resources
-        if res.get("resourceType") == "MedicationRequest" and res.get("status") == "draft"}
+        if res.get("resourceType") == "MedicationRequest" and res.get("status") == "draft"
+    } | builder.unmapped.draft_orders
     for ref in sorted(set(selections or ()) - refs):
         raise InputError(f"selection {ref!r} names no draft order", field="selections")
     for res in orders:

@@ -11,18 +11,29 @@ from __future__ import annotations
 
 from cdss import _exports
 from cdss.intake._lean import RESOURCE_TYPES, is_resource_type
-from cdss.intake._shapes import MODES, ON_INVALID, USED_TYPES, LeftOut, Record, zone
+from cdss.intake._shapes import (
+    MODES,
+    ON_INVALID,
+    REFERENCE_PATH,
+    USED_TYPES,
+    LeftOut,
+    Record,
+    reference_path,
+    zone,
+)
 from cdss.intake._strict import read_record
 
 __all__ = [
     "MODES",
     "ON_INVALID",
+    "REFERENCE_PATH",
     "RESOURCE_TYPES",
     "USED_TYPES",
     "LeftOut",
     "Record",
     "is_resource_type",
     "read_record",
+    "reference_path",
     "zone",
 ]
 

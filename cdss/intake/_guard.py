@@ -100,9 +100,91 @@ def _field(path: list[Any]) -> str:
     return (shown + ("..." if len(path) > 8 else "")) or "(the resource)"
 
 
-def _walk(root: Any, base_depth: int) -> tuple[list[Any], str] | None:
+def _clean(root: Any, base_depth: int) -> bool:
+    """True when nothing below ``root`` can be a problem, looked at cheaply:
+    plain dicts, lists, ASCII text, and numbers and constants of the types
+    orjson gives (exact type checks, no ABCs). Anything else (a deep level, a
+    long bounded string, a number to check, another type) answers False, and
+    :func:`_walk` looks again to name the problem: this only spares it the
+    records with none, which are nearly all."""
+    bounded, limit, max_depth = _BOUNDED_KEYS, MAX_CODE_LENGTH, MAX_DEPTH
+    stack: list[tuple[Any, int]] = [(root, base_depth)]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for key, value in node.items():
+                if type(key) is not str or not key.isascii():
+                    return False
+                vtype = type(value)
+                if vtype is str:
+                    if (len(value) > limit and key in bounded) or (
+                            not value.isascii() and not _encodable(value)):
+                        return False
+                elif vtype is dict or vtype is list:
+                    if depth >= max_depth:
+                        return False
+                    stack.append((value, depth + 1))
+                elif vtype is float:
+                    if not math.isfinite(value):
+                        return False
+                elif not (vtype is bool or value is None
+                          or (vtype is int and -_FLOAT_MAX <= value <= _FLOAT_MAX)):
+                    return False
+        elif kind is list:
+            for value in node:
+                vtype = type(value)
+                if vtype is str:
+                    if not value.isascii() and not _encodable(value):
+                        return False
+                elif vtype is dict or vtype is list:
+                    if depth >= max_depth:
+                        return False
+                    stack.append((value, depth + 1))
+                elif vtype is float:
+                    if not math.isfinite(value):
+                        return False
+                elif not (vtype is bool or value is None
+                          or (vtype is int and -_FLOAT_MAX <= value <= _FLOAT_MAX)):
+                    return False
+        else:
+            return False
+    return True
+
+
+def _clean_json(root: Any, base_depth: int) -> bool:
+    """:func:`_clean` for what orjson parsed: its keys are text, its text is
+    valid Unicode and its numbers are finite doubles or 64-bit integers, so
+    only the depth and the bounded strings are left to look at."""
+    bounded, limit, max_depth = _BOUNDED_KEYS, MAX_CODE_LENGTH, MAX_DEPTH
+    stack: list[tuple[Any, int]] = [(root, base_depth)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            for key, value in node.items():
+                vtype = type(value)
+                if vtype is dict or vtype is list:
+                    if depth >= max_depth:
+                        return False
+                    stack.append((value, depth + 1))
+                elif vtype is str and len(value) > limit and key in bounded:
+                    return False
+        else:
+            for value in node:
+                vtype = type(value)
+                if vtype is dict or vtype is list:
+                    if depth >= max_depth:
+                        return False
+                    stack.append((value, depth + 1))
+    return True
+
+
+def _walk(root: Any, base_depth: int, parsed: bool = False) -> tuple[list[Any], str] | None:
     """The first problem below ``root`` (its path and what), or None. Depth
-    counts from ``base_depth``, the level ``root`` sits at in the record."""
+    counts from ``base_depth``, the level ``root`` sits at in the record;
+    ``parsed``: ``root`` is what orjson parsed (see :func:`_clean_json`)."""
+    if _clean_json(root, base_depth) if parsed else _clean(root, base_depth):
+        return None
     stack: list[tuple[Any, int, list[Any]]] = [(root, base_depth, [])]
     while stack:
         node, depth, path = stack.pop()
@@ -131,18 +213,19 @@ def _resource_error(resource: Any, found: tuple[list[Any], str]) -> InputError:
                       resource_id=_resource_id(resource), field=_field(path))
 
 
-def check_record(record: Any) -> Problems:
+def check_record(record: Any, *, parsed: bool = False) -> Problems:
     """Look at a parsed record (a Bundle, a resource or a list of resources).
 
     Returns the problems found inside resources, by position; raises
     :class:`InputError` for a problem outside every resource, where the
-    record as a whole is refused.
+    record as a whole is refused. ``parsed``: the record is what orjson
+    parsed from JSON text, whose keys, text and numbers it has checked.
     """
     problems: Problems = {}
     if isinstance(record, Mapping) and record.get("resourceType") == "Bundle":
         entries = record.get("entry")
         rest = {k: v for k, v in record.items() if k != "entry"}
-        found = _walk(rest, 1)
+        found = _walk(rest, 1, parsed)
         if found is not None:
             raise InputError(found[1], resource_type="Bundle", resource_id=_resource_id(record),
                              field=_field(found[0]))
@@ -152,19 +235,19 @@ def check_record(record: Any) -> Problems:
             if not isinstance(entry, Mapping):
                 continue
             outside = {k: v for k, v in entry.items() if k != "resource"}
-            found = _walk(outside, 3)
+            found = _walk(outside, 3, parsed)
             if found is not None:
                 raise InputError(found[1], resource_type="Bundle",
                                  resource_id=_resource_id(record),
                                  field=_field([f"entry[{i}]", *found[0]]))
             resource = entry.get("resource")
             if isinstance(resource, Mapping):
-                found = _walk(resource, 4)
+                found = _walk(resource, 4, parsed)
                 if found is not None:
                     problems[i] = _resource_error(resource, found)
         return problems
     if isinstance(record, Mapping):
-        found = _walk(record, 1)
+        found = _walk(record, 1, parsed)
         if found is not None:
             problems[0] = _resource_error(record, found)
     elif isinstance(record, (list, tuple)):
@@ -194,7 +277,8 @@ def parse_and_check(record: Any) -> tuple[Any, Problems]:
         record = bytes(record)
     if isinstance(record, (str, bytes, bytearray)):
         record = _loads(record)
-    elif isinstance(record, (list, tuple)) and any(
+        return record, check_record(record, parsed=True)
+    if isinstance(record, (list, tuple)) and any(
             isinstance(item, (str, bytes)) for item in record):
         record = [_loads(item) if isinstance(item, (str, bytes)) else item for item in record]
     return record, check_record(record)

@@ -3,8 +3,10 @@
 Strict intake validates every resource with the full fhir.resources models
 (about 9k Observations per second, measured). A cohort screen reads millions
 of resources, and the facts read only a few fields of each, so ``lean`` mode
-validates just those fields, straight from JSON bytes, in pydantic-core's Rust
-code: a patient's whole record is one ``validate_json`` call.
+validates just those fields, in pydantic-core's Rust code: each resource the
+facts can use is one ``validate_python`` call on the record orjson parsed once
+(the reference path validates the whole record in one ``validate_json`` call
+from its bytes; measured slower, it also validated the resources no rule reads).
 
 The schemas are ``TypedDict`` types validated by pydantic ``TypeAdapter``\\ s
 rather than ``BaseModel`` classes because the facts read plain JSON mappings:

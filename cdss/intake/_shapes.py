@@ -9,6 +9,7 @@ without importing the other.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -20,7 +21,16 @@ import orjson
 from cdss.errors import InputError, InvalidArgument
 
 __all__ = [
-    "MODES", "ON_INVALID", "USED_TYPES", "LeftOut", "Record", "record_entries", "str_id", "zone",
+    "MODES",
+    "ON_INVALID",
+    "REFERENCE_PATH",
+    "USED_TYPES",
+    "LeftOut",
+    "Record",
+    "record_entries",
+    "reference_path",
+    "str_id",
+    "zone",
 ]
 
 #: The resource types whose content becomes facts.
@@ -32,6 +42,21 @@ MODES = ("strict", "lean")
 #: What to do with a resource that cannot be read: leave it out with the
 #: reason, or refuse the whole record (InputError).
 ON_INVALID = ("leave-out", "refuse")
+#: The environment variable that, set to ``1``, makes intake and the facts take
+#: their reference path: the lean record validated in one ``validate_json``
+#: pass from its bytes, and every used resource kept in the Record and read by
+#: the facts, the unmapped ones included. The default path gives the same
+#: Assessments byte for byte, faster; the reference path is what tests and
+#: benchmarks compare it with.
+REFERENCE_PATH = "CDSS_REFERENCE_PATH"
+
+
+def reference_path() -> bool:
+    """True when :data:`REFERENCE_PATH` asks for the reference path (read on
+    every call, so that a test or a benchmark can switch it)."""
+    return os.environ.get(REFERENCE_PATH, "") == "1"
+
+
 _BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "document"})
 
 @dataclass(frozen=True)
