@@ -10,6 +10,7 @@ statistics are plain Python (no numpy or scipy); see docs/monitoring.md.
 
 from __future__ import annotations
 
+from cdss import _exports
 from cdss.monitor._page import render_page
 from cdss.monitor._screens import monitor_screens
 from cdss.monitor._service import ALARM_KINDS, MonitorSettings, monitor_store
@@ -17,3 +18,5 @@ from cdss.monitor._simulate import DayCounts, Fault, simulate, write_store
 
 __all__ = ["ALARM_KINDS", "DayCounts", "Fault", "MonitorSettings", "monitor_screens",
            "monitor_store", "render_page", "simulate", "write_store"]
+
+_exports.claim(globals())
