@@ -14,7 +14,7 @@ from cdss.evaluation import evaluate, extract_facts
 from cdss.facts import Facts
 from cdss.rulesets import Ruleset, load_ruleset
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = [
     "Assessment",

@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
                 worker_command,
             )
         except ImportError as exc:
-            _fail(f"the service needs the 'service' extra (pip install 'cdss[service]'): {exc}")
+            _fail(f"the service needs the 'service' extra (pip install 'cdss-fhir[service]'): {exc}")
         if insecure_dev and config is not None:
             _fail("--insecure-dev and --config (or CDSS_SERVICE_CONFIG) exclude each other")
         if fhir_server and not insecure_dev:
@@ -241,7 +241,7 @@ def register(app: typer.Typer) -> None:
         try:
             from cdss.service._conformance import check_service
         except ImportError as exc:
-            _fail(f"check-service needs the 'service' extra (pip install 'cdss[service]'): "
+            _fail(f"check-service needs the 'service' extra (pip install 'cdss-fhir[service]'): "
                   f"{exc}")
         try:
             report = check_service(url, version=version.value, patient=patient, key=key,
@@ -276,7 +276,7 @@ def register(app: typer.Typer) -> None:
 
             found, now = migrate_store(store)
         except ImportError as exc:
-            _fail(f"the store needs the 'service' extra (pip install 'cdss[service]'): {exc}")
+            _fail(f"the store needs the 'service' extra (pip install 'cdss-fhir[service]'): {exc}")
         except CDSSError as exc:
             _fail(str(exc))
         where = shown(store)

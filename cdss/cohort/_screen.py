@@ -700,7 +700,7 @@ def _run_dask(tasks: Sequence[PartitionTask], *, client: Any, scheduler: str | N
         from dask.distributed import Client, KilledWorker, as_completed
     except ImportError as exc:
         raise CohortError("executor='dask' needs dask[distributed]: pip install "
-                          "'cdss[cohort]'") from exc
+                          "'cdss-fhir[cohort]'") from exc
     own = client is None
     if own:
         if not scheduler:
@@ -961,7 +961,7 @@ def _write_parquet(path: Path, rows: Iterator[tuple[str, bytes]], ruleset: Any,
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise CohortError("assessments.parquet needs pyarrow: pip install 'cdss[cohort]'"
+        raise CohortError("assessments.parquet needs pyarrow: pip install 'cdss-fhir[cohort]'"
                           ) from exc
     codes = _codes(ruleset)
     sources = {"flag": "flags", "referral": "referrals", "plan": "plan",

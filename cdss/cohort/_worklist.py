@@ -209,7 +209,7 @@ def write_worklist(out_dir: Path, rows: Iterable[tuple[str, bytes]], *, identifi
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise CohortError("worklist.parquet needs pyarrow: pip install 'cdss[cohort]'"
+        raise CohortError("worklist.parquet needs pyarrow: pip install 'cdss-fhir[cohort]'"
                           ) from exc
     names = [c for c in WORKLIST_COLUMNS if identifiers or c != "patient"]
     schema = pa.schema([pa.field(n, pa.int64() if n == "row" else pa.string()) for n in names])

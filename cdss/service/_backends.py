@@ -282,7 +282,7 @@ class PostgresBackend:
         except ImportError as exc:
             raise DependencyError(
                 f"a PostgreSQL store needs psycopg 3 and psycopg_pool: "
-                f"pip install 'cdss[postgresql]' ({exc})", package="psycopg") from None
+                f"pip install 'cdss-fhir[postgresql]' ({exc})", package="psycopg") from None
         self.url = url
         self.where = shown(url)
         self.timeout = timeout

@@ -22,7 +22,7 @@ try:
     import hypothesis  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "cdss.testing needs hypothesis: install the extra with pip install 'cdss[testing]'"
+        "cdss.testing needs hypothesis: install the extra with pip install 'cdss-fhir[testing]'"
     ) from exc
 
 from cdss import _exports

@@ -147,7 +147,9 @@ def test_every_error_says_when_it_is_raised() -> None:
 def test_the_version_is_written_once() -> None:
     from importlib.metadata import version
 
-    assert cdss.__version__ == version("cdss")
+    from tests.support.release import DISTRIBUTION
+
+    assert cdss.__version__ == version(DISTRIBUTION)
 
 
 def _imports_at_load() -> dict[str, set[str]]:

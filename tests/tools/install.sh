@@ -10,6 +10,9 @@
 #   then chromium, chromium-browser, google-chrome on PATH. When none is found and
 #   this runs as root on Debian or Ubuntu, Debian's package is installed;
 #   otherwise this stops and says what to install.
+# * Fonts, as root on Debian or Ubuntu: Liberation and DejaVu (a desktop's
+#   sans-serif). With Liberation alone, fontconfig on Debian 13 and later answers
+#   sans-serif with Liberation Mono, and the report's labels no longer fit.
 #
 # Running it again installs nothing that is already there. The unit tests
 # (python -m pytest -m "not slow") need none of this.
@@ -55,15 +58,29 @@ find_chromium() {
   done
 }
 
+debian_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; }
+
+deb_missing() {  # those of the Debian packages named that are not installed
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
+wanted=()
 if [ -z "$(find_chromium)" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Chromium (Debian packages chromium, fonts-liberation)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
-  else
+  debian_root ||
     die "no Chromium found: install it (Debian/Ubuntu: apt install chromium) or set CDSS_CHROMIUM to its path"
-  fi
+  wanted=(chromium)
+fi
+if debian_root; then
+  read -r -a wanted <<<"${wanted[*]} $(deb_missing fonts-liberation fonts-dejavu-core | tr '\n' ' ')"
+fi
+if [ "${#wanted[@]}" -gt 0 ]; then
+  say "installing Debian packages ${wanted[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${wanted[@]}" >/dev/null
 fi
 if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
