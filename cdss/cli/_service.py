@@ -145,7 +145,8 @@ def register(app: typer.Typer) -> None:
                 worker_command,
             )
         except ImportError as exc:
-            _fail(f"the service needs the 'service' extra (pip install 'cdss-fhir[service]'): {exc}")
+            _fail("the service needs the 'service' extra "
+                  f"(pip install 'cdss-fhir[service]'): {exc}")
         if insecure_dev and config is not None:
             _fail("--insecure-dev and --config (or CDSS_SERVICE_CONFIG) exclude each other")
         if fhir_server and not insecure_dev:
