@@ -17,6 +17,7 @@ from cdss.cli._options import (
     OnInvalid,
     RulesetFolders,
     TimeZone,
+    fail,
     load_cli_ruleset,
 )
 from cdss.errors import CDSSError
@@ -50,11 +51,6 @@ def _main(
     with a versioned ruleset, serve CDS Hooks, screen a cohort, test a ruleset."""
 
 
-def _fail(exc: CDSSError) -> None:
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
-
-
 @app.command(cls=Command)
 def evaluate(
     files: Annotated[list[Path], typer.Argument(help="FHIR R4 JSON files (Bundle or resources)")],
@@ -80,7 +76,7 @@ def evaluate(
     try:
         rs = load_cli_ruleset(ruleset, paths, concept_maps)
     except CDSSError as exc:
-        _fail(exc)
+        fail(exc)
     for path in files:
         try:
             data = path.read_bytes()
@@ -120,7 +116,7 @@ def list_rulesets(
             typer.echo(f"{spec:28} {rs.file.status:8} {mark:7} {rs.sha256[:16]}  "
                        f"{rs.file.title}")
     except CDSSError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command(cls=Command)
@@ -143,7 +139,7 @@ def docs(
     try:
         text = render_ruleset_doc(ruleset_id)
     except CDSSError as exc:
-        _fail(exc)
+        fail(exc)
     if out is None:
         sys.stdout.write(text)
     else:

@@ -9,20 +9,15 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cdss.cli._help import Command
-from cdss.cli._options import ConceptMaps, IntakeMode, RulesetFolders, load_cli_ruleset
+from cdss.cli._options import ConceptMaps, IntakeMode, RulesetFolders, fail, load_cli_ruleset
 
 if TYPE_CHECKING:
     from cdss.cohort import DiffReport, ScreenSummary
-
-
-def _fail(exc: Exception) -> NoReturn:
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
 
 
 def _show_summary(summary: ScreenSummary) -> None:
@@ -181,7 +176,7 @@ def register(app: typer.Typer) -> None:
                              worklist_shown=worklist_shown,
                              formats=[f.value for f in formats or ()])
         except CDSSError as exc:
-            _fail(exc)
+            fail(exc)
         _show_summary(summary)
         if formats and _ScreenFormat.fhir in formats:
             typer.echo(f"FHIR Bulk Data output in {summary.out / 'fhir'} (manifest.json)")
@@ -235,7 +230,7 @@ def register(app: typer.Typer) -> None:
                           scheduler=scheduler,
                           paths=paths, out=out, progress=sys.stderr.isatty())
         except CDSSError as exc:
-            _fail(exc)
+            fail(exc)
         if output is _DiffFormat.json:
             sys.stdout.write(report.to_json().decode() + "\n")
         else:
@@ -247,7 +242,7 @@ def register(app: typer.Typer) -> None:
                 html.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(html, report.to_html(identifiers=identifiers).encode("utf-8"))
             except OSError as exc:
-                _fail(exc)
+                fail(exc)
         if expectations is not None:
             violations = check(report, expectations)
             if violations:
@@ -290,6 +285,6 @@ def register(app: typer.Typer) -> None:
                                      observation_files=observation_files,
                                      gzip_files=gzip_files)
         except CDSSError as exc:
-            _fail(exc)
+            fail(exc)
         counts = ", ".join(f"{n:,} {t}" for t, n in cohort.counts.items())
         typer.echo(f"wrote {counts} to {cohort.out} (manifest {cohort.manifest.name})")

@@ -9,12 +9,13 @@ import sys
 from datetime import date
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 
 from cdss.cli._help import Command
+from cdss.cli._options import fail
 from cdss.errors import CDSSError
 
 
@@ -36,11 +37,6 @@ class _FailOn(str, Enum):
     version = "version"
     override = "override"
     unmapped = "unmapped"
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
 
 
 def _kinds(fail_on: list[_FailOn]) -> set[str]:
@@ -94,9 +90,9 @@ def register(app: typer.Typer) -> None:
 
         kinds = _kinds(fail_on or [])
         if (store is None) == (not compare_screens):
-            _fail("give either --store STORE or --screens OUT1 OUT2 ...")
+            fail("give either --store STORE or --screens OUT1 OUT2 ...")
         if store is not None and screens:
-            _fail("screen folders are given with --screens, not with --store")
+            fail("screen folders are given with --screens, not with --store")
         try:
             settings = MonitorSettings(period=period.value, window=window, baseline=baseline)
             if store is not None:
@@ -114,7 +110,7 @@ def register(app: typer.Typer) -> None:
             else:
                 report = monitor_screens(screens or [], settings=settings)
         except CDSSError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         _write(report, json_out, html_out, render_page)
         alarms = report["alarms"]
         if json_out != Path("-"):
@@ -136,7 +132,7 @@ def _write(report: dict[str, Any], json_out: Path | None, html_out: Path | None,
             html_out.parent.mkdir(parents=True, exist_ok=True)
             html_out.write_text(render(report), encoding="utf-8")
     except OSError as exc:
-        _fail(f"cannot write the report: {exc.strerror}: {exc.filename}")
+        fail(f"cannot write the report: {exc.strerror}: {exc.filename}")
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from cdss.rulesets import Ruleset
 
 __all__ = ["ConceptMaps", "Engine", "IntakeMode", "OnInvalid", "RulesetFolders", "TimeZone",
-           "load_cli_ruleset"]
+           "fail", "load_cli_ruleset"]
+
+
+def fail(reason: object) -> NoReturn:
+    """Say ``error: <reason>`` on stderr and end the command with exit status 2."""
+    typer.secho(f"error: {reason}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
 
 
 class _Choice(str, Enum):

@@ -9,12 +9,13 @@ import functools
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 
 from cdss.cli._help import Command
+from cdss.cli._options import fail
 from cdss.errors import CDSSError
 
 Store = Annotated[str, typer.Option(
@@ -35,11 +36,6 @@ def _time(value: str | None, option: str) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
-def _fail(exc: CDSSError) -> NoReturn:
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [header, *[[("-" if v is None else str(v)) for v in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -56,7 +52,7 @@ def _report(read: Callable[..., dict[str, Any]], store: str, since: str | None,
     try:
         report = read(store, since=_time(since, "--since"), until=_time(until, "--until"))
     except CDSSError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return None

@@ -12,12 +12,12 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from cdss.cli._help import Command
-from cdss.cli._options import ConceptMaps, IntakeMode
+from cdss.cli._options import ConceptMaps, IntakeMode, fail
 from cdss.errors import CDSSError
 
 
@@ -59,11 +59,6 @@ def _log_to_stderr(level: str) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
 
 
 def register(app: typer.Typer) -> None:
@@ -145,29 +140,29 @@ def register(app: typer.Typer) -> None:
                 worker_command,
             )
         except ImportError as exc:
-            _fail("the service needs the 'service' extra "
+            fail("the service needs the 'service' extra "
                   f"(pip install 'cdss-fhir[service]'): {exc}")
         if insecure_dev and config is not None:
-            _fail("--insecure-dev and --config (or CDSS_SERVICE_CONFIG) exclude each other")
+            fail("--insecure-dev and --config (or CDSS_SERVICE_CONFIG) exclude each other")
         if fhir_server and not insecure_dev:
-            _fail("--fhir-server applies to --insecure-dev only; with a configuration, list "
+            fail("--fhir-server applies to --insecure-dev only; with a configuration, list "
                   "each issuer's FHIR servers in its fhir_servers")
         if config is None and not insecure_dev:
-            _fail("no configuration of trusted CDS clients: give --config FILE (or set "
+            fail("no configuration of trusted CDS clients: give --config FILE (or set "
                   "CDSS_SERVICE_CONFIG), or --insecure-dev for an unauthenticated local demo; "
                   "see docs/deploying.md")
         candidates = None
         if shadow:
             pairs = [item.partition("=") for item in shadow]
             if any(not sid or not sep or not spec for sid, sep, spec in pairs):
-                _fail("--shadow takes SERVICE=ID@VERSION")
+                fail("--shadow takes SERVICE=ID@VERSION")
             candidates = {sid: spec for sid, _, spec in pairs}
         token = None
         if metrics_token_file is not None:
             try:
                 token = metrics_token_file.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                _fail(f"cannot read the metrics token file {metrics_token_file}: {exc}")
+                fail(f"cannot read the metrics token file {metrics_token_file}: {exc}")
         worker = os.environ.get(WORKER_ENV)
         if worker is None:
             _log_to_stderr(log_level.value)
@@ -182,9 +177,9 @@ def register(app: typer.Typer) -> None:
                 cors_origins=tuple(cor for cor in (cors_origin or ["*"])),
                 shadow=candidates, store=store, metrics_token=token)
         except CDSSError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         if workers > 1 and worker is None and application.state.store is None:
-            _fail("--workers needs a store (--store, CDSS_STORE or store: in the "
+            fail("--workers needs a store (--store, CDSS_STORE or store: in the "
                   "configuration): the workers share its replay cache")
         _log_to_stderr(log_level.value)
         disable_access_log()
@@ -192,7 +187,7 @@ def register(app: typer.Typer) -> None:
             try:
                 sock = listening_socket(host, port, reuse_port=worker is not None)
             except OSError as exc:
-                _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+                fail(f"cannot listen on {host}:{port}: {exc.strerror}")
             if worker is None:
                 _announce(application, settings, insecure_dev, host, port)
             run_worker(application, sock, log_level=log_level.value.lower(),
@@ -242,13 +237,13 @@ def register(app: typer.Typer) -> None:
         try:
             from cdss.service._conformance import check_service
         except ImportError as exc:
-            _fail(f"check-service needs the 'service' extra (pip install 'cdss-fhir[service]'): "
+            fail(f"check-service needs the 'service' extra (pip install 'cdss-fhir[service]'): "
                   f"{exc}")
         try:
             report = check_service(url, version=version.value, patient=patient, key=key,
                                    issuer=issuer, kid=kid, jku=jku, public_url=public_url)
         except CDSSError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         if output_format is _ReportFormat.json:
             import orjson
 
@@ -277,9 +272,9 @@ def register(app: typer.Typer) -> None:
 
             found, now = migrate_store(store)
         except ImportError as exc:
-            _fail(f"the store needs the 'service' extra (pip install 'cdss-fhir[service]'): {exc}")
+            fail(f"the store needs the 'service' extra (pip install 'cdss-fhir[service]'): {exc}")
         except CDSSError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         where = shown(store)
         if found == now:
             typer.echo(f"{where}: schema version {now}, nothing to do")

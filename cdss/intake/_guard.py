@@ -21,6 +21,7 @@ own fields) refuses the record.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from decimal import Decimal
@@ -113,42 +114,29 @@ def _clean(root: Any, base_depth: int) -> bool:
         node, depth = stack.pop()
         kind = type(node)
         if kind is dict:
-            for key, value in node.items():
-                if type(key) is not str or not key.isascii():
-                    return False
-                vtype = type(value)
-                if vtype is str:
-                    if (len(value) > limit and key in bounded) or (
-                            not value.isascii() and not _encodable(value)):
-                        return False
-                elif vtype is dict or vtype is list:
-                    if depth >= max_depth:
-                        return False
-                    stack.append((value, depth + 1))
-                elif vtype is float:
-                    if not math.isfinite(value):
-                        return False
-                elif not (vtype is bool or value is None
-                          or (vtype is int and -_FLOAT_MAX <= value <= _FLOAT_MAX)):
-                    return False
+            pairs: Any = node.items()
         elif kind is list:
-            for value in node:
-                vtype = type(value)
-                if vtype is str:
-                    if not value.isascii() and not _encodable(value):
-                        return False
-                elif vtype is dict or vtype is list:
-                    if depth >= max_depth:
-                        return False
-                    stack.append((value, depth + 1))
-                elif vtype is float:
-                    if not math.isfinite(value):
-                        return False
-                elif not (vtype is bool or value is None
-                          or (vtype is int and -_FLOAT_MAX <= value <= _FLOAT_MAX)):
-                    return False
+            pairs = zip(itertools.repeat(None), node)
         else:
             return False
+        for key, value in pairs:
+            if key is not None and (type(key) is not str or not key.isascii()):
+                return False
+            vtype = type(value)
+            if vtype is str:
+                if (key is not None and len(value) > limit and key in bounded) or (
+                        not value.isascii() and not _encodable(value)):
+                    return False
+            elif vtype is dict or vtype is list:
+                if depth >= max_depth:
+                    return False
+                stack.append((value, depth + 1))
+            elif vtype is float:
+                if not math.isfinite(value):
+                    return False
+            elif not (vtype is bool or value is None
+                      or (vtype is int and -_FLOAT_MAX <= value <= _FLOAT_MAX)):
+                return False
     return True
 
 

@@ -14,11 +14,10 @@ import httpx
 import orjson
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdss.service import CHECKS
 from tests.integration.test_service_processes import Replica, free_port, stop
+from tests.support.keys import write_key_pair
 
 ISSUER = "https://ehr.example.org"
 
@@ -26,12 +25,7 @@ ISSUER = "https://ehr.example.org"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Replica, Path]]:
     folder = tmp_path_factory.mktemp("check-service")
-    key = ec.generate_private_key(ec.SECP384R1())
-    (folder / "ehr.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    (folder / "ehr.pem").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_key_pair(folder)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     (folder / "service.yaml").write_text(yaml.safe_dump({

@@ -15,8 +15,6 @@ import jwt
 import orjson
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +32,7 @@ from cdss.service import (
     load_config,
     serve_in_background,
 )
+from tests.support.keys import write_key_pair
 
 SPEC = "plantar-cramps@1.4.0"
 ISSUER = "https://ehr.example"
@@ -55,12 +54,7 @@ def open_service() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     folder = tmp_path_factory.mktemp("keys")
-    key = ec.generate_private_key(ec.SECP384R1())
-    (folder / "ehr.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    (folder / "ehr.pem").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    key = write_key_pair(folder)
     return folder / "ehr.key", key
 
 
