@@ -173,6 +173,7 @@ def test_shadow_is_configured_and_checked_at_start(tmp_path: Path) -> None:
     app = create_app(rulesets=(ACTIVE,), config=config)
     assert set(app.state.shadow.candidates) == {"plantar-cramps"}
     assert app.state.store.path == tmp_path / "c.db"
+    app.state.store.close()  # the app is never started, so its lifespan would not close it
     with pytest.raises(ServiceConfigError, match="no service 'nope' to shadow"):
         create_app(rulesets=(ACTIVE,), insecure_dev=True, shadow={"nope": CANDIDATE})
     with pytest.raises(ServiceConfigError, match="is the active version"):

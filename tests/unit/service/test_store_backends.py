@@ -193,8 +193,9 @@ def test_the_postgresql_schema_is_the_sqlite_one(pg_url: str, tmp_path: Path) ->
     for where in (pg_url, str(file)):
         migrate_store(where)
     import sqlite3
+    from contextlib import closing
 
-    with sqlite3.connect(file) as lite:
+    with closing(sqlite3.connect(file)) as lite:
         sqlite_columns = {(t, c[1]) for (t,) in lite.execute(
             "SELECT name FROM sqlite_master WHERE type='table'") for c in
             lite.execute(f"PRAGMA table_info({t})")}
