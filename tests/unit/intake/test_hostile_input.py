@@ -16,7 +16,6 @@ import contextlib
 import copy
 import json
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -158,14 +157,35 @@ def test_the_same_reproducers_as_json_text(mode: str) -> None:
                       mode=mode)
 
 
+class _Text(str):
+    """JSON text already written (a bracket, a comma, a key)."""
+
+
 def _dumps_deep(value: Any) -> bytes:
-    # orjson writes at most 255 levels; the standard library writes more, given the stack
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(20_000)
-    try:
-        return json.dumps(value, ensure_ascii=True).encode()
-    finally:
-        sys.setrecursionlimit(limit)
+    """JSON text of ``value`` at any depth: orjson writes at most 255 levels and the
+    standard library's encoder recurses in C (3,000 levels exceed its limit on some
+    Pythons), so containers are written here with a stack and scalars by ``json``."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            out.append(item)
+        elif isinstance(item, dict):
+            parts: list[Any] = [_Text("{")]
+            for i, (key, inner) in enumerate(item.items()):
+                parts += [_Text(("," if i else "") + json.dumps(key, ensure_ascii=True) + ":"),
+                          inner]
+            stack.extend(reversed([*parts, _Text("}")]))
+        elif isinstance(item, list):
+            parts = [_Text("[")]
+            for i, inner in enumerate(item):
+                parts += [_Text(",")] if i else []
+                parts.append(inner)
+            stack.extend(reversed([*parts, _Text("]")]))
+        else:
+            out.append(json.dumps(item, ensure_ascii=True))
+    return "".join(out).encode()
 
 
 @pytest.mark.parametrize("mode", MODES)
