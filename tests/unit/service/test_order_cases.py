@@ -21,7 +21,7 @@ import yaml
 import cdss
 from cdss.rulesets import ORDER, builtin_folder
 from cdss.service import create_app, serve_in_background
-from tests.support.builders import bundle, patient
+from tests.support.builders import bundle
 from tests.support.orders import order_prefetch
 from tests.unit.hooks.test_cds_hooks import assert_spec_cards
 
@@ -85,7 +85,6 @@ def test_there_are_order_cases_for_every_order_flag(rs: cdss.Ruleset) -> None:
     assert len(CASES) >= 10
     expected = {code for _, c in CASES for code in c["expected"][VERSION]["flags"]}
     assert set(_order_flags(rs)) <= expected
-    assert patient()  # the builders are importable (shared fixtures stay in the suite)
 
 
 #: A case naming its selections is an order-select call; every other case is sent
@@ -108,14 +107,14 @@ def test_order_case_through_the_order_hooks(base: str, rs: cdss.Ruleset, hook: s
     on_orders = [c for c in cards if c["source"].get("topic", {}).get("code") in order_flags]
     assert {c["source"]["topic"]["code"] for c in on_orders} == set(expected), path.name
     refs = {f"{o['resourceType']}/{o['id']}" for o in case["draft_orders"]}
+    assessment = cdss.evaluate(case["record"], ruleset=rs, as_of=case["as_of"],
+                               draft_orders=case["draft_orders"],
+                               selections=case.get("selections"))
     for card in on_orders:
         code = card["source"]["topic"]["code"]
         assert card["indicator"] == INDICATOR[expected[code]], (path.name, code)
         removes = [a for s in card.get("suggestions", []) for a in s["actions"]
                    if a["type"] == "delete"]
-        assessment = cdss.evaluate(case["record"], ruleset=rs, as_of=case["as_of"],
-                                   draft_orders=case["draft_orders"],
-                                   selections=case.get("selections"))
         flag = assessment.flag(code)
         assert flag is not None
         if flag.order_suggestion == "remove":
