@@ -22,6 +22,25 @@ fullUrl) so that intake can still match the resource to its Patient. Resource
 types the facts do not use are spilled as a stub holding only their type and
 id (intake only counts them).
 
+A resource of a type the facts use whose codes map to no concept of the
+ruleset (most of a real record's Observations) cannot become a fact: it is
+spilled *reduced* (:class:`Reducer`) to what intake and the ``unmapped-code``
+notes read of it (type, id, patient reference, codes, and a
+MedicationRequest's status), so that workers neither read nor parse the rest.
+Intake reads a reduced resource exactly as it reads the whole one, so every
+result is the same bytes.
+
+The spill runs as *chunks* (:func:`plan_chunks`, :func:`spill_chunk`): a
+large plain NDJSON file is split into byte ranges at line boundaries, every
+other file is one chunk, and chunks run in parallel, each writing its own
+file per partition (``p<partition>.c<chunk>.tsv``) and its own error rows
+with line numbers counted from the chunk's start. :func:`assemble` then
+numbers the lines (each chunk's first line follows the lines of the chunks
+before it in the same file), voids the chunks after one that stopped its
+file, and lists each partition's files in input order (:class:`SpillLayout`):
+a partition reads exactly the lines, in the same order, that one pass over
+the inputs would have given it.
+
 Nothing is dropped silently: a line that cannot be attributed to a patient (a
 truncated line, a resource without a subject, an unknown resource type
 without one) becomes a resource error row naming its file and line; a file
@@ -37,9 +56,10 @@ import gzip
 import hashlib
 import os
 import re
+import shutil
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -51,11 +71,18 @@ from cdss.errors import CohortError
 from cdss.intake import RESOURCE_TYPES
 
 __all__ = [
+    "ChunkResult",
     "InputFile",
+    "Reducer",
+    "SpillChunk",
+    "SpillLayout",
     "SpillStats",
+    "assemble",
     "discover",
     "partition_of",
+    "plan_chunks",
     "spill",
+    "spill_chunk",
 ]
 
 #: The reference field that names the patient, per resource type the facts use.
@@ -371,22 +398,30 @@ def _read_all(path: Path) -> bytes:
         return handle.read()
 
 
-def _lines(handle: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, line)``; ``None`` for a line longer than MAX_LINE (skipped)."""
+def _lines(handle: IO[bytes], budget: int | None = None
+           ) -> Iterator[tuple[int, bytes | None, int]]:
+    """``(line number, line, bytes consumed)``; ``None`` for a line longer
+    than MAX_LINE (skipped). With ``budget``, only the lines that start
+    within the next ``budget`` bytes (a chunk: the last may run past it)."""
     number = 0
-    while True:
+    consumed = 0
+    while budget is None or consumed < budget:
         line = handle.readline(MAX_LINE)
         if not line:
             return
         number += 1
-        if len(line) == MAX_LINE and not line.endswith(b"\n"):
+        size = len(line)
+        if size == MAX_LINE and not line.endswith(b"\n"):
             while True:  # skip the rest of the over-long line
                 rest = handle.readline(MAX_LINE)
+                size += len(rest)
                 if not rest or rest.endswith(b"\n"):
                     break
-            yield number, None
+            consumed += size
+            yield number, None, size
             continue
-        yield number, line
+        consumed += size
+        yield number, line, size
 
 
 # --------------------------------------------------------------------------- #
@@ -467,9 +502,12 @@ class _Spiller:
     """Writes attributed resources to partition files and error rows to a file."""
 
     def __init__(self, folder: Path, partitions: int, errors: IO[bytes],
-                 on_bytes: Any = None) -> None:
+                 on_bytes: Any = None, *, reduce: Reducer | None = None,
+                 suffix: str = "") -> None:
         self.folder = folder
         self.partitions = partitions
+        self.reduce = reduce
+        self.suffix = suffix  # of the partition files: ".c<chunk>" for a chunk's
         self.handles: dict[int, IO[bytes]] = {}
         self.errors = errors
         self.stats = SpillStats()
@@ -510,8 +548,8 @@ class _Spiller:
             self.last = (key, part, encoded)
         handle = self.handles.get(part)
         if handle is None:
-            handle = self.handles[part] = (self.folder / f"p{part:05d}.tsv").open(
-                "ab", buffering=1 << 16)
+            handle = self.handles[part] = (
+                self.folder / f"p{part:05d}{self.suffix}.tsv").open("ab", buffering=1 << 16)
         handle.write(b"\t".join((encoded, rtype.encode(), str(file_index).encode(),
                                  str(number).encode(), alias.encode(), payload)) + b"\n")
         self.stats.attributed += 1
@@ -599,7 +637,9 @@ class _Spiller:
             return
         alias = reference if reference != found else ""
         if used or not known:  # unknown types go to the patient, whose row becomes an error
-            payload = raw if raw is not None else orjson.dumps(obj)
+            reduced = self.reduce(obj) if used and self.reduce is not None else None
+            payload = reduced if reduced is not None else (
+                raw if raw is not None else orjson.dumps(obj))
         else:
             rid = obj.get("id")
             payload = orjson.dumps({"resourceType": rtype, **({"id": rid} if isinstance(
@@ -632,20 +672,29 @@ class _Spiller:
                           full_url=url if isinstance(url, str) else None, urns=urns)
 
     # -- one file ----------------------------------------------------------------
-    def ndjson_file(self, path: Path, file_index: int, label: str) -> None:
+    def ndjson_file(self, path: Path, file_index: int, label: str, *, start: int = 0,
+                    end: int | None = None, first: bool = True) -> ChunkEnd:
+        """Spill the lines of ``path`` that start in ``[start, end)`` (the
+        whole file by default), numbered from 1 at ``start``. ``first``: the
+        range opens the file, where two lines that are not JSON before any
+        that is make it a file that is not NDJSON."""
         failures: list[tuple[int, str]] = []
-        parsed_any = False
+        parsed_any = not first
+        number = 0
         try:
             with _open(path) as handle:
                 self.handle = handle
-                for number, line in _lines(handle):
+                if start:
+                    handle.seek(start)
+                    self.reported = start
+                for number, line, size in _lines(handle, None if end is None else end - start):
                     self.stats.lines += 1
                     if line is None:
                         self.stats.items += 1
                         self.error("line-too-long", f"line longer than {MAX_LINE} bytes",
                                    label, line=number)
                         continue
-                    self.advance(len(line))
+                    self.advance(size)
                     if not line.strip():
                         self.stats.blank += 1
                         continue
@@ -656,7 +705,7 @@ class _Spiller:
                             failures.append((number, str(exc)))
                             if len(failures) >= 2:
                                 self._not_ndjson(path, label, failures)
-                                return
+                                return ChunkEnd(number, "not-ndjson", parsed=False)
                             continue
                         self._malformed(label, number, str(exc))
                         continue
@@ -668,9 +717,10 @@ class _Spiller:
                     self.resource(obj, line.rstrip(b"\r\n"), file_index, label, line=number)
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             self.error("unreadable-file", f"reading stopped: {exc}", label, file_level=True)
-            return
+            return ChunkEnd(number, "unreadable", parsed=parsed_any)
         for early, message in failures:  # a file of one line that is not JSON
             self._malformed(label, early, message)
+        return ChunkEnd(number, None, parsed=parsed_any)
 
     def outcome_file(self, path: Path, label: str) -> None:
         """An export's own error file: each line an OperationOutcome, written
@@ -678,12 +728,12 @@ class _Spiller:
         try:
             with _open(path) as handle:
                 self.handle = handle
-                for number, line in _lines(handle):
+                for number, line, size in _lines(handle):
                     if line is None:
                         self.export_error(label, number, "line-too-long",
                                           f"line longer than {MAX_LINE} bytes")
                         continue
-                    self.advance(len(line))
+                    self.advance(size)
                     if not line.strip():
                         continue
                     try:
@@ -778,33 +828,315 @@ def _outcome_fields(obj: Any) -> dict[str, Any]:
             "resource_id": rid if isinstance(rid, str) else None}
 
 
-def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path: Path,
-          *, on_bytes: Any = None) -> SpillStats:
-    """Stream every resource of ``files`` into ``partitions`` files in
-    ``folder`` (``p00000.tsv``...), by patient; write unattributable resources
-    and unreadable files to ``errors_path`` (NDJSON). ``on_bytes(n)`` is
-    called with the number of bytes (on disk) read since the last call, for
-    a progress bar. Returns the counts.
+# --------------------------------------------------------------------------- #
+# Reduction of the resources no rule can read
+# --------------------------------------------------------------------------- #
+#: What intake and the ``unmapped-code`` notes read of a resource that can
+#: become no fact (see :class:`cdss.facts.UnmappedCodes`): its type and id, its
+#: patient reference, its codes (a medication's text and displays, which name
+#: ingredients), and a MedicationRequest's status (a draft is an order).
+_REDUCED_FIELDS = {
+    "Observation": frozenset({"resourceType", "id", "subject", "code"}),
+    "Condition": frozenset({"resourceType", "id", "subject", "code"}),
+    "MedicationRequest": frozenset({"resourceType", "id", "subject", "status",
+                                    "medicationCodeableConcept"}),
+    "MedicationStatement": frozenset({"resourceType", "id", "subject",
+                                      "medicationCodeableConcept"}),
+    "AllergyIntolerance": frozenset({"resourceType", "id", "patient", "code", "reaction"}),
+}
+#: The level a spilled resource sits at in the Bundle a worker builds
+#: (Bundle, entry list, entry, resource), for intake's bounds.
+_RESOURCE_DEPTH = 4
+
+
+class Reducer:
+    """Reduces a resource of a type the facts use to the fields in
+    :data:`_REDUCED_FIELDS` when no ruleset's terminology maps its codes
+    (:func:`cdss.facts.contributes`) and intake's bounds find nothing wrong
+    anywhere in it (a resource they refuse is spilled whole, so that intake
+    leaves it out with the same reason); returns the reduced JSON, or None to
+    spill the resource as it is. Intake then reads the reduced resource as
+    it would the whole one: never validated, its patient reference checked,
+    its codes tallied for the ``unmapped-code`` notes.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with errors_path.open("wb") as errors:
-        spiller = _Spiller(folder, partitions, errors, on_bytes)
+
+    def __init__(self, terminologies: Sequence[Any]) -> None:
+        from cdss.facts import contributes
+        from cdss.intake._guard import _clean_json
+
+        self.terminologies = tuple(terminologies)
+        self._contributes = contributes
+        self._clean = _clean_json
+        self.reduced = 0
+
+    def __call__(self, resource: Mapping[str, Any]) -> bytes | None:
+        keep = _REDUCED_FIELDS.get(resource.get("resourceType"))  # type: ignore[arg-type]
+        if keep is None or type(resource) is not dict:
+            return None
         try:
-            for index, input_file in enumerate(files):
-                if input_file.role == "deleted":
-                    spiller.stats.deleted_files += 1
-                elif input_file.role == "errors":
-                    spiller.outcome_file(input_file.path, input_file.label)
-                elif input_file.kind == "json":
-                    spiller.json_file(input_file.path, index, input_file.label)
-                else:
-                    spiller.ndjson_file(input_file.path, index, input_file.label)
-                spiller.file_done(input_file.path.stat().st_size)
+            for terminology in self.terminologies:
+                if self._contributes(resource, terminology):
+                    return None
+            if not self._clean(resource, _RESOURCE_DEPTH):
+                return None
+        except Exception:  # odd input: spilled whole, for intake to meet and report
+            return None
+        self.reduced += 1
+        return orjson.dumps({k: v for k, v in resource.items() if k in keep})
+
+
+# --------------------------------------------------------------------------- #
+# Chunks
+# --------------------------------------------------------------------------- #
+#: Files larger than this are split into chunks (plain NDJSON only).
+MIN_CHUNK_BYTES = 4 * 1024 * 1024
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChunkEnd:
+    """How a chunk's pass over its file ended: the lines it consumed, why it
+    stopped the file (``not-ndjson``, ``unreadable``) if it did, and whether
+    it parsed any line."""
+
+    lines: int
+    stop: str | None
+    parsed: bool
+
+
+@dataclass(frozen=True)
+class SpillChunk:
+    """One piece of the spill: a whole file, or the lines of a plain NDJSON
+    file that start in ``[start, end)`` (``end`` None: to the end)."""
+
+    index: int
+    file_index: int
+    path: str
+    label: str
+    kind: str
+    role: str
+    start: int = 0
+    end: int | None = None
+    size: int = 0
+
+    @property
+    def first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def split(self) -> bool:
+        """Part of a file that other chunks share."""
+        return self.start > 0 or self.end is not None
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk spilled: counts, its lines and how it ended."""
+
+    index: int
+    stats: SpillStats
+    end: ChunkEnd
+    reduced: int = 0
+    seconds: float = 0.0
+
+
+def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[SpillChunk]:
+    """The chunks of ``files``, in input order: every plain NDJSON data file
+    larger than ``chunk_bytes`` split into ranges of about that size, each
+    ending after a line break; every other file (Bundles, gzip, the export's
+    error files) one chunk. Files a manifest lists as deleted have none."""
+    chunks: list[SpillChunk] = []
+    for index, input_file in enumerate(files):
+        if input_file.role == "deleted":
+            continue
+        path = input_file.path
+        size = path.stat().st_size
+        cuts = [0]
+        if input_file.kind == "ndjson" and input_file.role == "data" and size > chunk_bytes \
+                and not _is_gzip(path):
+            with path.open("rb") as handle:
+                while cuts[-1] + chunk_bytes < size:
+                    cut = _line_start_after(handle, cuts[-1] + chunk_bytes)
+                    if cut >= size:
+                        break
+                    cuts.append(cut)
+        ends: list[int | None] = [*cuts[1:], None]
+        for start, stop in zip(cuts, ends, strict=True):
+            chunks.append(SpillChunk(
+                index=len(chunks), file_index=index, path=str(path), label=input_file.label,
+                kind=input_file.kind, role=input_file.role, start=start, end=stop,
+                size=(stop if stop is not None else size) - start))
+    return chunks
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as probe:
+        return probe.read(2) == b"\x1f\x8b"
+
+
+def _line_start_after(handle: IO[bytes], offset: int) -> int:
+    """The offset of the first line that starts at or after ``offset``."""
+    if offset <= 0:
+        return 0
+    handle.seek(offset - 1)
+    while True:
+        block = handle.read(1 << 16)
+        if not block:
+            return handle.tell()
+        found = block.find(b"\n")
+        if found >= 0:
+            return handle.tell() - len(block) + found + 1
+
+
+def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
+                reduce: Reducer | None = None, whole: bool = False,
+                on_bytes: Any = None) -> ChunkResult:
+    """Spill one chunk into ``folder``: its lines by partition in
+    ``p<partition>.c<chunk>.tsv``, its error rows in ``errors.c<chunk>.ndjson``
+    (line numbers counted from the chunk's first line). ``whole``: read the
+    chunk's file from its start to its end, whatever the chunk's range (a
+    file whose first chunk could not decide whether it is NDJSON)."""
+    import time
+
+    started = time.perf_counter()
+    reduced_before = reduce.reduced if reduce is not None else 0
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = f".c{chunk.index:05d}"
+    path = Path(chunk.path)
+    with (folder / f"errors{suffix}.ndjson").open("wb") as errors:
+        spiller = _Spiller(folder, partitions, errors, on_bytes, reduce=reduce, suffix=suffix)
+        end = ChunkEnd(0, None, parsed=True)
+        try:
+            if chunk.role == "errors":
+                spiller.outcome_file(path, chunk.label)
+            elif chunk.kind == "json":
+                spiller.json_file(path, chunk.file_index, chunk.label)
+            elif whole:
+                end = spiller.ndjson_file(path, chunk.file_index, chunk.label)
+            else:
+                end = spiller.ndjson_file(path, chunk.file_index, chunk.label,
+                                          start=chunk.start, end=chunk.end, first=chunk.first)
+            spiller.file_done(path.stat().st_size if chunk.end is None or whole else chunk.end)
         finally:
             spiller.close()
         errors.flush()
         os.fsync(errors.fileno())
-    return spiller.stats
+    for handle_part in spiller.handles:
+        with (folder / f"p{handle_part:05d}{suffix}.tsv").open("rb") as written:
+            os.fsync(written.fileno())
+    return ChunkResult(index=chunk.index, stats=spiller.stats, end=end,
+                       reduced=(reduce.reduced - reduced_before) if reduce is not None else 0,
+                       seconds=time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class SpillLayout:
+    """Where the spill put everything: per chunk, in input order, its index
+    and the number of its file's lines before it (added to the line numbers
+    it wrote)."""
+
+    chunks: tuple[tuple[int, int], ...]
+
+    def partition_files(self, folder: Path, partition: int) -> tuple[tuple[str, int], ...]:
+        """``(file, line base)`` of a partition's spilled lines, in input order."""
+        found = []
+        for index, base in self.chunks:
+            path = folder / f"p{partition:05d}.c{index:05d}.tsv"
+            if path.exists():
+                found.append((str(path), base))
+        return tuple(found)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"chunks": [list(c) for c in self.chunks]})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SpillLayout:
+        raw = orjson.loads(data)
+        return cls(chunks=tuple((int(i), int(b)) for i, b in raw["chunks"]))
+
+
+def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], folder: Path,
+             errors_path: Path, redo: Callable[[SpillChunk], ChunkResult], *,
+             deleted_files: int = 0) -> tuple[SpillStats, SpillLayout]:
+    """Put the chunks' results together as one pass over the inputs would
+    have made them: each chunk's line numbers follow the lines of the chunks
+    before it in its file; the chunks of a file after one that stopped it (not
+    NDJSON, unreadable) are void; a split file whose first chunk parsed no line
+    (it cannot tell a file that is not NDJSON) is spilled again whole by
+    ``redo`` (:func:`spill_chunk` with ``whole=True``) as its first chunk. Writes every error row to
+    ``errors_path`` in input order; returns the counts and the layout."""
+    by_file: dict[int, list[SpillChunk]] = {}
+    for chunk in chunks:
+        by_file.setdefault(chunk.file_index, []).append(chunk)
+    kept: list[tuple[int, int]] = []
+    done = dict(results)
+    for file_chunks in by_file.values():
+        head = file_chunks[0]
+        if len(file_chunks) > 1 and not done[head.index].end.parsed \
+                and done[head.index].end.stop is None:
+            for chunk in file_chunks:
+                _void(folder, chunk.index)
+            done[head.index] = redo(head)
+            file_chunks = [head]
+        base = 0
+        for chunk in file_chunks:
+            result = done[chunk.index]
+            kept.append((chunk.index, base))
+            base += result.end.lines
+            if result.end.stop is not None:
+                for later in file_chunks[file_chunks.index(chunk) + 1:]:
+                    _void(folder, later.index)
+                break
+    stats = SpillStats(deleted_files=deleted_files)
+    with errors_path.open("wb") as errors:
+        for index, base in kept:
+            _add_stats(stats, done[index].stats)
+            part = folder / f"errors.c{index:05d}.ndjson"
+            with part.open("rb") as rows:
+                if base == 0:
+                    shutil.copyfileobj(rows, errors)
+                    continue
+                for row in rows:
+                    item = orjson.loads(row)
+                    if isinstance(item.get("line"), int):
+                        item["line"] += base
+                    errors.write(orjson.dumps(item, option=orjson.OPT_SORT_KEYS) + b"\n")
+        errors.flush()
+        os.fsync(errors.fileno())
+    return stats, SpillLayout(chunks=tuple(kept))
+
+
+def _void(folder: Path, index: int) -> None:
+    """Remove what a chunk wrote."""
+    for path in folder.glob(f"*.c{index:05d}.*"):
+        path.unlink()
+
+
+def _add_stats(total: SpillStats, part: SpillStats) -> None:
+    for name in ("lines", "blank", "items", "attributed", "not_patient_specific",
+                 "resource_errors", "file_errors", "bytes_read", "export_errors",
+                 "block_headers"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.types.update(part.types)
+    total.errors_by_kind.update(part.errors_by_kind)
+
+
+def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path: Path,
+          *, on_bytes: Any = None, reduce: Reducer | None = None,
+          chunk_bytes: int | None = None) -> tuple[SpillStats, SpillLayout]:
+    """Spill ``files`` into ``partitions`` in ``folder`` in this process,
+    chunk after chunk (see :func:`plan_chunks`; ``chunk_bytes`` None: a chunk
+    per file); write unattributable resources and unreadable files to
+    ``errors_path`` (NDJSON). ``on_bytes(n)`` is called with the number of
+    bytes (on disk) read since the last call, for a progress bar. Returns the
+    counts and the layout. A screen runs the same chunks in parallel.
+    """
+    chunks = plan_chunks(files, chunk_bytes or (1 << 62))
+    results = {c.index: spill_chunk(c, folder, partitions, reduce=reduce, on_bytes=on_bytes)
+               for c in chunks}
+    return assemble(chunks, results, folder, errors_path,
+                    lambda c: spill_chunk(c, folder, partitions, reduce=reduce, whole=True),
+                    deleted_files=sum(f.role == "deleted" for f in files))
 
 
 def input_bytes(files: Sequence[InputFile], *, on_disk: bool = False) -> int:

@@ -54,11 +54,25 @@ from typing import IO, Any
 import orjson
 
 from cdss.cohort._fhir_bulk import FHIR_FOLDER, MANIFEST, remove_bulk, write_bulk
-from cdss.cohort._inputs import InputFile, SpillStats, discover, input_bytes, spill
+from cdss.cohort._inputs import (
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    ChunkResult,
+    InputFile,
+    Reducer,
+    SpillChunk,
+    SpillLayout,
+    assemble,
+    discover,
+    input_bytes,
+    plan_chunks,
+    spill_chunk,
+)
 from cdss.cohort._worker import (
     DIFF_TALLIES,
     PartitionCounts,
     PartitionTask,
+    SpillTask,
     TaskKind,
     describe_exit,
     in_flight,
@@ -91,7 +105,8 @@ FORMATS = ("fhir",)
 PARTITION_BYTES = 16 * 1024 * 1024
 MAX_PARTITIONS = 512
 _WORK = ".cdss-screen"
-_STATE_VERSION = 1
+#: 2: the spill is in chunks (``spill-layout.json``)
+_STATE_VERSION = 2
 _OUTPUTS = ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "summary.json",
             "report.html", "worklist.csv", "worklist.parquet", "run.json")
 #: The summary's fields that measure the run rather than its results: in
@@ -525,22 +540,14 @@ class _Prestarted:
             worker.stop()
 
 
-def _prestart_count(executor: str, workers: int, partitions: int, resumed: bool,
-                    cores: int | None = None) -> int:
+def _prestart_count(executor: str, workers: int, partitions: int, resumed: bool) -> int:
     """How many worker processes to start before the spill: for a fresh local
-    screen, one per worker (no more than there are partitions) but leaving
-    the spill one of the ``cores`` (default: those this process may run on),
-    as nothing can be evaluated before the spill ends; the others start after
-    it. None on Dask, inline (``workers=0``), or on resume (partitions may be
-    done)."""
+    screen, one per worker (no more than there are partitions); they spill
+    chunks while they start, then evaluate. None on Dask, inline
+    (``workers=0``), or on resume (the spill and partitions may be done)."""
     if executor != "local" or resumed:
         return 0
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cores = os.cpu_count() or 1
-    return max(0, min(workers, partitions, max(1, cores - 1)))
+    return max(0, min(workers, partitions))
 
 
 class _LocalWorker:
@@ -558,6 +565,15 @@ class _LocalWorker:
         child.close()
         self.task: PartitionTask | None = None
         self.fresh = True  # has run nothing yet
+
+    def send(self, task: SpillTask) -> bool:
+        """Send a spill chunk (the process is no longer fresh)."""
+        try:
+            self.conn.send(task)
+        except (OSError, ValueError):
+            return False
+        self.fresh = False
+        return True
 
     def run(self, task: PartitionTask) -> bool:
         task.journal_path.unlink(missing_ok=True)  # never read an earlier run's journal
@@ -765,6 +781,7 @@ class _Work:
         self.parts = self.root / "parts"
         self.state = self.root / "state.json"
         self.spill_done = self.root / "spill.json"
+        self.spill_layout = self.root / "spill-layout.json"
         self.spill_errors = self.root / "spill-errors.ndjson"
         self.sources = self.root / "sources.json"
 
@@ -846,32 +863,131 @@ def _prepare(work: _Work, *, kind: str, sources: Sequence[InputFile], rulesets: 
     return count, False
 
 
-def _spill(work: _Work, sources: Sequence[InputFile], partitions: int,
-           progress: _Progress) -> tuple[SpillStats | dict[str, Any], float]:
-    """Run the spill pass unless a finished one is there; return its counts."""
-    if work.spill_done.exists():
+@dataclass(frozen=True)
+class _Spilled:
+    """What the spill pass gave: its counts (as ``spill.json`` holds them),
+    where each partition's lines are, and how it ran."""
+
+    stats: dict[str, Any]
+    layout: SpillLayout
+    seconds: float = 0.0
+    chunks: int = 0
+    reduced: int = 0
+
+
+def _chunk_bytes(sources: Sequence[InputFile], processes: int) -> int:
+    """About four chunks per process, within the chunk bounds."""
+    total = input_bytes(sources, on_disk=True)
+    return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, total // max(1, 4 * processes)))
+
+
+def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress: _Progress,
+           *, rulesets: Sequence[Ruleset], reduce: bool,
+           prestarted: _Prestarted | None = None, workers: int = 0) -> _Spilled:
+    """Run the spill pass unless a finished one is there; return its counts
+    and layout. The chunks run in the ``prestarted`` worker processes and in
+    this process while it has a core of its own, else here alone."""
+    if work.spill_done.exists() and work.spill_layout.exists():
         try:
-            return dict(orjson.loads(work.spill_done.read_bytes())), 0.0
-        except orjson.JSONDecodeError:
+            return _Spilled(stats=dict(orjson.loads(work.spill_done.read_bytes())),
+                            layout=SpillLayout.from_json(work.spill_layout.read_bytes()))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             pass
     started = time.perf_counter()
     shutil.rmtree(work.spill, ignore_errors=True)
     shutil.rmtree(work.parts, ignore_errors=True)
+    work.spill.mkdir(parents=True)
     write_atomic(work.sources, orjson.dumps([s.label for s in sources]))
     progress.add("read", "reading", total=max(1e-6, input_bytes(sources, on_disk=True) / 1e6),
                  note="{completed:,.1f}/{total:,.1f} MB")
-    stats = spill(sources, work.spill, partitions, work.spill_errors,
-                  on_bytes=lambda n: progress.advance("read", n / 1e6))
-    for name in os.listdir(work.spill):  # the partition files on disk before the marker
-        with (work.spill / name).open("rb") as handle:
-            os.fsync(handle.fileno())
+    pool = prestarted.workers if prestarted is not None else []
+    chunks = plan_chunks(sources, _chunk_bytes(sources, len(pool) + 1))
+    reducer = Reducer([r.terminology for r in rulesets]) if reduce else None
+
+    def here(chunk: SpillChunk, *, whole: bool = False) -> ChunkResult:
+        return spill_chunk(chunk, work.spill, partitions, reduce=reducer, whole=whole,
+                           on_bytes=None if whole else (
+                               lambda n: progress.advance("read", n / 1e6)))
+
+    if pool:
+        task = SpillTask(chunk=None, folder=str(work.spill), partitions=partitions,
+                         rulesets=_pickled(rulesets), reduce=reduce)
+        results = _spill_in_parallel(chunks, pool, task, here, progress, workers)
+    else:
+        results = {chunk.index: here(chunk) for chunk in chunks}
+    stats, layout = assemble(chunks, results, work.spill, work.spill_errors,
+                             lambda chunk: here(chunk, whole=True),
+                             deleted_files=sum(s.role == "deleted" for s in sources))
     seconds = time.perf_counter() - started
+    write_atomic(work.spill_layout, layout.to_json())
     write_atomic(work.spill_done, orjson.dumps({**stats.to_dict(), "seconds": seconds},
                                                option=_SORT))
-    return stats, seconds
+    return _Spilled(stats=stats.to_dict(), layout=layout, seconds=seconds, chunks=len(chunks),
+                    reduced=sum(r.reduced for r in results.values()))
 
 
-def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int,
+def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
+                       template: SpillTask, here: Callable[[SpillChunk], ChunkResult],
+                       progress: _Progress, workers: int) -> dict[int, ChunkResult]:
+    """Run ``chunks`` in the processes of ``pool``, one chunk each at a time,
+    and here while this process has a core no worker needs (fewer workers
+    than cores) or no worker has finished a chunk yet (they are starting)."""
+    from multiprocessing.connection import wait
+
+    queue = deque(chunks)
+    results: dict[int, ChunkResult] = {}
+    running: dict[_LocalWorker, SpillChunk] = {}
+    started_up: set[_LocalWorker] = set()
+    spare_core = len(pool) < _cores()
+    while queue or running:
+        for worker in pool:
+            if queue and worker not in running:
+                chunk = queue.popleft()
+                if not worker.send(replace(template, chunk=chunk)):
+                    raise CohortError("a worker process ended before it could spill; run "
+                                      "again")
+                running[worker] = chunk
+        if queue and (spare_core or len(started_up) < len(running)):
+            chunk = queue.popleft()
+            results[chunk.index] = here(chunk)
+            timeout: float | None = 0
+        else:
+            timeout = None
+        if not running:
+            continue
+        ready = set(wait([w.conn for w in running] + [w.process.sentinel for w in running],
+                         timeout=timeout))
+        for worker in [w for w in running if w.conn in ready or w.process.sentinel in ready]:
+            chunk = running.pop(worker)
+            message = worker.receive()
+            if message is None:
+                pool.remove(worker)
+                code = describe_exit(worker.stop(kill=True))[2]
+                raise CohortError(f"spilling {chunk.label} failed: {code}; run again")
+            if message[0] != "done":
+                raise CohortError(f"spilling {chunk.label} failed: {message[1]}")
+            started_up.add(worker)
+            results[chunk.index] = message[1]
+            progress.advance("read", chunk.size / 1e6)
+    return results
+
+
+def _reduces(evaluator: Callable[..., Any] | None) -> bool:
+    """Whether the spill reduces the resources no rule can read: not for a
+    caller's own evaluator (it may read them), nor on the reference path."""
+    from cdss.intake import reference_path
+
+    return evaluator is None and not reference_path()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int, layout: SpillLayout,
                          rulesets: Sequence[Any], as_of: str, mode: str, executor: str,
                          workers: int, client: Any, scheduler: str | None,
                          tune_malloc: bool, progress: _Progress,
@@ -891,7 +1007,7 @@ def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int,
     tasks = [PartitionTask(kind=kind, partition=p, spill=str(work.spill / f"p{p:05d}.tsv"),
                            out_dir=str(work.parts), rulesets=pickled, as_of=as_of, mode=mode,
                            sources=str(work.sources), tune_malloc=tune, evaluator=evaluator,
-                           formats=formats)
+                           formats=formats, spills=layout.partition_files(work.spill, p))
              for p in range(partitions) if p not in done]
     progress.add("eval", "screening", total=partitions, completed=reused,
                  note="{completed:,.0f}/{total:,.0f} partitions {extra}")
@@ -1116,10 +1232,12 @@ def screen(
         remove_bulk(out_dir)
     with _Prestarted(_prestart_count(executor, workers, n, resumed)) as prestarted, \
             _Progress(progress) as bar:
-        stats, spill_seconds = _spill(work, sources, n, bar)
-        spilled = stats if isinstance(stats, dict) else stats.to_dict()
+        done_spill = _spill(work, sources, n, bar, rulesets=[rs], reduce=_reduces(evaluator),
+                            prestarted=prestarted, workers=workers)
+        spilled = done_spill.stats
         counts, reused, eval_seconds = _evaluate_partitions(
-            work, kind="screen", partitions=n, rulesets=[rs], as_of=when, mode=mode,
+            work, kind="screen", partitions=n, layout=done_spill.layout, rulesets=[rs],
+            as_of=when, mode=mode,
             executor=executor, workers=workers, client=client, scheduler=scheduler,
             tune_malloc=tune_malloc, progress=bar, evaluator=evaluator, prestarted=prestarted,
             formats=wanted)
@@ -1131,7 +1249,9 @@ def screen(
         _check_bulk(write_bulk(out_dir, _merged_lines(_part_paths(work, n, "fhir")), when,
                                rs.spec),
                     summary)
-    timings = {"spill_seconds": round(spill_seconds, 3),
+    timings = {"spill_seconds": round(done_spill.seconds, 3),
+               "spill_chunks": done_spill.chunks,
+               "resources_reduced": done_spill.reduced,
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
                "total_seconds": round(time.perf_counter() - started, 3),
@@ -1388,10 +1508,13 @@ def diff(
                         evaluator=evaluator)
         with _Prestarted(_prestart_count(executor, workers, n, False)) as prestarted, \
                 _Progress(progress) as bar:
-            stats, _ = _spill(work, sources, n, bar)
-            spilled = stats if isinstance(stats, dict) else stats.to_dict()
+            done_spill = _spill(work, sources, n, bar, rulesets=[rs_before, rs_after],
+                                reduce=_reduces(evaluator), prestarted=prestarted,
+                                workers=workers)
+            spilled = done_spill.stats
             counts, _, _ = _evaluate_partitions(
-                work, kind="diff", partitions=n, rulesets=[rs_before, rs_after], as_of=when,
+                work, kind="diff", partitions=n, layout=done_spill.layout,
+                rulesets=[rs_before, rs_after], as_of=when,
                 mode=mode, executor=executor, workers=workers, client=client,
                 scheduler=scheduler, tune_malloc=tune_malloc, progress=bar,
                 evaluator=evaluator, prestarted=prestarted)

@@ -45,9 +45,10 @@ import orjson
 from cdss._changes import compare, rule_changes
 from cdss.errors import CDSSError, EngineError, InputError
 
-__all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "TaskKind",
-           "compare", "describe_exit", "die_with_parent", "in_flight", "peak_rss_mb",
-           "run_partition", "tune_malloc", "warm_up", "worker_loop"]
+__all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "SpillTask",
+           "TaskKind", "compare", "describe_exit", "die_with_parent", "in_flight",
+           "peak_rss_mb", "run_partition", "run_spill", "tune_malloc", "warm_up",
+           "worker_loop"]
 
 _SORT = orjson.OPT_SORT_KEYS
 _PREFIX = b'{"resourceType":"Bundle","type":"collection","entry":['
@@ -89,6 +90,9 @@ class PartitionTask:
     only: tuple[str, ...] = ()
     died: tuple[tuple[str, int | None, str], ...] = ()
     formats: tuple[str, ...] = ()
+    #: ``(file, line base)`` of the partition's spilled lines in input order
+    #: (see :class:`cdss.cohort._inputs.SpillLayout`); empty: ``spill`` alone
+    spills: tuple[tuple[str, int], ...] = ()
 
     @property
     def done_path(self) -> Path:
@@ -97,6 +101,19 @@ class PartitionTask:
     @property
     def journal_path(self) -> Path:
         return Path(self.out_dir) / f"p{self.partition:05d}.journal"
+
+
+@dataclass(frozen=True)
+class SpillTask:
+    """One chunk of the spill (:func:`cdss.cohort._inputs.spill_chunk`) for a
+    worker process: ``rulesets`` as for :class:`PartitionTask`, whose
+    terminologies decide which resources are spilled reduced (``reduce``)."""
+
+    chunk: Any  # cdss.cohort._inputs.SpillChunk
+    folder: str
+    partitions: int
+    rulesets: tuple[tuple[str, bytes], ...]
+    reduce: bool = True
 
 
 #: The tallies of a screen partition: code -> patients (``severity``: highest
@@ -292,15 +309,21 @@ def _source_label(sources: str, index: int) -> str | None:
 Entry = tuple[str, int, int, str, bytes]  # type, source, line, alias, JSON
 
 
-def _read_groups(path: Path) -> dict[str, list[Entry]]:
+def _read_groups(files: Sequence[tuple[str, int]]) -> dict[str, list[Entry]]:
+    """A partition's spilled lines grouped by patient, in input order: the
+    files in order, each line's number moved on by its file's line base."""
     groups: dict[str, list[Entry]] = {}
-    if not path.exists():
-        return groups
-    with path.open("rb") as handle:
-        for line in handle:
-            key, rtype, source, number, alias, payload = line.rstrip(b"\n").split(b"\t", 5)
-            groups.setdefault(key.decode(), []).append(
-                (rtype.decode(), int(source), int(number), alias.decode(), payload))
+    for name, base in files:
+        path = Path(name)
+        if not path.exists():
+            continue
+        with path.open("rb") as handle:
+            for line in handle:
+                key, rtype, source, number, alias, payload = line.rstrip(b"\n").split(
+                    b"\t", 5)
+                groups.setdefault(key.decode(), []).append(
+                    (rtype.decode(), int(source), int(number) + base, alias.decode(),
+                     payload))
     return groups
 
 
@@ -512,7 +535,7 @@ def run_partition(task: PartitionTask) -> PartitionCounts:
     as_of = resolve_as_of(task.as_of)
     out_dir = Path(task.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = _read_groups(Path(task.spill))
+    groups = _read_groups(task.spills or ((task.spill, 0),))
     if task.only:
         groups = {key: groups[key] for key in task.only if key in groups}
     journal = _Journal(task.journal_path)
@@ -531,6 +554,23 @@ def run_partition(task: PartitionTask) -> PartitionCounts:
     write_atomic(task.done_path, counts.to_json())
     task.journal_path.unlink(missing_ok=True)
     return counts
+
+
+_REDUCERS: dict[tuple[str, ...], Any] = {}
+
+
+def run_spill(task: SpillTask) -> Any:
+    """Spill one chunk; return its :class:`cdss.cohort._inputs.ChunkResult`."""
+    from cdss.cohort._inputs import Reducer, spill_chunk
+
+    reducer = None
+    if task.reduce:
+        keys = tuple(key for key, _ in task.rulesets)
+        reducer = _REDUCERS.get(keys)
+        if reducer is None:
+            rulesets = [_ruleset(key, data) for key, data in task.rulesets]
+            reducer = _REDUCERS[keys] = Reducer([r.terminology for r in rulesets])
+    return spill_chunk(task.chunk, Path(task.folder), task.partitions, reduce=reducer)
 
 
 def die_with_parent(parent: int | None) -> bool:
@@ -561,18 +601,24 @@ def die_with_parent(parent: int | None) -> bool:
 
 def worker_loop(conn: Any, parent: int | None = None) -> None:
     """The loop of a local worker process: :func:`die_with_parent` (the
-    caller's process id ``parent``), :func:`warm_up`, then receive a
+    caller's process id ``parent``), then receive a :class:`SpillTask` or a
     :class:`PartitionTask` on ``conn`` (a :mod:`multiprocessing` connection),
-    run it, send back ``("done", PartitionCounts, None)`` or ``("failed",
-    "Type: message", pickled exception or None)``; stop on ``None`` or when
-    the caller has gone."""
+    run it, send back ``("done", ChunkResult or PartitionCounts, None)`` or
+    ``("failed", "Type: message", pickled exception or None)``; stop on
+    ``None`` or when the caller has gone. The first time no task is waiting,
+    :func:`warm_up` (a spill chunk sent at start-up runs first)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     die_with_parent(parent)
-    warm_up()
-    settle_gc()
+    import cdss.cohort._inputs  # noqa: F401  (what a spill chunk needs)
+
+    warm = False
     while True:
         message: tuple[str, Any, bytes | None]
         try:
+            if not warm and not conn.poll():
+                warm_up()
+                settle_gc()
+                warm = True
             task = conn.recv()
         except (EOFError, OSError):
             return
@@ -584,6 +630,8 @@ def worker_loop(conn: Any, parent: int | None = None) -> None:
             if task is None:
                 return
             message = _run_reported(task)
+            if isinstance(task, PartitionTask):
+                warm = True  # the evaluation loaded what warm_up would have
         try:
             conn.send(message)
         except (OSError, ValueError):
@@ -591,8 +639,10 @@ def worker_loop(conn: Any, parent: int | None = None) -> None:
         settle_gc()  # while the caller reads the result
 
 
-def _run_reported(task: PartitionTask) -> tuple[str, Any, bytes | None]:
+def _run_reported(task: PartitionTask | SpillTask) -> tuple[str, Any, bytes | None]:
     try:
+        if isinstance(task, SpillTask):
+            return "done", run_spill(task), None
         return "done", run_partition(task), None
     except Exception as exc:
         try:

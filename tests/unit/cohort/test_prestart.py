@@ -66,32 +66,25 @@ def _record_counts(monkeypatch: pytest.MonkeyPatch) -> dict[int, PartitionCounts
     return seen
 
 
-@pytest.mark.parametrize(("executor", "workers", "partitions", "resumed", "cores", "expected"), [
-    ("local", 2, 8, False, 4, 2),
-    ("local", 1, 4, False, 2, 1),
-    ("local", 2, 8, False, 2, 1),  # one core left to the spill
-    ("local", 8, 32, False, 8, 7),
-    ("local", 1, 4, False, 1, 1),  # one core: the worker starts all the same
-    ("local", 4, 2, False, 8, 2),  # no more processes than partitions
-    ("local", 0, 4, False, 2, 0),  # inline: no process
-    ("local", 2, 8, True, 4, 0),  # resumed: partitions may be done already
-    ("dask", 2, 8, False, 4, 0),
+@pytest.mark.parametrize(("executor", "workers", "partitions", "resumed", "expected"), [
+    ("local", 2, 8, False, 2),  # every worker: they spill chunks while they start
+    ("local", 1, 4, False, 1),
+    ("local", 8, 32, False, 8),
+    ("local", 4, 2, False, 2),  # no more processes than partitions
+    ("local", 0, 4, False, 0),  # inline: no process
+    ("local", 2, 8, True, 0),  # resumed: partitions may be done already
+    ("dask", 2, 8, False, 0),
 ])
 def test_how_many_processes_start_before_the_spill(executor: str, workers: int,
                                                    partitions: int, resumed: bool,
-                                                   cores: int, expected: int) -> None:
-    assert cohort_mod._prestart_count(executor, workers, partitions, resumed,
-                                      cores) == expected
+                                                   expected: int) -> None:
+    assert cohort_mod._prestart_count(executor, workers, partitions, resumed) == expected
 
 
 def test_partitions_run_in_the_processes_started_before_the_spill(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = _record_prestarted(monkeypatch)
     counts = _record_counts(monkeypatch)
-    real_count = cohort_mod._prestart_count
-    monkeypatch.setattr(cohort_mod, "_prestart_count",
-                        lambda executor, workers, partitions, resumed: real_count(
-                            executor, workers, partitions, resumed, cores=4))
     spilled_with: list[int] = []
     real_spill = cohort_mod._spill
 
@@ -124,10 +117,6 @@ def test_the_same_results_as_a_screen_in_this_process(tmp_path: Path) -> None:
 def test_processes_started_for_a_spill_that_fails_are_stopped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = _record_prestarted(monkeypatch)
-    real_count = cohort_mod._prestart_count
-    monkeypatch.setattr(cohort_mod, "_prestart_count",
-                        lambda executor, workers, partitions, resumed: real_count(
-                            executor, workers, partitions, resumed, cores=4))
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise CohortError("the disk is full")

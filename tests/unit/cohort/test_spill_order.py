@@ -1,36 +1,146 @@
 """The spill pass puts every line in its patient's partition, in input order,
-whether a file holds a patient's lines in a row or interleaved with others'."""
+whether a file holds a patient's lines in a row or interleaved with others',
+and whether it runs as one pass or as chunks (byte ranges of a file spilled
+apart and put together again); resources no rule can read are spilled
+reduced to what intake reads of them."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from cdss.cohort._inputs import discover, partition_of, spill
-from tests.support.builders import lab
+import orjson
+import pytest
+
+from cdss import load_ruleset
+from cdss.cohort._inputs import (
+    Reducer,
+    SpillLayout,
+    discover,
+    partition_of,
+    plan_chunks,
+    spill,
+)
+from cdss.cohort._worker import _read_groups
+from tests.support.builders import lab, patient
 from tests.support.cohort import write_ndjson
+
+RULESET = "plantar-cramps@1.4.0"
+POTASSIUM = "2823-3"  # LOINC potassium, mapped by every version
+UNMAPPED = "2093-3"  # LOINC cholesterol: no rule reads it
+
+
+def _placed(folder: Path, layout: SpillLayout, partitions: int
+            ) -> dict[str, list[tuple[int, int]]]:
+    placed: dict[str, list[tuple[int, int]]] = {}
+    for part in range(partitions):
+        for key, entries in _read_groups(layout.partition_files(folder, part)).items():
+            placed.setdefault(key, []).extend((part, number) for _, _, number, _, _ in entries)
+    return placed
 
 
 def test_each_line_goes_to_its_patients_partition_in_input_order(tmp_path: Path) -> None:
     ids = ["a", "a", "b", "a", "c", "c", "b", "b", "a"]  # runs and interleaving
     write_ndjson(tmp_path / "in" / "Observation.ndjson",
-                 [lab(f"k{i}", "2823-3", 3.0 + i / 10, "mmol/L", pid=pid)
+                 [lab(f"k{i}", POTASSIUM, 3.0 + i / 10, "mmol/L", pid=pid)
                   for i, pid in enumerate(ids)])
     partitions = 3
     # three patients in three partitions: a line in the previous patient's partition shows
     assert len({partition_of(f"Patient/{pid}", partitions) for pid in set(ids)}) == 3
-    stats = spill(discover([tmp_path / "in"]), tmp_path / "spill", partitions,
-                  tmp_path / "errors.ndjson")
+    stats, layout = spill(discover([tmp_path / "in"]), tmp_path / "spill", partitions,
+                          tmp_path / "errors.ndjson")
     assert stats.attributed == len(ids)
-    placed: dict[str, list[tuple[int, int]]] = {}
-    for part in range(partitions):
-        path = tmp_path / "spill" / f"p{part:05d}.tsv"
-        if not path.exists():
-            continue
-        for line in path.read_bytes().splitlines():
-            key, _, _, number, _, _ = line.split(b"\t", 5)
-            placed.setdefault(key.decode(), []).append((part, int(number)))
+    placed = _placed(tmp_path / "spill", layout, partitions)
     for pid in set(ids):
         reference = f"Patient/{pid}"
         expected_lines = [n + 1 for n, p in enumerate(ids) if p == pid]
         assert placed[reference] == [(partition_of(reference, partitions), n)
                                      for n in expected_lines]
+
+
+def _messy_lines(count: int) -> list[bytes]:
+    """Lines of several patients with blank, malformed and unattributable
+    lines among them."""
+    lines: list[bytes] = []
+    for i in range(count):
+        pid = f"p{i % 7}"
+        if i % 11 == 5:
+            lines.append(b"")
+        elif i % 13 == 6:
+            lines.append(b'{"resourceType": "Observation", "id": "trunc')
+        elif i % 17 == 3:
+            lines.append(orjson.dumps({"resourceType": "Observation", "id": f"nosub{i}"}))
+        elif i % 19 == 4:
+            lines.append(orjson.dumps(patient(pid)))
+        else:
+            lines.append(orjson.dumps(lab(f"o{i}", POTASSIUM if i % 2 else UNMAPPED,
+                                          3.5 + i / 100, "mmol/L", pid=pid)))
+    return lines
+
+
+def _spilled(tmp_path: Path, name: str, chunk_bytes: int | None, partitions: int = 4,
+             reduce: Reducer | None = None) -> tuple[Any, dict[str, Any], bytes]:
+    folder = tmp_path / name
+    stats, layout = spill(discover([tmp_path / "in"]), folder, partitions,
+                          tmp_path / f"{name}-errors.ndjson", reduce=reduce,
+                          chunk_bytes=chunk_bytes)
+    groups = {part: _read_groups(layout.partition_files(folder, part))
+              for part in range(partitions)}
+    return stats.to_dict(), groups, (tmp_path / f"{name}-errors.ndjson").read_bytes()
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 500, 3000])
+def test_chunks_give_what_one_pass_gives(tmp_path: Path, chunk_bytes: int) -> None:
+    write_ndjson(tmp_path / "in" / "a.ndjson", _messy_lines(300))
+    write_ndjson(tmp_path / "in" / "b.ndjson", _messy_lines(40)[::-1])
+    one = _spilled(tmp_path, "one", None)
+    assert len(plan_chunks(discover([tmp_path / "in"]), chunk_bytes)) > 4
+    chunked = _spilled(tmp_path, f"c{chunk_bytes}", chunk_bytes)
+    assert chunked == one
+    errors = [orjson.loads(row) for row in one[2].splitlines()]
+    # the error rows name the lines of the file, not of a chunk
+    assert [r["line"] for r in errors if r["file"].endswith("a.ndjson")][:3] == [4, 7, 20]
+
+
+def test_a_file_that_is_not_ndjson_is_skipped_whole_when_split(tmp_path: Path) -> None:
+    lines = [b"not json at all", b"nor this", *_messy_lines(200)]
+    write_ndjson(tmp_path / "in" / "a.ndjson", lines)
+    one = _spilled(tmp_path, "one", None)
+    chunked = _spilled(tmp_path, "chunked", 200)
+    assert chunked == one
+    assert one[0]["file_errors"] == 1 and one[0]["attributed"] == 0
+    assert [orjson.loads(r)["error"] for r in one[2].splitlines()] == ["not-ndjson"]
+
+
+def test_a_first_chunk_without_a_json_line_is_read_again_whole(tmp_path: Path) -> None:
+    # the first chunk holds one bad line only: whether the file is NDJSON is
+    # decided by the next line, in the next chunk
+    lines = [b"x" * 300, b"also bad", *_messy_lines(50)]
+    write_ndjson(tmp_path / "in" / "a.ndjson", lines)
+    assert _spilled(tmp_path, "chunked", 100) == _spilled(tmp_path, "one", None)
+    lines = [b"x" * 300, *_messy_lines(50)]
+    write_ndjson(tmp_path / "in" / "a.ndjson", lines)
+    one = _spilled(tmp_path, "one2", None)
+    assert _spilled(tmp_path, "chunked2", 100) == one
+    assert orjson.loads(one[2].splitlines()[0])["line"] == 1
+
+
+def test_resources_no_rule_reads_are_spilled_reduced(tmp_path: Path) -> None:
+    ruleset = load_ruleset(RULESET)
+    unmapped = lab("chol", UNMAPPED, 5.2, "mmol/L", pid="a")
+    unmapped["note"] = [{"text": "fasting"}]
+    deep: dict[str, Any] = {"text": "x"}
+    for _ in range(70):  # beyond intake's nesting bound: spilled whole, for intake to refuse
+        deep = {"extension": [deep]}
+    hostile = {**lab("deep", UNMAPPED, 1.0, "mmol/L", pid="a"), "valueCodeableConcept": deep}
+    mapped = lab("k", POTASSIUM, 4.1, "mmol/L", pid="a")
+    write_ndjson(tmp_path / "in" / "Observation.ndjson", [unmapped, hostile, mapped])
+    reducer = Reducer([ruleset.terminology])
+    _, groups, _ = _spilled(tmp_path, "r", None, partitions=1, reduce=reducer)
+    entries = groups[0]["Patient/a"]
+    payloads = [orjson.loads(payload) for _, _, _, _, payload in entries]
+    assert payloads[0] == {key: unmapped[key] for key in unmapped
+                           if key in ("resourceType", "id", "subject", "code")}
+    assert payloads[1] == hostile and payloads[2] == mapped
+    assert reducer.reduced == 1
+    assert [number for _, _, number, _, _ in entries] == [1, 2, 3]
