@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
@@ -71,9 +71,13 @@ def extract_facts(
     concept_maps: Sequence[str | Path] = (),
     draft_orders: Any = None,
     selections: Sequence[str] | None = None,
+    reduced: Sequence[Mapping[str, Any]] = (),
 ) -> Facts:
     """Read ``record`` and return its :class:`~cdss.facts.Facts` for ``ruleset``
-    (arguments as for :func:`evaluate`)."""
+    (arguments as for :func:`evaluate`). ``reduced``: more of the patient's
+    resources, known to contribute nothing (a cohort screen's spill reduces
+    them to their type, id, patient reference and codes): tallied for the
+    ``unmapped-code`` notes as if they were in the record."""
     rs = resolve_ruleset(ruleset, paths, concept_maps)
     when = resolve_as_of(as_of)
     terminology = rs.terminology
@@ -81,7 +85,7 @@ def extract_facts(
     unmapped = UnmappedCodes()
     parsed = read_record(record, mode=mode, on_invalid=on_invalid, timezone=timezone,
                          relevant=lambda resource: contributes(resource, terminology),
-                         unmapped=unmapped.add)
+                         unmapped=unmapped.add, reduced=reduced)
     return build_facts(parsed, rs.terminology, as_of=when,
                        finding_lookback_days=rs.file.finding_lookback_days,
                        on_invalid=on_invalid, draft_orders=draft_orders,

@@ -15,7 +15,8 @@ in every process and on every machine, unlike Python's ``hash()``). A
 partition then holds whole patients, and memory is bounded by a partition,
 not by the cohort.
 
-A spilled line is ``key, type, file index, line, alias, JSON`` separated by tabs:
+A spilled line is ``key, type, file index, line, alias, JSON`` separated by tabs
+(the type marked ``~`` for a reduced resource):
 ``key`` is the patient reference (``Patient/<id>``), ``alias`` another
 spelling of it the resource used (an absolute URL, a Bundle's ``urn:uuid``
 fullUrl) so that intake can still match the resource to its Patient. Resource
@@ -71,6 +72,7 @@ from cdss.errors import CohortError
 from cdss.intake import RESOURCE_TYPES
 
 __all__ = [
+    "REDUCED",
     "ChunkResult",
     "InputFile",
     "Reducer",
@@ -541,7 +543,7 @@ class _Spiller:
             handle.close()
 
     def write(self, key: str, rtype: str, file_index: int, number: int, alias: str,
-              payload: bytes) -> None:
+              payload: bytes, *, mark: str = "") -> None:
         last_key, part, encoded = self.last
         if key != last_key or part < 0:
             part, encoded = partition_of(key, self.partitions), key.encode()
@@ -550,7 +552,7 @@ class _Spiller:
         if handle is None:
             handle = self.handles[part] = (
                 self.folder / f"p{part:05d}{self.suffix}.tsv").open("ab", buffering=1 << 16)
-        handle.write(b"\t".join((encoded, rtype.encode(), str(file_index).encode(),
+        handle.write(b"\t".join((encoded, (mark + rtype).encode(), str(file_index).encode(),
                                  str(number).encode(), alias.encode(), payload)) + b"\n")
         self.stats.attributed += 1
         self.stats.types[rtype] += 1
@@ -636,10 +638,13 @@ class _Spiller:
                 self.stats.not_patient_specific += 1
             return
         alias = reference if reference != found else ""
+        if used and self.reduce is not None:
+            reduced = self.reduce(obj, raw)
+            if reduced is not None:  # a worker tallies it, never reads it as a record's
+                self.write(found, rtype, file_index, number, alias, reduced, mark=REDUCED)
+                return
         if used or not known:  # unknown types go to the patient, whose row becomes an error
-            reduced = self.reduce(obj) if used and self.reduce is not None else None
-            payload = reduced if reduced is not None else (
-                raw if raw is not None else orjson.dumps(obj))
+            payload = raw if raw is not None else orjson.dumps(obj)
         else:
             rid = obj.get("id")
             payload = orjson.dumps({"resourceType": rtype, **({"id": rid} if isinstance(
@@ -844,45 +849,81 @@ _REDUCED_FIELDS = {
                                       "medicationCodeableConcept"}),
     "AllergyIntolerance": frozenset({"resourceType", "id", "patient", "code", "reaction"}),
 }
+#: Marks the type of a spilled line whose resource is reduced (``~Observation``).
+REDUCED = "~"
 #: The level a spilled resource sits at in the Bundle a worker builds
 #: (Bundle, entry list, entry, resource), for intake's bounds.
 _RESOURCE_DEPTH = 4
 
 
 class Reducer:
-    """Reduces a resource of a type the facts use to the fields in
-    :data:`_REDUCED_FIELDS` when no ruleset's terminology maps its codes
-    (:func:`cdss.facts.contributes`) and intake's bounds find nothing wrong
-    anywhere in it (a resource they refuse is spilled whole, so that intake
-    leaves it out with the same reason); returns the reduced JSON, or None to
-    spill the resource as it is. Intake then reads the reduced resource as
-    it would the whole one: never validated, its patient reference checked,
-    its codes tallied for the ``unmapped-code`` notes.
+    """Decides which resources are spilled reduced: one of a type the facts
+    use whose codes no ruleset's terminology maps (:func:`cdss.facts.contributes`,
+    remembered per distinct code: a cohort has few) and in which intake's
+    bounds find nothing wrong anywhere (a resource they refuse is spilled
+    whole, so that intake leaves it out with the same reason). Returns the
+    resource's JSON reduced to :data:`_REDUCED_FIELDS`, or None to spill it
+    as it is. A worker hands the reduced resources to intake as known to
+    contribute nothing (``read_record(..., reduced=...)``): their patient
+    reference is checked and their codes tallied for the ``unmapped-code``
+    notes, as for the whole resource.
+
+    The bounds are proved from the line's bytes where they can be (few
+    enough brackets for the nesting bound, no string longer than the code
+    bound, no escapes); otherwise the parsed resource is walked as intake
+    would walk it.
     """
+
+    _MEMO = 65536
 
     def __init__(self, terminologies: Sequence[Any]) -> None:
         from cdss.facts import contributes
-        from cdss.intake._guard import _clean_json
+        from cdss.intake._guard import MAX_CODE_LENGTH, MAX_DEPTH, _clean_json
 
         self.terminologies = tuple(terminologies)
         self._contributes = contributes
         self._clean = _clean_json
+        self._brackets = MAX_DEPTH - _RESOURCE_DEPTH - 1
+        self._longest = MAX_CODE_LENGTH
+        self._memo: dict[bytes, bool] = {}
         self.reduced = 0
 
-    def __call__(self, resource: Mapping[str, Any]) -> bytes | None:
-        keep = _REDUCED_FIELDS.get(resource.get("resourceType"))  # type: ignore[arg-type]
+    def __call__(self, resource: Mapping[str, Any], raw: bytes | None = None) -> bytes | None:
+        rtype = resource.get("resourceType")
+        keep = _REDUCED_FIELDS.get(rtype)  # type: ignore[arg-type]
         if keep is None or type(resource) is not dict:
             return None
         try:
-            for terminology in self.terminologies:
-                if self._contributes(resource, terminology):
-                    return None
-            if not self._clean(resource, _RESOURCE_DEPTH):
+            if rtype == "AllergyIntolerance":
+                codes = orjson.dumps([resource.get("code"), resource.get("reaction")])
+            else:
+                codes = orjson.dumps(resource.get(
+                    "code" if rtype in ("Observation", "Condition")
+                    else "medicationCodeableConcept"))
+            used = self._memo.get(codes)
+            if used is None:
+                used = any(self._contributes(resource, t) for t in self.terminologies)
+                if len(self._memo) >= self._MEMO:
+                    self._memo.clear()
+                self._memo[codes] = used
+            if used or not (self._plainly_clean(raw) or self._clean(resource,
+                                                                    _RESOURCE_DEPTH)):
                 return None
         except Exception:  # odd input: spilled whole, for intake to meet and report
             return None
         self.reduced += 1
         return orjson.dumps({k: v for k, v in resource.items() if k in keep})
+
+    def _plainly_clean(self, raw: bytes | None) -> bool:
+        """Whether a resource's JSON bytes alone prove it within intake's
+        bounds: fewer brackets than the nesting bound allows, and, with no
+        escapes, no run between quotes (so no string) longer than the code
+        bound."""
+        if raw is None or b"\\" in raw:
+            return False
+        if raw.count(b"{") + raw.count(b"[") > self._brackets:
+            return False
+        return max(map(len, raw.split(b'"'))) <= self._longest
 
 
 # --------------------------------------------------------------------------- #

@@ -43,6 +43,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from cdss._changes import compare, rule_changes
+from cdss.cohort._inputs import REDUCED
 from cdss.errors import CDSSError, EngineError, InputError
 
 __all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "SpillTask",
@@ -328,7 +329,8 @@ def _read_groups(files: Sequence[tuple[str, int]]) -> dict[str, list[Entry]]:
 
 
 def record_bytes(entries: Sequence[Entry]) -> bytes:
-    """One patient's spilled resources as a collection Bundle (JSON bytes).
+    """One patient's spilled resources as a collection Bundle (JSON bytes),
+    the reduced ones (see :func:`reduced_resources`) left out.
 
     The Patient gets one entry per other spelling of its reference that its
     resources used (as ``fullUrl``), so that intake matches them to it.
@@ -336,12 +338,21 @@ def record_bytes(entries: Sequence[Entry]) -> bytes:
     aliases = sorted({alias for _, _, _, alias, _ in entries if alias})
     parts: list[bytes] = []
     for rtype, _, _, _, payload in entries:
+        if rtype[:1] == REDUCED:
+            continue
         if rtype == "Patient" and aliases:
             parts += [b'{"fullUrl":' + orjson.dumps(alias) + b',"resource":' + payload + b"}"
                       for alias in aliases]
         else:
             parts.append(b'{"resource":' + payload + b"}")
     return _PREFIX + b",".join(parts) + b"]}"
+
+
+def reduced_resources(entries: Sequence[Entry]) -> list[Any]:
+    """The patient's resources the spill reduced (no rule can read them), in
+    input order, for intake to tally."""
+    return [orjson.loads(payload) for rtype, _, _, _, payload in entries
+            if rtype[:1] == REDUCED]
 
 
 # --------------------------------------------------------------------------- #
@@ -452,7 +463,7 @@ def _locate(entries: Sequence[Entry], rtype: str | None, rid: str | None
     if rtype is None:
         return None
     for etype, source, number, _, payload in entries:
-        if etype != rtype:
+        if etype.lstrip(REDUCED) != rtype:
             continue
         if rid is None:
             return source, number
@@ -466,11 +477,24 @@ def _locate(entries: Sequence[Entry], rtype: str | None, rid: str | None
     return None
 
 
-def _evaluate(data: bytes, ruleset: Any, as_of: Any, mode: str, key: str,
-              evaluator: Callable[..., Any] | None = None) -> Any:
-    from cdss.evaluation import evaluate
+def _evaluate(entries: Sequence[Entry], ruleset: Any, as_of: Any, mode: str, key: str,
+              evaluator: Callable[..., Any] | None = None, data: bytes | None = None) -> Any:
+    """The patient's Assessment: :func:`cdss.evaluate` of its Bundle (``data``,
+    built from ``entries`` when not given), or the caller's ``evaluator``;
+    resources the spill reduced go to intake as known to contribute nothing
+    (a screen with an evaluator of its own reduces none)."""
+    from cdss.evaluation import assess, evaluate, extract_facts
 
-    assessment = (evaluator or evaluate)(data, ruleset=ruleset, as_of=as_of, mode=mode)
+    if data is None:
+        data = record_bytes(entries)
+    reduced = reduced_resources(entries)
+    if evaluator is not None:
+        assessment = evaluator(data, ruleset=ruleset, as_of=as_of, mode=mode)
+    elif reduced:
+        assessment = assess(extract_facts(data, ruleset=ruleset, as_of=as_of, mode=mode,
+                                          reduced=reduced), ruleset)
+    else:
+        assessment = evaluate(data, ruleset=ruleset, as_of=as_of, mode=mode)
     if assessment.patient is None:  # only resources the facts do not use
         assessment = assessment.model_copy(update={"patient": key})
     return assessment
@@ -699,8 +723,8 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
             else:
                 journal.start(key)
                 try:
-                    assessment = _evaluate(record_bytes(entries), ruleset, as_of, task.mode,
-                                           key, task.evaluator)
+                    assessment = _evaluate(entries, ruleset, as_of, task.mode, key,
+                                           task.evaluator)
                 except Exception as exc:  # a patient that fails is an error row, never lost
                     row = _error_row(task, key, entries, exc)
             if row is not None:
@@ -778,8 +802,8 @@ def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any
                 data = record_bytes(entries)
                 for ruleset in (before_rs, after_rs):
                     try:
-                        results.append(_evaluate(data, ruleset, as_of, task.mode, key,
-                                                 task.evaluator))
+                        results.append(_evaluate(entries, ruleset, as_of, task.mode, key,
+                                                 task.evaluator, data))
                     except Exception as exc:  # reported, never lost
                         results.append(_error_row(task, key, entries, exc))
             if any(isinstance(r, dict) for r in results):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, tzinfo
 from functools import cache
 from typing import Any
@@ -162,7 +162,8 @@ def _json_types(resource: Mapping[str, Any], resource_type: str) -> None:
 def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse",
                 timezone: str | tzinfo = "UTC",
                 relevant: Callable[[Mapping[str, Any]], bool] | None = None,
-                unmapped: Callable[[Mapping[str, Any]], None] | None = None) -> Record:
+                unmapped: Callable[[Mapping[str, Any]], None] | None = None,
+                reduced: Sequence[Mapping[str, Any]] = ()) -> Record:
     """Read one patient's record.
 
     ``on_invalid="refuse"`` raises :class:`InputError` on the first resource
@@ -184,6 +185,11 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
     ``validate_json`` pass over the bytes, which also validated the resources
     no rule reads. The reference path (:func:`~cdss.intake._shapes.reference_path`)
     keeps that one pass, and ignores ``unmapped``.
+
+    ``reduced`` are more of the record's resources, outside it, known to
+    contribute nothing (a cohort screen's spill reduced them, having checked
+    their types and intake's bounds): their patient reference is checked and
+    they go to ``unmapped`` as those of the record that contribute nothing do.
     """
     if mode not in MODES:
         raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
@@ -257,6 +263,7 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         else:
             used.append((resource, True))
 
+    used.extend((resource, False) for resource in reduced)
     patient, patient_refs = _the_patient(patients)
     refs: set[str] = set()
     kept: list[Mapping[str, Any]] = []

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 import cdss
+from cdss.cohort import _screen as screen_module
 from cdss.errors import CDSSError
 from cdss.facts import UnmappedCodes, contributes
 from cdss.intake import REFERENCE_PATH, read_record
@@ -89,6 +90,13 @@ def _patient_records(n: int) -> list[dict[str, Any]]:
                         "patient": {"reference": ref}})
             out.append({"resourceType": "Encounter", "id": f"e{i}",
                         "subject": {"reference": ref}})
+        if i == 1:  # another spelling of the patient's reference, on unmapped resources only
+            out.append(_obs(f"url{i}", f"https://ehr.example.org/fhir/{ref}", "8310-5",
+                            display="Body temperature"))
+        if i == 2:  # no Patient, unmapped resources under two spellings: a patient error
+            out.append(_obs("o1", "Patient/nopatient", "8310-5"))
+            out.append(_obs("o2", "https://ehr.example.org/fhir/Patient/nopatient", "8310-5"))
+            out.append(_obs("o3", "Patient/alone", "8310-5"))  # no Patient, one spelling
     return out
 
 
@@ -101,8 +109,8 @@ def _screen_files(out: Path) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.parametrize("mode", ["lean", "strict"])
-def test_screen_files_match_the_reference_path(tmp_path: Path, mode: str,
+@pytest.mark.parametrize(("mode", "workers"), [("lean", 0), ("strict", 0), ("lean", 2)])
+def test_screen_files_match_the_reference_path(tmp_path: Path, mode: str, workers: int,
                                                monkeypatch: pytest.MonkeyPatch,
                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     cohort = shared_cohort(tmp_path_factory)
@@ -110,9 +118,18 @@ def test_screen_files_match_the_reference_path(tmp_path: Path, mode: str,
                          [orjson.dumps(r) for r in _patient_records(12)])
     inputs = [*cohort.files, extra]
     monkeypatch.delenv(REFERENCE_PATH, raising=False)
-    screen_cohort(inputs, tmp_path / "fast", mode=mode, partitions=3)
+    # small chunks: files split across processes, and put together again
+    monkeypatch.setattr(screen_module, "_chunk_bytes", lambda sources, processes: 20_000)
+    summary = screen_cohort(inputs, tmp_path / "fast", mode=mode, partitions=3,
+                            workers=workers)
+    run = orjson.loads((tmp_path / "fast" / "run.json").read_bytes())["timings"]
+    assert run["spill_chunks"] > len(inputs) and run["resources_reduced"] > 0
+    assert summary.patient_errors >= 1  # the patient of two spellings and no Patient
     monkeypatch.setenv(REFERENCE_PATH, "1")
-    screen_cohort(inputs, tmp_path / "reference", mode=mode, partitions=3)
+    reference_summary = screen_cohort(inputs, tmp_path / "reference", mode=mode, partitions=3,
+                                      workers=workers)
+    run = orjson.loads((tmp_path / "reference" / "run.json").read_bytes())["timings"]
+    assert run["resources_reduced"] == 0 and reference_summary.balanced
     fast, reference = _screen_files(tmp_path / "fast"), _screen_files(tmp_path / "reference")
     assert sorted(fast) == sorted(reference)
     for name in sorted(reference):

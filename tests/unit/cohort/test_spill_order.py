@@ -14,6 +14,7 @@ import pytest
 
 from cdss import load_ruleset
 from cdss.cohort._inputs import (
+    REDUCED,
     Reducer,
     SpillLayout,
     discover,
@@ -136,11 +137,17 @@ def test_resources_no_rule_reads_are_spilled_reduced(tmp_path: Path) -> None:
     mapped = lab("k", POTASSIUM, 4.1, "mmol/L", pid="a")
     write_ndjson(tmp_path / "in" / "Observation.ndjson", [unmapped, hostile, mapped])
     reducer = Reducer([ruleset.terminology])
+    long_code = lab("long", UNMAPPED, 1.0, "mmol/L", pid="a")
+    long_code["code"]["coding"][0]["code"] = "9" * 300  # beyond intake's code bound
+    assert reducer(long_code, orjson.dumps(long_code)) is None
+    assert reducer(long_code) is None  # the walk, without the line's bytes, finds it too
     _, groups, _ = _spilled(tmp_path, "r", None, partitions=1, reduce=reducer)
     entries = groups[0]["Patient/a"]
     payloads = [orjson.loads(payload) for _, _, _, _, payload in entries]
     assert payloads[0] == {key: unmapped[key] for key in unmapped
                            if key in ("resourceType", "id", "subject", "code")}
     assert payloads[1] == hostile and payloads[2] == mapped
+    assert [rtype for rtype, _, _, _, _ in entries] == [
+        f"{REDUCED}Observation", "Observation", "Observation"]
     assert reducer.reduced == 1
     assert [number for _, _, number, _, _ in entries] == [1, 2, 3]
