@@ -878,13 +878,14 @@ class Reducer:
 
     def __init__(self, terminologies: Sequence[Any]) -> None:
         from cdss.facts import contributes
-        from cdss.intake._guard import MAX_CODE_LENGTH, MAX_DEPTH, _clean_json
+        from cdss.intake._guard import _BOUNDED_KEYS, MAX_CODE_LENGTH, MAX_DEPTH, _clean_json
 
         self.terminologies = tuple(terminologies)
         self._contributes = contributes
         self._clean = _clean_json
         self._brackets = MAX_DEPTH - _RESOURCE_DEPTH - 1
         self._longest = MAX_CODE_LENGTH
+        self._bounded = frozenset(key.encode() for key in _BOUNDED_KEYS)
         self._memo: dict[bytes, bool] = {}
         self.reduced = 0
 
@@ -916,14 +917,26 @@ class Reducer:
 
     def _plainly_clean(self, raw: bytes | None) -> bool:
         """Whether a resource's JSON bytes alone prove it within intake's
-        bounds: fewer brackets than the nesting bound allows, and, with no
-        escapes, no run between quotes (so no string) longer than the code
-        bound."""
-        if raw is None or b"\\" in raw:
+        bounds: no more brackets than the nesting bound allows, and no string
+        longer than the code bound as the value of a bounded key. With no
+        escaped backslash in the line, every quote not escaped delimits a
+        string, so the pieces between quotes alternate outside and inside
+        strings, and a string is never longer in characters than its piece in
+        bytes; a long value whose key is spelled with an escape is not judged
+        here."""
+        if raw is None or b"\\\\" in raw:
             return False
         if raw.count(b"{") + raw.count(b"[") > self._brackets:
             return False
-        return max(map(len, raw.split(b'"'))) <= self._longest
+        parts = raw.replace(b'\\"', b"__").split(b'"') if b"\\" in raw else raw.split(b'"')
+        longest = self._longest
+        if max(map(len, parts)) <= longest:
+            return True
+        for i in range(3, len(parts), 2):
+            if len(parts[i]) > longest and parts[i - 1].strip() == b":" and (
+                    parts[i - 2] in self._bounded or b"\\" in parts[i - 2]):
+                return False
+        return True
 
 
 # --------------------------------------------------------------------------- #

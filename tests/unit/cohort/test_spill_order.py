@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdss import load_ruleset
 from cdss.cohort._inputs import (
@@ -151,3 +153,39 @@ def test_resources_no_rule_reads_are_spilled_reduced(tmp_path: Path) -> None:
         f"{REDUCED}Observation", "Observation", "Observation"]
     assert reducer.reduced == 1
     assert [number for _, _, number, _, _ in entries] == [1, 2, 3]
+
+
+_KEYS = st.sampled_from(["id", "code", "system", "unit", "reference", "resourceType",
+                         "display", "text", "div", "value", "co\"de", "c\\ode"])
+_TEXT = st.one_of(
+    st.text(alphabet=st.sampled_from('ab"\\\u00e9\u2014\n/'), max_size=12),
+    st.integers(200, 300).flatmap(lambda n: st.sampled_from(
+        ["x" * n, "\"" * (n // 2), "\\" * (n // 2), "\u00e9" * n, "a\"b" * (n // 3)])),
+)
+_JSON = st.recursive(
+    st.one_of(_TEXT, st.integers(-5, 5), st.booleans(), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.dictionaries(_KEYS, _JSON, max_size=5), ascii_only=st.booleans(),
+       spaced=st.booleans(), depth=st.integers(0, 62))
+def test_what_the_bytes_prove_clean_intake_finds_clean(body: dict[str, Any], ascii_only: bool,
+                                                        spaced: bool, depth: int) -> None:
+    """The reducer's look at a line's bytes never passes a resource that
+    intake's bounds would refuse (it may send a clean one to the walk)."""
+    import json
+
+    from cdss.intake._guard import _clean_json
+
+    for _ in range(depth):  # nesting near the bound
+        body = {"extension": [body]}
+    resource = {"resourceType": "Observation", **body}
+    raw = json.dumps(resource, ensure_ascii=ascii_only,
+                     separators=(", ", " : ") if spaced else (",", ":")).encode()
+    parsed = orjson.loads(raw)
+    reducer = Reducer([])
+    if reducer._plainly_clean(raw):
+        assert _clean_json(parsed, 4)
