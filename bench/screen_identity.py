@@ -26,7 +26,11 @@ fresh temporary folder:
   screen killed at that point), then partition 0's done marker
   (``.cdss-screen/parts/p00000.done``) and the published result files are
   deleted and the screen is run again with ``resume=True``: it must report
-  itself resumed, with every partition but partition 0 reused.
+  itself resumed, with every partition but partition 0 reused. A finished
+  screen removes its partitions, so there is nothing to resume after one:
+  the screen is stopped by wrapping ``cdss.cohort._screen._merge_screen``,
+  the one private name this tool uses (it stops with a message if a tree
+  has no such function).
 
 For every screen the manifest holds the sha256 of every file in the output
 folder except ``run.json`` (timings, memory, resumed: different every run) and
