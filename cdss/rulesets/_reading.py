@@ -21,7 +21,12 @@ from cdss.errors import RulesetError
 __all__ = ["read_model", "read_yaml", "suggest"]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+#: libyaml's parser where PyYAML was built with it (about 5x faster on the
+#: shipped files), with the same safe constructors and resolver either way.
+_SAFE_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SAFE_BASE):  # type: ignore[valid-type,misc]
     pass
 
 
