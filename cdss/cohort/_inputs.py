@@ -992,6 +992,8 @@ class ChunkResult:
     end: ChunkEnd
     reduced: int = 0
     seconds: float = 0.0
+    #: the process that spilled it
+    pid: int = 0
 
 
 def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[SpillChunk]:
@@ -1080,7 +1082,7 @@ def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
             os.fsync(written.fileno())
     return ChunkResult(index=chunk.index, stats=spiller.stats, end=end,
                        reduced=(reduce.reduced - reduced_before) if reduce is not None else 0,
-                       seconds=time.perf_counter() - started)
+                       seconds=time.perf_counter() - started, pid=os.getpid())
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from cdss.cohort._inputs import (
 )
 from cdss.cohort._worker import (
     DIFF_TALLIES,
+    WARM_UP,
     PartitionCounts,
     PartitionTask,
     SpillTask,
@@ -566,8 +567,8 @@ class _LocalWorker:
         self.task: PartitionTask | None = None
         self.fresh = True  # has run nothing yet
 
-    def send(self, task: SpillTask) -> bool:
-        """Send a spill chunk (the process is no longer fresh)."""
+    def send(self, task: SpillTask | str) -> bool:
+        """Send a spill chunk or :data:`WARM_UP` (the process is no longer fresh)."""
         try:
             self.conn.send(task)
         except (OSError, ValueError):
@@ -873,6 +874,7 @@ class _Spilled:
     seconds: float = 0.0
     chunks: int = 0
     reduced: int = 0
+    processes: int = 0
 
 
 def _chunk_bytes(sources: Sequence[InputFile], processes: int) -> int:
@@ -883,7 +885,7 @@ def _chunk_bytes(sources: Sequence[InputFile], processes: int) -> int:
 
 def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress: _Progress,
            *, rulesets: Sequence[Ruleset], reduce: bool,
-           prestarted: _Prestarted | None = None, workers: int = 0) -> _Spilled:
+           prestarted: _Prestarted | None = None) -> _Spilled:
     """Run the spill pass unless a finished one is there; return its counts
     and layout. The chunks run in the ``prestarted`` worker processes and in
     this process while it has a core of its own, else here alone."""
@@ -912,7 +914,7 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress:
     if pool:
         task = SpillTask(chunk=None, folder=str(work.spill), partitions=partitions,
                          rulesets=_pickled(rulesets), reduce=reduce)
-        results = _spill_in_parallel(chunks, pool, task, here, progress, workers)
+        results = _spill_in_parallel(chunks, pool, task, here, progress)
     else:
         results = {chunk.index: here(chunk) for chunk in chunks}
     stats, layout = assemble(chunks, results, work.spill, work.spill_errors,
@@ -923,12 +925,13 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress:
     write_atomic(work.spill_done, orjson.dumps({**stats.to_dict(), "seconds": seconds},
                                                option=_SORT))
     return _Spilled(stats=stats.to_dict(), layout=layout, seconds=seconds, chunks=len(chunks),
-                    reduced=sum(r.reduced for r in results.values()))
+                    reduced=sum(r.reduced for r in results.values()),
+                    processes=len({r.pid for r in results.values()}))
 
 
 def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
                        template: SpillTask, here: Callable[[SpillChunk], ChunkResult],
-                       progress: _Progress, workers: int) -> dict[int, ChunkResult]:
+                       progress: _Progress) -> dict[int, ChunkResult]:
     """Run ``chunks`` in the processes of ``pool``, one chunk each at a time,
     and here while this process has a core no worker needs (fewer workers
     than cores) or no worker has finished a chunk yet (they are starting)."""
@@ -938,21 +941,33 @@ def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
     results: dict[int, ChunkResult] = {}
     running: dict[_LocalWorker, SpillChunk] = {}
     started_up: set[_LocalWorker] = set()
+    warmed: set[_LocalWorker] = set()
     spare_core = len(pool) < _cores()
+
+    def warm_idle() -> None:
+        """Nothing is left for the idle processes while others spill: they
+        load what evaluating needs meanwhile."""
+        for worker in pool:
+            if worker not in running and worker not in warmed and worker.send(WARM_UP):
+                warmed.add(worker)
+
     while queue or running:
         for worker in pool:
-            if queue and worker not in running:
+            if queue and worker not in running and worker not in warmed:
                 chunk = queue.popleft()
                 if not worker.send(replace(template, chunk=chunk)):
                     raise CohortError("a worker process ended before it could spill; run "
                                       "again")
                 running[worker] = chunk
+        timeout: float | None = None
         if queue and (spare_core or len(started_up) < len(running)):
             chunk = queue.popleft()
+            if not queue:
+                warm_idle()
             results[chunk.index] = here(chunk)
-            timeout: float | None = 0
-        else:
-            timeout = None
+            timeout = 0
+        elif not queue and running:
+            warm_idle()
         if not running:
             continue
         ready = set(wait([w.conn for w in running] + [w.process.sentinel for w in running],
@@ -1233,7 +1248,7 @@ def screen(
     with _Prestarted(_prestart_count(executor, workers, n, resumed)) as prestarted, \
             _Progress(progress) as bar:
         done_spill = _spill(work, sources, n, bar, rulesets=[rs], reduce=_reduces(evaluator),
-                            prestarted=prestarted, workers=workers)
+                            prestarted=prestarted)
         spilled = done_spill.stats
         counts, reused, eval_seconds = _evaluate_partitions(
             work, kind="screen", partitions=n, layout=done_spill.layout, rulesets=[rs],
@@ -1251,6 +1266,7 @@ def screen(
                     summary)
     timings = {"spill_seconds": round(done_spill.seconds, 3),
                "spill_chunks": done_spill.chunks,
+               "spill_processes": done_spill.processes,
                "resources_reduced": done_spill.reduced,
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),
@@ -1509,8 +1525,7 @@ def diff(
         with _Prestarted(_prestart_count(executor, workers, n, False)) as prestarted, \
                 _Progress(progress) as bar:
             done_spill = _spill(work, sources, n, bar, rulesets=[rs_before, rs_after],
-                                reduce=_reduces(evaluator), prestarted=prestarted,
-                                workers=workers)
+                                reduce=_reduces(evaluator), prestarted=prestarted)
             spilled = done_spill.stats
             counts, _, _ = _evaluate_partitions(
                 work, kind="diff", partitions=n, layout=done_spill.layout,

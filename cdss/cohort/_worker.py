@@ -46,10 +46,25 @@ from cdss._changes import compare, rule_changes
 from cdss.cohort._inputs import REDUCED
 from cdss.errors import CDSSError, EngineError, InputError
 
-__all__ = ["DIFF_TALLIES", "SCREEN_TALLIES", "PartitionCounts", "PartitionTask", "SpillTask",
-           "TaskKind", "compare", "describe_exit", "die_with_parent", "in_flight",
-           "peak_rss_mb", "run_partition", "run_spill", "tune_malloc", "warm_up",
-           "worker_loop"]
+__all__ = [
+    "DIFF_TALLIES",
+    "SCREEN_TALLIES",
+    "WARM_UP",
+    "PartitionCounts",
+    "PartitionTask",
+    "SpillTask",
+    "TaskKind",
+    "compare",
+    "describe_exit",
+    "die_with_parent",
+    "in_flight",
+    "peak_rss_mb",
+    "run_partition",
+    "run_spill",
+    "tune_malloc",
+    "warm_up",
+    "worker_loop",
+]
 
 _SORT = orjson.OPT_SORT_KEYS
 _PREFIX = b'{"resourceType":"Bundle","type":"collection","entry":['
@@ -581,6 +596,8 @@ def run_partition(task: PartitionTask) -> PartitionCounts:
 
 
 _REDUCERS: dict[tuple[str, ...], Any] = {}
+#: Tells a worker process to :func:`warm_up` while it has nothing else to do.
+WARM_UP = "warm-up"
 
 
 def run_spill(task: SpillTask) -> Any:
@@ -628,21 +645,17 @@ def worker_loop(conn: Any, parent: int | None = None) -> None:
     caller's process id ``parent``), then receive a :class:`SpillTask` or a
     :class:`PartitionTask` on ``conn`` (a :mod:`multiprocessing` connection),
     run it, send back ``("done", ChunkResult or PartitionCounts, None)`` or
-    ``("failed", "Type: message", pickled exception or None)``; stop on
-    ``None`` or when the caller has gone. The first time no task is waiting,
-    :func:`warm_up` (a spill chunk sent at start-up runs first)."""
+    ``("failed", "Type: message", pickled exception or None)``; on
+    :data:`WARM_UP`, :func:`warm_up` (no answer: the caller sends it to a
+    process it has nothing for yet); stop on ``None`` or when the caller has
+    gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     die_with_parent(parent)
     import cdss.cohort._inputs  # noqa: F401  (what a spill chunk needs)
 
-    warm = False
     while True:
         message: tuple[str, Any, bytes | None]
         try:
-            if not warm and not conn.poll():
-                warm_up()
-                settle_gc()
-                warm = True
             task = conn.recv()
         except (EOFError, OSError):
             return
@@ -653,9 +666,11 @@ def worker_loop(conn: Any, parent: int | None = None) -> None:
         else:
             if task is None:
                 return
+            if task == WARM_UP:
+                warm_up()
+                settle_gc()
+                continue
             message = _run_reported(task)
-            if isinstance(task, PartitionTask):
-                warm = True  # the evaluation loaded what warm_up would have
         try:
             conn.send(message)
         except (OSError, ValueError):
