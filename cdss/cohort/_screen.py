@@ -887,8 +887,8 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress:
            *, rulesets: Sequence[Ruleset], reduce: bool,
            prestarted: _Prestarted | None = None) -> _Spilled:
     """Run the spill pass unless a finished one is there; return its counts
-    and layout. The chunks run in the ``prestarted`` worker processes and in
-    this process while it has a core of its own, else here alone."""
+    and layout. The chunks run in the ``prestarted`` worker processes (see
+    :func:`_spill_in_parallel`), else here."""
     if work.spill_done.exists() and work.spill_layout.exists():
         try:
             return _Spilled(stats=dict(orjson.loads(work.spill_done.read_bytes())),
@@ -933,8 +933,10 @@ def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
                        template: SpillTask, here: Callable[[SpillChunk], ChunkResult],
                        progress: _Progress) -> dict[int, ChunkResult]:
     """Run ``chunks`` in the processes of ``pool``, one chunk each at a time,
-    and here while this process has a core no worker needs (fewer workers
-    than cores) or no worker has finished a chunk yet (they are starting)."""
+    and here only while no worker has finished a chunk yet (they are
+    starting: spawning and importing take a few tenths of a second): with
+    workers, ``workers=N`` means N processes do the work, this one only
+    hands it out."""
     from multiprocessing.connection import wait
 
     queue = deque(chunks)
@@ -942,7 +944,6 @@ def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
     running: dict[_LocalWorker, SpillChunk] = {}
     started_up: set[_LocalWorker] = set()
     warmed: set[_LocalWorker] = set()
-    spare_core = len(pool) < _cores()
 
     def warm_idle() -> None:
         """Nothing is left for the idle processes while others spill: they
@@ -960,7 +961,7 @@ def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
                                       "again")
                 running[worker] = chunk
         timeout: float | None = None
-        if queue and (spare_core or len(started_up) < len(running)):
+        if queue and not started_up:
             chunk = queue.popleft()
             if not queue:
                 warm_idle()
@@ -993,13 +994,6 @@ def _reduces(evaluator: Callable[..., Any] | None) -> bool:
     from cdss.intake import reference_path
 
     return evaluator is None and not reference_path()
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _evaluate_partitions(work: _Work, *, kind: TaskKind, partitions: int, layout: SpillLayout,
