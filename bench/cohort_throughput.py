@@ -262,13 +262,19 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def carebundle_bench(data: Path, patients: int, seed: int, repeat: int) -> dict[str, Any]:
-    """The floor and screens with 1 and 2 workers of a carebundle cohort, run in turn
-    ``repeat`` times (floor, 1, 2, floor, 1, 2...), and one screen of a cohort a quarter of
-    the size for memory; medians and their ratios."""
-    big = carebundle_cohort(data / f"carebundle-n{patients}-s{seed}", patients, seed)
+def carebundle_bench(data: Path, patients: int, seed: int, repeat: int,
+                     generator: str = "carebundle") -> dict[str, Any]:
+    """The floor and screens with 1 and 2 workers of a carebundle cohort (or, with
+    ``generator="cdss"``, a ``cdss generate`` one), run in turn ``repeat`` times (floor, 1,
+    2, floor, 1, 2...), and one screen of a cohort a quarter of the size for memory;
+    medians and their ratios."""
     small_n = max(1, patients // 4)
-    small = carebundle_cohort(data / f"carebundle-n{small_n}-s{seed}", small_n, seed)
+    if generator == "carebundle":
+        big = carebundle_cohort(data / f"carebundle-n{patients}-s{seed}", patients, seed)
+        small = carebundle_cohort(data / f"carebundle-n{small_n}-s{seed}", small_n, seed)
+    else:
+        big = cohort(data / f"n{patients}-s{seed}", patients, seed)
+        small = cohort(data / f"n{small_n}-s{seed}", small_n, seed)
     runs: dict[str, list[dict[str, Any]]] = {"floor": [], "w1": [], "w2": []}
     for _ in range(repeat):
         runs["floor"].append(floor(big, patients))
@@ -293,7 +299,7 @@ def carebundle_bench(data: Path, patients: int, seed: int, repeat: int) -> dict[
     loads = [x for name in ("w1", "w2") for r in runs[name] for x in r["load_average"]]
     first = runs["w1"][0]
     result = {
-        "cohort": {"generator": "carebundle", "patients": first["patients"],
+        "cohort": {"generator": generator, "patients": first["patients"],
                    "resources": runs["floor"][0]["resources"],
                    "bytes": runs["floor"][0]["bytes"], "partitions_w1": first["partitions"],
                    "partitions_w2": runs["w2"][0]["partitions"]},
@@ -403,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--carebundle", type=int, default=None, metavar="N",
                         help="measure a carebundle cohort of N patients instead (floor, 1 and "
                              "2 workers, interleaved --repeat times)")
+    parser.add_argument("--generated", type=int, default=None, metavar="N",
+                        help="the same as --carebundle on a `cdss generate` cohort of N "
+                             "patients")
     parser.add_argument("--format", dest="formats", action="append", default=[],
                         choices=["fhir"],
                         help="outputs every screen writes besides the usual ones (fhir: the "
@@ -416,12 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_one:
         print(json.dumps(run_one(json.loads(args.run_one))))
         return 0
-    if args.carebundle:
+    if args.carebundle or args.generated:
         data = args.data or Path(tempfile.gettempdir()) / "cdss-bench-data"
         data.mkdir(parents=True, exist_ok=True)
         found = {"machine": {"python": platform.python_version(),
                              "platform": platform.platform(), "cpus": os.cpu_count()},
-                 **carebundle_bench(data, args.carebundle, args.seed, args.repeat)}
+                 **carebundle_bench(data, args.carebundle or args.generated, args.seed,
+                                    args.repeat,
+                                    "carebundle" if args.carebundle else "cdss")}
         text = json.dumps(found, indent=2)
         if args.out:
             args.out.write_text(text + "\n")
