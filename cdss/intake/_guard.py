@@ -17,12 +17,19 @@ A problem inside one resource is that resource's :class:`InputError` (type,
 id when it is readable, and the field's path), so that intake can leave the
 resource out with the reason; a problem outside every resource (the Bundle's
 own fields) refuses the record.
+
+A record that arrives as JSON text is first looked at in its bytes
+(:func:`_text_is_clean`, a few passes of C-level byte operations): when they
+show that it nests no deeper than :data:`MAX_DEPTH` and holds no long string
+under a bounded key, nothing below can be a problem and the walk is spared.
+Otherwise, or when the text cannot tell, the parsed record is walked as above.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -251,6 +258,87 @@ def check_record(record: Any, *, parsed: bool = False) -> Problems:
     return problems
 
 
+# What the byte-level look keeps: brackets (either kind, as "[" and "]") and
+# quotes; and, for string lengths, quotes against everything else ("a").
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(i for i in range(256) if i not in b'{}[]"')
+_QUOTES = bytes(i if i == ord('"') else ord("a") for i in range(256))
+_QUOTED = re.compile(rb'"[^"]*"')
+_LONG = b'"' + b"a" * (MAX_CODE_LENGTH + 1)
+_BOUNDED_RAW = frozenset(key.encode() for key in _BOUNDED_KEYS)
+_JSON_SPACE = b" \t\n\r"
+#: Escapes patched one by one below this many backslashes; above, in two passes.
+_FEW_ESCAPES = 64
+
+
+def _unescaped(data: bytes) -> bytes:
+    """``data`` (JSON text) with the same length and every quote left in it a
+    string's delimiter: each escape becomes two neutral bytes. Backslashes
+    occur only inside strings, where each starts an escape of the next
+    character, so a left-to-right look pairs them right."""
+    at = data.find(b"\\")
+    if at == -1:
+        return data
+    patched = bytearray(data)
+    for _ in range(_FEW_ESCAPES):
+        patched[at:at + 2] = b"__"
+        at = data.find(b"\\", at + 2)
+        if at == -1:
+            return bytes(patched)
+    # many escapes: only those of a quote or a backslash matter here
+    return data.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+
+
+def _text_is_clean(data: bytes) -> bool:
+    """True when the JSON text ``data`` (which orjson parsed) holds nothing
+    :func:`_clean_json` refuses: no object or array deeper than
+    :data:`MAX_DEPTH` levels and no string of more than
+    :data:`MAX_CODE_LENGTH` characters under a bounded key. False when it may:
+    the walk then looks, and names the problem.
+
+    Depth: the brackets outside strings, with every innermost pair removed
+    once per level. Lengths: a string holds no more characters than bytes, so
+    a quote followed by more than :data:`MAX_CODE_LENGTH` bytes without a
+    quote is looked at (the key before it); no such run, no long string.
+    """
+    text = _unescaped(data)
+    brackets = text.translate(_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in brackets:  # strings that hold brackets: drop them with their content
+        brackets = _QUOTED.sub(b"", brackets)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            break
+        brackets = brackets.replace(b"[]", b"")
+    if brackets:
+        return False
+    runs = text.translate(_QUOTES)
+    at = runs.find(_LONG)
+    while at != -1:
+        if _bounded_value_at(data, text, at):
+            return False
+        at = runs.find(_LONG, at + 1)
+    return True
+
+
+def _bounded_value_at(data: bytes, text: bytes, at: int) -> bool:
+    """Whether the quote at ``at`` may open the value of a bounded key (True
+    when the text cannot tell). ``text`` is ``data`` with escapes neutral."""
+    start = max(0, at - 400)
+    before = text[start:at].rstrip(_JSON_SPACE)
+    if not before:
+        return start > 0  # only blanks in sight: cannot tell
+    if not before.endswith(b":"):
+        return False  # an array item, or not a string's first quote
+    before = before[:-1].rstrip(_JSON_SPACE)
+    if not before.endswith(b'"'):
+        return True  # cannot tell
+    opening = before.rfind(b'"', 0, len(before) - 1)
+    if opening == -1:
+        return start > 0 and len(before) < 100  # a key this long is no bounded key
+    key = data[start + opening + 1:start + len(before) - 1]
+    return b"\\" in key or key in _BOUNDED_RAW
+
+
 def _loads(data: str | bytes | bytearray) -> Any:
     try:
         return orjson.loads(data)
@@ -264,7 +352,11 @@ def parse_and_check(record: Any) -> tuple[Any, Problems]:
     if isinstance(record, memoryview):
         record = bytes(record)
     if isinstance(record, (str, bytes, bytearray)):
-        record = _loads(record)
+        text = record
+        record = _loads(text)
+        if type(record) is dict and _text_is_clean(
+                text.encode() if isinstance(text, str) else bytes(text)):
+            return record, {}
         return record, check_record(record, parsed=True)
     if isinstance(record, (list, tuple)) and any(
             isinstance(item, (str, bytes)) for item in record):
