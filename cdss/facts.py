@@ -260,13 +260,13 @@ class UnmappedCodes:
         keys: set[tuple[str, str]] = set()
         for codeable in codeables:
             for cc in codeable if isinstance(codeable, list) else (codeable,):
-                if not isinstance(cc, Mapping):
+                if type(cc) is not dict and not isinstance(cc, Mapping):
                     continue
                 coding_list = cc.get("coding")
                 if coding_list is None:
                     continue
                 for coding in coding_list if isinstance(coding_list, list) else (coding_list,):
-                    if not isinstance(coding, Mapping):
+                    if type(coding) is not dict and not isinstance(coding, Mapping):
                         continue
                     system, code = coding.get("system"), coding.get("code")
                     if not (isinstance(system, str) and isinstance(code, str)):

@@ -70,6 +70,8 @@ class Terminology:
             self._prefix_by_system.setdefault(psystem, []).append((prefix, name))
         # (system, code) -> concepts: codes repeat across a record's resources
         self._memo: dict[tuple[str, str], frozenset[str]] = {}
+        # text -> the medication concepts its words name: texts repeat too
+        self._named: dict[str, frozenset[str]] = {}
 
     def kind(self, concept: str) -> str | None:
         found = self.valuesets.concepts.get(concept)
@@ -77,8 +79,10 @@ class Terminology:
 
     def concepts_of_coding(self, system: str, code: str) -> set[str]:
         memo = self._memo.get((system, code))
-        if memo is not None:
-            return set(memo)
+        return set(memo if memo is not None else self._lookup(system, code))
+
+    def _lookup(self, system: str, code: str) -> frozenset[str]:
+        """The concepts of one coding, remembered."""
         key = _norm(system, code)
         found = set(self._exact.get((system, key), ()))
         for prefix, name in self._prefix_by_system.get(system, ()):
@@ -86,11 +90,36 @@ class Terminology:
                 found.add(name)
         if len(self._memo) >= _MEMO_LIMIT:  # bounded, whatever codes a feed sends
             self._memo.clear()
-        self._memo[(system, code)] = frozenset(found)
-        return found
+        memo = self._memo[(system, code)] = frozenset(found)
+        return memo
 
     def concepts_of(self, codeable: Any) -> set[str]:
         """Concepts of a CodeableConcept (dict) or a list of them."""
+        if type(codeable) is dict:  # as JSON parses: one look at each coding
+            coding_list = codeable.get("coding")
+            if coding_list is None:
+                return set()
+            if type(coding_list) is list:
+                found: set[str] = set()
+                memo = self._memo
+                for coding in coding_list:
+                    if type(coding) is not dict:
+                        if isinstance(coding, Mapping):
+                            return self._concepts_of(codeable)
+                        continue
+                    system, code = coding.get("system"), coding.get("code")
+                    if type(system) is str and type(code) is str:
+                        concepts = memo.get((system, code))
+                        if concepts is None:
+                            concepts = self._lookup(system, code)
+                        if concepts:
+                            found |= concepts
+                    elif isinstance(system, str) and isinstance(code, str):
+                        return self._concepts_of(codeable)
+                return found
+        return self._concepts_of(codeable)
+
+    def _concepts_of(self, codeable: Any) -> set[str]:
         found: set[str] = set()
         for system, code in codings(codeable):
             found |= self.concepts_of_coding(system, code)
@@ -140,6 +169,14 @@ class Terminology:
         """Medication concepts whose ingredient names appear as words in
         ``text`` (a coding display or CodeableConcept text): the fallback for
         clinical-drug codes that are not in the value sets."""
+        memo = self._named.get(text)
+        if memo is None:
+            if len(self._named) >= _MEMO_LIMIT:
+                self._named.clear()
+            memo = self._named[text] = frozenset(self._medications_named_in(text))
+        return set(memo)
+
+    def _medications_named_in(self, text: str) -> set[str]:
         words = set(re.findall(r"[a-z]+", text.lower()))
         found = set()
         for name, concept in self.valuesets.concepts.items():

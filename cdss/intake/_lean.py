@@ -377,12 +377,17 @@ def _slow_entries(record: Any) -> Iterator[tuple[int, Any, str | None, bool]]:
             record = orjson.loads(record)
         except orjson.JSONDecodeError as exc:
             raise InputError(f"malformed JSON: {exc}") from None
+    check_bundle_type(record)
+    for pos, resource, full_url in record_entries(record):
+        yield pos, resource, full_url, False
+
+
+def check_bundle_type(record: Any) -> None:
+    """Refuse a Bundle whose type is a JSON array or object (strict intake's
+    own look at the type fails on it otherwise)."""
     if (isinstance(record, Mapping) and record.get("resourceType") == "Bundle"
             and not isinstance(record.get("type"), (str, type(None)))):
-        # a JSON array or object as Bundle.type (strict intake fails on it with TypeError)
         rid = record.get("id")
         raise InputError(f"Bundle type {record.get('type')!r} is not a code",
                          resource_type="Bundle", resource_id=rid if isinstance(rid, str) else None,
                          field="type")
-    for pos, resource, full_url in record_entries(record):
-        yield pos, resource, full_url, False

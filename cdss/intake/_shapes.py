@@ -136,6 +136,13 @@ def record_entries(record: Any) -> Iterable[tuple[int, Any, str | None]]:
                     field="entry",
                 )
             for i, entry in enumerate(entries):
+                if type(entry) is dict:  # as JSON parses: the same looks, cheaper
+                    resource = entry.get("resource")
+                    full_url = entry.get("fullUrl")
+                    if type(resource) is dict:
+                        yield i, resource, full_url if type(full_url) is str or isinstance(
+                            full_url, str) else None
+                        continue
                 if not isinstance(entry, Mapping) or not isinstance(
                     entry.get("resource"), Mapping
                 ):

@@ -204,12 +204,15 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
     reference = reference_path()
     if reference:
         unmapped = None
-    if lean:
-        source: Iterable[tuple[int, Any, str | None, bool]] = (
-            lean_intake.entries(record) if reference and not hostile
-            else lean_intake.entries(parsed, whole=False))
+    # (position, resource, fullUrl, validated already)
+    source: Iterable[tuple[int, Any, str | None, bool]]
+    if lean and reference and not hostile:
+        source = lean_intake.entries(record)
     else:
-        source = ((pos, res, url, False) for pos, res, url in record_entries(parsed))
+        if lean:
+            lean_intake.check_bundle_type(parsed)
+        source = _unvalidated(parsed)
+    known_type = lean_intake.RESOURCE_TYPES.__contains__ if lean else _is_model_type
     patients: list[tuple[Mapping[str, Any], str | None]] = []
     # (resource, can it become a fact?) in input order
     used: list[tuple[Mapping[str, Any], bool]] = []
@@ -223,19 +226,22 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         left_out.append(LeftOut.from_error(exc, fallback))
 
     for pos, resource, full_url, validated in source:
-        if pos in hostile:
+        if hostile and pos in hostile:
             error = hostile[pos]
             leave_out(error, f"item {pos}", patient=error.resource_type == "Patient")
             continue
-        try:
-            rtype = _resource_type(pos, resource)
-        except InputError as exc:
-            leave_out(exc, f"item {pos}")
-            continue
+        rtype = resource.get("resourceType") if type(resource) is dict else None
+        if type(rtype) is not str or not rtype:
+            try:
+                rtype = _resource_type(pos, resource)
+            except InputError as exc:
+                leave_out(exc, f"item {pos}")
+                continue
         if rtype not in USED_TYPES:
-            known = lean_intake.is_resource_type(rtype) if lean else (
-                _model_class(rtype) is not None)
-            if rtype == "Bundle" or not known:
+            if rtype in skipped:  # a type already known
+                skipped[rtype] += 1
+                continue
+            if rtype == "Bundle" or not known_type(rtype):
                 leave_out(InputError(
                     f"{rtype!r} is not a FHIR R4 resource type cdss can read here",
                     resource_type=rtype, resource_id=str_id(resource), field="resourceType",
@@ -271,17 +277,17 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         rtype = resource["resourceType"]
         fname = _SUBJECT_FIELD[rtype]
         subject = resource.get(fname)
-        ref = subject.get("reference") if isinstance(subject, Mapping) else None
-        where = {"resource_type": rtype, "resource_id": str_id(resource),
-                 "field": f"{fname}.reference"}
+        ref = subject.get("reference") if type(subject) is dict or isinstance(
+            subject, Mapping) else None
         if not isinstance(ref, str) or not ref:
-            leave_out(InputError("no patient reference", **where), f"{rtype}/?")
+            leave_out(InputError("no patient reference", **_where(resource, rtype, fname)),
+                      f"{rtype}/?")
             continue
         if patient_refs and ref not in patient_refs:
             # another patient's data: the record is wrong as a whole (never left out)
             raise InputError(
                 f"refers to {ref!r}, not to the record's patient; a record holds one patient",
-                **where)
+                **_where(resource, rtype, fname))
         refs.add(ref)
         if mapped or unmapped is None:
             kept.append(resource)
@@ -298,6 +304,20 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         patient=patient, patient_ref=patient_ref, resources=tuple(kept), skipped=dict(skipped),
         left_out=tuple(left_out), notes=tuple(notes),
     )
+
+
+def _is_model_type(resource_type: str) -> bool:
+    return _model_class(resource_type) is not None
+
+
+def _unvalidated(record: Any) -> Iterable[tuple[int, Any, str | None, bool]]:
+    for pos, resource, full_url in record_entries(record):
+        yield pos, resource, full_url, False
+
+
+def _where(resource: Mapping[str, Any], rtype: str, fname: str) -> dict[str, Any]:
+    return {"resource_type": rtype, "resource_id": str_id(resource),
+            "field": f"{fname}.reference"}
 
 
 def _resource_type(pos: int, resource: Any) -> str:
