@@ -70,7 +70,6 @@ from cdss.cohort._inputs import (
 )
 from cdss.cohort._worker import (
     DIFF_TALLIES,
-    WARM_UP,
     PartitionCounts,
     PartitionTask,
     SpillTask,
@@ -527,7 +526,7 @@ class _Prestarted:
         self.workers: list[_LocalWorker] = []
         if count > 0:
             context = multiprocessing.get_context("spawn")
-            self.workers = [_LocalWorker(context) for _ in range(count)]
+            self.workers = [_LocalWorker(context, announce=True) for _ in range(count)]
 
     def take(self) -> list[_LocalWorker]:
         taken, self.workers = self.workers, []
@@ -554,21 +553,23 @@ def _prestart_count(executor: str, workers: int, partitions: int, resumed: bool)
 class _LocalWorker:
     """One worker process running :func:`cdss.cohort._worker.worker_loop`."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, *, announce: bool = False) -> None:
         from cdss.cohort._worker import worker_loop
 
         # nothing large in the arguments: spawn writes them to the child's pipe, and
         # more than a pipe holds would block here until the child has started
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_loop, args=(child, os.getpid()),
+        self.process = context.Process(target=worker_loop, args=(child, os.getpid(), announce),
                                        daemon=True, name="cdss-screen-worker")
+        #: warm: it said so (``announce``), or it was not asked to
+        self.ready = not announce
         self.process.start()
         child.close()
         self.task: PartitionTask | None = None
         self.fresh = True  # has run nothing yet
 
-    def send(self, task: SpillTask | str) -> bool:
-        """Send a spill chunk or :data:`WARM_UP` (the process is no longer fresh)."""
+    def send(self, task: SpillTask) -> bool:
+        """Send a spill chunk (the process is no longer fresh)."""
         try:
             self.conn.send(task)
         except (OSError, ValueError):
@@ -874,7 +875,8 @@ class _Spilled:
     seconds: float = 0.0
     chunks: int = 0
     reduced: int = 0
-    processes: int = 0
+    #: the processes that spilled
+    pids: frozenset[int] = frozenset()
 
 
 def _chunk_bytes(sources: Sequence[InputFile], processes: int) -> int:
@@ -926,65 +928,58 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress:
                                                option=_SORT))
     return _Spilled(stats=stats.to_dict(), layout=layout, seconds=seconds, chunks=len(chunks),
                     reduced=sum(r.reduced for r in results.values()),
-                    processes=len({r.pid for r in results.values()}))
+                    pids=frozenset(r.pid for r in results.values()))
 
 
 def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
                        template: SpillTask, here: Callable[[SpillChunk], ChunkResult],
                        progress: _Progress) -> dict[int, ChunkResult]:
-    """Run ``chunks`` in the processes of ``pool``, one chunk each at a time,
-    and here only while no worker has finished a chunk yet (they are
-    starting: spawning and importing take a few tenths of a second): with
-    workers, ``workers=N`` means N processes do the work, this one only
-    hands it out."""
+    """Run ``chunks`` in the processes of ``pool``, one chunk each at a time
+    as each is warm (see :func:`cdss.cohort._worker.warm_up`), and here only
+    while none is: with workers, ``workers=N`` means N processes do the work,
+    this one hands it out. Returns when every chunk is done and every process
+    is warm (or gone: :func:`_run_local` replaces it)."""
     from multiprocessing.connection import wait
 
     queue = deque(chunks)
     results: dict[int, ChunkResult] = {}
     running: dict[_LocalWorker, SpillChunk] = {}
-    started_up: set[_LocalWorker] = set()
-    warmed: set[_LocalWorker] = set()
-
-    def warm_idle() -> None:
-        """Nothing is left for the idle processes while others spill: they
-        load what evaluating needs meanwhile."""
+    while queue or running or any(not w.ready for w in pool):
         for worker in pool:
-            if worker not in running and worker not in warmed and worker.send(WARM_UP):
-                warmed.add(worker)
-
-    while queue or running:
-        for worker in pool:
-            if queue and worker not in running and worker not in warmed:
+            if queue and worker.ready and worker not in running:
                 chunk = queue.popleft()
                 if not worker.send(replace(template, chunk=chunk)):
                     raise CohortError("a worker process ended before it could spill; run "
                                       "again")
                 running[worker] = chunk
         timeout: float | None = None
-        if queue and not started_up:
+        if queue and not any(w.ready for w in pool):
             chunk = queue.popleft()
-            if not queue:
-                warm_idle()
             results[chunk.index] = here(chunk)
             timeout = 0
-        elif not queue and running:
-            warm_idle()
-        if not running:
+        watched = [w for w in pool if w in running or not w.ready]
+        if not watched:
             continue
-        ready = set(wait([w.conn for w in running] + [w.process.sentinel for w in running],
-                         timeout=timeout))
-        for worker in [w for w in running if w.conn in ready or w.process.sentinel in ready]:
-            chunk = running.pop(worker)
+        signalled = set(wait([w.conn for w in watched] + [w.process.sentinel for w in watched],
+                             timeout=timeout))
+        for worker in [w for w in watched if w.conn in signalled
+                       or w.process.sentinel in signalled]:
             message = worker.receive()
-            if message is None:
+            if message is not None and message[0] == "ready":
+                worker.ready = True
+                continue
+            spilled = running.pop(worker) if worker in running else None
+            if message is None:  # the process died
                 pool.remove(worker)
                 code = describe_exit(worker.stop(kill=True))[2]
-                raise CohortError(f"spilling {chunk.label} failed: {code}; run again")
+                if spilled is not None:
+                    raise CohortError(f"spilling {spilled.label} failed: {code}; run again")
+                continue  # it died starting: _run_local starts another
+            assert spilled is not None
             if message[0] != "done":
-                raise CohortError(f"spilling {chunk.label} failed: {message[1]}")
-            started_up.add(worker)
-            results[chunk.index] = message[1]
-            progress.advance("read", chunk.size / 1e6)
+                raise CohortError(f"spilling {spilled.label} failed: {message[1]}")
+            results[spilled.index] = message[1]
+            progress.advance("read", spilled.size / 1e6)
     return results
 
 
@@ -1260,7 +1255,7 @@ def screen(
                     summary)
     timings = {"spill_seconds": round(done_spill.seconds, 3),
                "spill_chunks": done_spill.chunks,
-               "spill_processes": done_spill.processes,
+               "spill_processes": len(done_spill.pids),
                "resources_reduced": done_spill.reduced,
                "evaluate_seconds": round(eval_seconds, 3),
                "merge_seconds": round(time.perf_counter() - merge_started, 3),

@@ -49,7 +49,6 @@ from cdss.errors import CDSSError, EngineError, InputError
 __all__ = [
     "DIFF_TALLIES",
     "SCREEN_TALLIES",
-    "WARM_UP",
     "PartitionCounts",
     "PartitionTask",
     "SpillTask",
@@ -287,8 +286,9 @@ def warm_up() -> None:
     """Pay a worker process's fixed costs before its first partition: import
     the evaluation and load the UCUM unit registry (about 0.7 s, most of a
     worker's start-up after the interpreter's). A local screen starts its
-    workers before its spill pass, so that this overlaps the spill instead of
-    delaying the first partitions. A failure is left for the evaluation to
+    workers before its spill pass, which the screening process runs while
+    they warm up, so that this overlaps the spill instead of delaying the
+    first partitions. A failure is left for the evaluation to
     meet and report as it would have without the warm-up."""
     with contextlib.suppress(Exception):  # reported when a patient meets it
         import cdss.evaluation  # noqa: F401
@@ -596,8 +596,6 @@ def run_partition(task: PartitionTask) -> PartitionCounts:
 
 
 _REDUCERS: dict[tuple[str, ...], Any] = {}
-#: Tells a worker process to :func:`warm_up` while it has nothing else to do.
-WARM_UP = "warm-up"
 
 
 def run_spill(task: SpillTask) -> Any:
@@ -640,19 +638,24 @@ def die_with_parent(parent: int | None) -> bool:
     return True
 
 
-def worker_loop(conn: Any, parent: int | None = None) -> None:
+def worker_loop(conn: Any, parent: int | None = None, announce: bool = False) -> None:
     """The loop of a local worker process: :func:`die_with_parent` (the
-    caller's process id ``parent``), then receive a :class:`SpillTask` or a
-    :class:`PartitionTask` on ``conn`` (a :mod:`multiprocessing` connection),
-    run it, send back ``("done", ChunkResult or PartitionCounts, None)`` or
-    ``("failed", "Type: message", pickled exception or None)``; on
-    :data:`WARM_UP`, :func:`warm_up` (no answer: the caller sends it to a
-    process it has nothing for yet); stop on ``None`` or when the caller has
+    caller's process id ``parent``), :func:`warm_up` (and, with
+    ``announce``, send ``("ready", pid, None)`` once warm), then receive a
+    :class:`SpillTask` or a :class:`PartitionTask` on ``conn`` (a
+    :mod:`multiprocessing` connection), run it, send back ``("done",
+    ChunkResult or PartitionCounts, None)`` or ``("failed", "Type: message",
+    pickled exception or None)``; stop on ``None`` or when the caller has
     gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     die_with_parent(parent)
-    import cdss.cohort._inputs  # noqa: F401  (what a spill chunk needs)
-
+    warm_up()
+    settle_gc()
+    if announce:
+        try:
+            conn.send(("ready", os.getpid(), None))
+        except (OSError, ValueError):
+            return
     while True:
         message: tuple[str, Any, bytes | None]
         try:
@@ -666,10 +669,6 @@ def worker_loop(conn: Any, parent: int | None = None) -> None:
         else:
             if task is None:
                 return
-            if task == WARM_UP:
-                warm_up()
-                settle_gc()
-                continue
             message = _run_reported(task)
         try:
             conn.send(message)

@@ -124,8 +124,6 @@ def test_screen_files_match_the_reference_path(tmp_path: Path, mode: str, worker
                             workers=workers)
     run = orjson.loads((tmp_path / "fast" / "run.json").read_bytes())["timings"]
     assert run["spill_chunks"] > len(inputs) and run["resources_reduced"] > 0
-    if workers:  # the chunks ran in the worker processes, not in this one alone
-        assert run["spill_processes"] >= 2
     assert summary.patient_errors >= 1  # the patient of two spellings and no Patient
     monkeypatch.setenv(REFERENCE_PATH, "1")
     reference_summary = screen_cohort(inputs, tmp_path / "reference", mode=mode, partitions=3,

@@ -6,6 +6,7 @@ reduced to what intake reads of them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,37 @@ def test_what_the_bytes_prove_clean_intake_finds_clean(body: dict[str, Any], asc
     reducer = Reducer([])
     if reducer._plainly_clean(raw):
         assert _clean_json(parsed, 4)
+
+
+def test_warm_workers_spill_every_chunk_and_give_what_one_pass_gives(tmp_path: Path) -> None:
+    """Once the worker processes are warm, they spill every chunk (the
+    screening process only hands them out), and the partitions, error rows
+    and counts are those of one pass in one process."""
+    from cdss.cohort import _screen as screen_module
+
+    write_ndjson(tmp_path / "in" / "a.ndjson", _messy_lines(400))
+    write_ndjson(tmp_path / "in" / "b.ndjson", _messy_lines(60)[::-1])
+    ruleset = load_ruleset(RULESET)
+    sources = discover([tmp_path / "in"])
+    one = _spilled(tmp_path, "one", None, reduce=Reducer([ruleset.terminology]))
+    work = screen_module._Work(tmp_path / "out")
+    work.reset()
+    chunk_bytes = screen_module._chunk_bytes
+    try:
+        screen_module._chunk_bytes = lambda sources, processes: 700  # type: ignore[assignment]
+        with screen_module._Prestarted(2) as prestarted:
+            for worker in prestarted.workers:  # wait until both are warm
+                message = worker.conn.recv()
+                assert message[0] == "ready"
+                worker.ready = True
+            spilled = screen_module._spill(work, sources, 4, screen_module._Progress(False),
+                                           rulesets=[ruleset], reduce=True,
+                                           prestarted=prestarted)
+            pids = {w.process.pid for w in prestarted.workers}
+    finally:
+        screen_module._chunk_bytes = chunk_bytes  # type: ignore[assignment]
+    assert spilled.chunks > 8 and spilled.reduced > 0
+    assert spilled.pids == pids and os.getpid() not in pids
+    groups = {part: _read_groups(spilled.layout.partition_files(work.spill, part))
+              for part in range(4)}
+    assert (spilled.stats, groups, work.spill_errors.read_bytes()) == one
