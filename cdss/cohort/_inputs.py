@@ -33,9 +33,9 @@ result is the same bytes.
 
 The spill runs as *chunks* (:func:`plan_chunks`, :func:`spill_chunk`): a
 large plain NDJSON file is split into byte ranges at line boundaries, every
-other file is one chunk, and chunks run in parallel, each writing its own
-file per partition (``p<partition>.c<chunk>.tsv``) and its own error rows
-with line numbers counted from the chunk's start. :func:`assemble` then
+other file is one chunk, and chunks run in parallel, each writing one file
+(``c<chunk>.tsv``) of its lines partition after partition, and its own error
+rows with line numbers counted from the chunk's start. :func:`assemble` then
 numbers the lines (each chunk's first line follows the lines of the chunks
 before it in the same file), voids the chunks after one that stopped its
 file, and lists each partition's files in input order (:class:`SpillLayout`):
@@ -503,14 +503,12 @@ class SpillStats:
 class _Spiller:
     """Writes attributed resources to partition files and error rows to a file."""
 
-    def __init__(self, folder: Path, partitions: int, errors: IO[bytes],
-                 on_bytes: Any = None, *, reduce: Reducer | None = None,
-                 suffix: str = "") -> None:
-        self.folder = folder
+    def __init__(self, partitions: int, errors: IO[bytes], on_bytes: Any = None, *,
+                 reduce: Reducer | None = None) -> None:
         self.partitions = partitions
         self.reduce = reduce
-        self.suffix = suffix  # of the partition files: ".c<chunk>" for a chunk's
-        self.handles: dict[int, IO[bytes]] = {}
+        #: the spilled lines by partition (a chunk's: bounded by its size)
+        self.buffers: dict[int, list[bytes]] = {}
         self.errors = errors
         self.stats = SpillStats()
         self.on_bytes = on_bytes
@@ -538,9 +536,21 @@ class _Spiller:
         self.handle = None
         self.reported = self.unreported = 0
 
-    def close(self) -> None:
-        for handle in self.handles.values():
-            handle.close()
+    def save(self, path: Path) -> dict[int, tuple[int, int]]:
+        """Write the spilled lines to ``path``, partition after partition, and
+        flush it to disk; return each partition's ``(offset, length)``."""
+        ranges: dict[int, tuple[int, int]] = {}
+        offset = 0
+        with path.open("wb") as handle:
+            for part in sorted(self.buffers):
+                data = b"".join(self.buffers[part])
+                handle.write(data)
+                ranges[part] = (offset, len(data))
+                offset += len(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.buffers.clear()
+        return ranges
 
     def write(self, key: str, rtype: str, file_index: int, number: int, alias: str,
               payload: bytes, *, mark: str = "") -> None:
@@ -548,12 +558,11 @@ class _Spiller:
         if key != last_key or part < 0:
             part, encoded = partition_of(key, self.partitions), key.encode()
             self.last = (key, part, encoded)
-        handle = self.handles.get(part)
-        if handle is None:
-            handle = self.handles[part] = (
-                self.folder / f"p{part:05d}{self.suffix}.tsv").open("ab", buffering=1 << 16)
-        handle.write(b"\t".join((encoded, (mark + rtype).encode(), str(file_index).encode(),
-                                 str(number).encode(), alias.encode(), payload)) + b"\n")
+        buffer = self.buffers.get(part)
+        if buffer is None:
+            buffer = self.buffers[part] = []
+        buffer.append(b"\t".join((encoded, (mark + rtype).encode(), str(file_index).encode(),
+                                  str(number).encode(), alias.encode(), payload)) + b"\n")
         self.stats.attributed += 1
         self.stats.types[rtype] += 1
 
@@ -942,9 +951,10 @@ class Reducer:
 # --------------------------------------------------------------------------- #
 # Chunks
 # --------------------------------------------------------------------------- #
-#: Files larger than this are split into chunks (plain NDJSON only).
-MIN_CHUNK_BYTES = 4 * 1024 * 1024
-MAX_CHUNK_BYTES = 64 * 1024 * 1024
+#: The bounds of a chunk's size (plain NDJSON files are split; a chunk's lines
+#: are held in memory until it is written).
+MIN_CHUNK_BYTES = 1024 * 1024
+MAX_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -994,6 +1004,8 @@ class ChunkResult:
     seconds: float = 0.0
     #: the process that spilled it
     pid: int = 0
+    #: where each partition's lines are in the chunk's file: ``(offset, length)``
+    ranges: Mapping[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[SpillChunk]:
@@ -1047,9 +1059,10 @@ def _line_start_after(handle: IO[bytes], offset: int) -> int:
 def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
                 reduce: Reducer | None = None, whole: bool = False,
                 on_bytes: Any = None) -> ChunkResult:
-    """Spill one chunk into ``folder``: its lines by partition in
-    ``p<partition>.c<chunk>.tsv``, its error rows in ``errors.c<chunk>.ndjson``
-    (line numbers counted from the chunk's first line). ``whole``: read the
+    """Spill one chunk into ``folder``: its lines, partition after partition,
+    in ``c<chunk>.tsv`` (where each partition's are is in the result), its
+    error rows in ``c<chunk>.errors.ndjson`` (line numbers counted from the
+    chunk's first line). ``whole``: read the
     chunk's file from its start to its end, whatever the chunk's range (a
     file whose first chunk could not decide whether it is NDJSON)."""
     import time
@@ -1057,58 +1070,58 @@ def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
     started = time.perf_counter()
     reduced_before = reduce.reduced if reduce is not None else 0
     folder.mkdir(parents=True, exist_ok=True)
-    suffix = f".c{chunk.index:05d}"
+    name = f"c{chunk.index:05d}"
     path = Path(chunk.path)
-    with (folder / f"errors{suffix}.ndjson").open("wb") as errors:
-        spiller = _Spiller(folder, partitions, errors, on_bytes, reduce=reduce, suffix=suffix)
+    with (folder / f"{name}.errors.ndjson").open("wb") as errors:
+        spiller = _Spiller(partitions, errors, on_bytes, reduce=reduce)
         end = ChunkEnd(0, None, parsed=True)
-        try:
-            if chunk.role == "errors":
-                spiller.outcome_file(path, chunk.label)
-            elif chunk.kind == "json":
-                spiller.json_file(path, chunk.file_index, chunk.label)
-            elif whole:
-                end = spiller.ndjson_file(path, chunk.file_index, chunk.label)
-            else:
-                end = spiller.ndjson_file(path, chunk.file_index, chunk.label,
-                                          start=chunk.start, end=chunk.end, first=chunk.first)
-            spiller.file_done(path.stat().st_size if chunk.end is None or whole else chunk.end)
-        finally:
-            spiller.close()
+        if chunk.role == "errors":
+            spiller.outcome_file(path, chunk.label)
+        elif chunk.kind == "json":
+            spiller.json_file(path, chunk.file_index, chunk.label)
+        elif whole:
+            end = spiller.ndjson_file(path, chunk.file_index, chunk.label)
+        else:
+            end = spiller.ndjson_file(path, chunk.file_index, chunk.label,
+                                      start=chunk.start, end=chunk.end, first=chunk.first)
+        spiller.file_done(path.stat().st_size if chunk.end is None or whole else chunk.end)
         errors.flush()
         os.fsync(errors.fileno())
-    for handle_part in spiller.handles:
-        with (folder / f"p{handle_part:05d}{suffix}.tsv").open("rb") as written:
-            os.fsync(written.fileno())
+    ranges = spiller.save(folder / f"{name}.tsv")
     return ChunkResult(index=chunk.index, stats=spiller.stats, end=end,
                        reduced=(reduce.reduced - reduced_before) if reduce is not None else 0,
-                       seconds=time.perf_counter() - started, pid=os.getpid())
+                       seconds=time.perf_counter() - started, pid=os.getpid(), ranges=ranges)
+
+
+#: Where a partition's lines are in one chunk's file: ``(file, offset, length,
+#: line base)``; a length of -1 is the whole file.
+SpillRange = tuple[str, int, int, int]
 
 
 @dataclass(frozen=True)
 class SpillLayout:
-    """Where the spill put everything: per chunk, in input order, its index
-    and the number of its file's lines before it (added to the line numbers
-    it wrote)."""
+    """Where the spill put everything: per chunk, in input order, its index,
+    the number of its file's lines before it (added to the line numbers it
+    wrote) and where each partition's lines are in its file."""
 
-    chunks: tuple[tuple[int, int], ...]
+    chunks: tuple[tuple[int, int, Mapping[int, tuple[int, int]]], ...]
 
-    def partition_files(self, folder: Path, partition: int) -> tuple[tuple[str, int], ...]:
-        """``(file, line base)`` of a partition's spilled lines, in input order."""
-        found = []
-        for index, base in self.chunks:
-            path = folder / f"p{partition:05d}.c{index:05d}.tsv"
-            if path.exists():
-                found.append((str(path), base))
-        return tuple(found)
+    def partition_files(self, folder: Path, partition: int) -> tuple[SpillRange, ...]:
+        """Where a partition's spilled lines are, in input order."""
+        return tuple((str(folder / f"c{index:05d}.tsv"), *ranges[partition], base)
+                     for index, base, ranges in self.chunks if partition in ranges)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"chunks": [list(c) for c in self.chunks]})
+        return orjson.dumps({"chunks": [
+            [index, base, {str(p): list(r) for p, r in sorted(ranges.items())}]
+            for index, base, ranges in self.chunks]})
 
     @classmethod
     def from_json(cls, data: bytes) -> SpillLayout:
         raw = orjson.loads(data)
-        return cls(chunks=tuple((int(i), int(b)) for i, b in raw["chunks"]))
+        return cls(chunks=tuple(
+            (int(index), int(base), {int(p): (int(r[0]), int(r[1])) for p, r in ranges.items()})
+            for index, base, ranges in raw["chunks"]))
 
 
 def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], folder: Path,
@@ -1124,7 +1137,7 @@ def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], f
     by_file: dict[int, list[SpillChunk]] = {}
     for chunk in chunks:
         by_file.setdefault(chunk.file_index, []).append(chunk)
-    kept: list[tuple[int, int]] = []
+    kept: list[tuple[int, int, Mapping[int, tuple[int, int]]]] = []
     done = dict(results)
     for file_chunks in by_file.values():
         head = file_chunks[0]
@@ -1137,7 +1150,7 @@ def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], f
         base = 0
         for chunk in file_chunks:
             result = done[chunk.index]
-            kept.append((chunk.index, base))
+            kept.append((chunk.index, base, result.ranges))
             base += result.end.lines
             if result.end.stop is not None:
                 for later in file_chunks[file_chunks.index(chunk) + 1:]:
@@ -1145,9 +1158,9 @@ def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], f
                 break
     stats = SpillStats(deleted_files=deleted_files)
     with errors_path.open("wb") as errors:
-        for index, base in kept:
+        for index, base, _ in kept:
             _add_stats(stats, done[index].stats)
-            part = folder / f"errors.c{index:05d}.ndjson"
+            part = folder / f"c{index:05d}.errors.ndjson"
             with part.open("rb") as rows:
                 if base == 0:
                     shutil.copyfileobj(rows, errors)
@@ -1164,7 +1177,7 @@ def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], f
 
 def _void(folder: Path, index: int) -> None:
     """Remove what a chunk wrote."""
-    for path in folder.glob(f"*.c{index:05d}.*"):
+    for path in folder.glob(f"c{index:05d}.*"):
         path.unlink()
 
 

@@ -880,9 +880,10 @@ class _Spilled:
 
 
 def _chunk_bytes(sources: Sequence[InputFile], processes: int) -> int:
-    """About four chunks per process, within the chunk bounds."""
+    """About sixteen chunks per process, within the chunk bounds: small
+    enough that the processes finish together and hand over quickly."""
     total = input_bytes(sources, on_disk=True)
-    return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, total // max(1, 4 * processes)))
+    return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, total // max(1, 16 * processes)))
 
 
 def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress: _Progress,
@@ -944,11 +945,13 @@ def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
     queue = deque(chunks)
     results: dict[int, ChunkResult] = {}
     running: dict[_LocalWorker, SpillChunk] = {}
+    # the rulesets go with a process's first chunk only (it keeps them)
+    known = replace(template, rulesets=tuple((key, b"") for key, _ in template.rulesets))
     while queue or running or any(not w.ready for w in pool):
         for worker in pool:
             if queue and worker.ready and worker not in running:
                 chunk = queue.popleft()
-                if not worker.send(replace(template, chunk=chunk)):
+                if not worker.send(replace(template if worker.fresh else known, chunk=chunk)):
                     raise CohortError("a worker process ended before it could spill; run "
                                       "again")
                 running[worker] = chunk

@@ -105,9 +105,10 @@ class PartitionTask:
     only: tuple[str, ...] = ()
     died: tuple[tuple[str, int | None, str], ...] = ()
     formats: tuple[str, ...] = ()
-    #: ``(file, line base)`` of the partition's spilled lines in input order
-    #: (see :class:`cdss.cohort._inputs.SpillLayout`); empty: ``spill`` alone
-    spills: tuple[tuple[str, int], ...] = ()
+    #: ``(file, offset, length, line base)`` of the partition's spilled lines in
+    #: input order (see :class:`cdss.cohort._inputs.SpillLayout`); empty:
+    #: ``spill``, a file of the partition's lines alone
+    spills: tuple[tuple[str, int, int, int], ...] = ()
 
     @property
     def done_path(self) -> Path:
@@ -325,21 +326,24 @@ def _source_label(sources: str, index: int) -> str | None:
 Entry = tuple[str, int, int, str, bytes]  # type, source, line, alias, JSON
 
 
-def _read_groups(files: Sequence[tuple[str, int]]) -> dict[str, list[Entry]]:
-    """A partition's spilled lines grouped by patient, in input order: the
-    files in order, each line's number moved on by its file's line base."""
+def _read_groups(ranges: Sequence[tuple[str, int, int, int]]) -> dict[str, list[Entry]]:
+    """A partition's spilled lines grouped by patient, in input order: each
+    ``(file, offset, length, line base)`` in order (a length of -1: the whole
+    file), each line's number moved on by its line base."""
     groups: dict[str, list[Entry]] = {}
-    for name, base in files:
-        path = Path(name)
-        if not path.exists():
+    for name, offset, length, base in ranges:
+        try:
+            with open(name, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read() if length < 0 else handle.read(length)
+        except FileNotFoundError:
             continue
-        with path.open("rb") as handle:
-            for line in handle:
-                key, rtype, source, number, alias, payload = line.rstrip(b"\n").split(
-                    b"\t", 5)
-                groups.setdefault(key.decode(), []).append(
-                    (rtype.decode(), int(source), int(number) + base, alias.decode(),
-                     payload))
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            key, rtype, source, number, alias, payload = line.split(b"\t", 5)
+            groups.setdefault(key.decode(), []).append(
+                (rtype.decode(), int(source), int(number) + base, alias.decode(), payload))
     return groups
 
 
@@ -574,7 +578,7 @@ def run_partition(task: PartitionTask) -> PartitionCounts:
     as_of = resolve_as_of(task.as_of)
     out_dir = Path(task.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = _read_groups(task.spills or ((task.spill, 0),))
+    groups = _read_groups(task.spills or ((task.spill, 0, -1, 0),))
     if task.only:
         groups = {key: groups[key] for key in task.only if key in groups}
     journal = _Journal(task.journal_path)

@@ -76,6 +76,9 @@ def _messy_lines(count: int) -> list[bytes]:
             lines.append(orjson.dumps({"resourceType": "Observation", "id": f"nosub{i}"}))
         elif i % 19 == 4:
             lines.append(orjson.dumps(patient(pid)))
+        elif i % 23 == 7:  # a carriage return between tokens: JSON whitespace, not a line end
+            lines.append(orjson.dumps(lab(f"cr{i}", POTASSIUM, 4.0, "mmol/L", pid=pid)
+                                      ).replace(b",", b",\r", 1))
         else:
             lines.append(orjson.dumps(lab(f"o{i}", POTASSIUM if i % 2 else UNMAPPED,
                                           3.5 + i / 100, "mmol/L", pid=pid)))
@@ -101,6 +104,8 @@ def test_chunks_give_what_one_pass_gives(tmp_path: Path, chunk_bytes: int) -> No
     assert len(plan_chunks(discover([tmp_path / "in"]), chunk_bytes)) > 4
     chunked = _spilled(tmp_path, f"c{chunk_bytes}", chunk_bytes)
     assert chunked == one
+    assert one[0]["attributed"] == sum(len(entries) for groups in one[1].values()
+                                       for entries in groups.values())
     errors = [orjson.loads(row) for row in one[2].splitlines()]
     # the error rows name the lines of the file, not of a chunk
     assert [r["line"] for r in errors if r["file"].endswith("a.ndjson")][:3] == [4, 7, 20]
