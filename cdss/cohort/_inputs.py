@@ -877,24 +877,23 @@ class Reducer:
     reference is checked and their codes tallied for the ``unmapped-code``
     notes, as for the whole resource.
 
-    The bounds are proved from the line's bytes where they can be (few
-    enough brackets for the nesting bound, no string longer than the code
-    bound, no escapes); otherwise the parsed resource is walked as intake
-    would walk it.
+    The bounds are proved from the line's bytes where they can be (as intake
+    proves a record given as text); otherwise the parsed resource is walked
+    as intake would walk it.
     """
 
     _MEMO = 65536
 
     def __init__(self, terminologies: Sequence[Any]) -> None:
         from cdss.facts import contributes
-        from cdss.intake._guard import _BOUNDED_KEYS, MAX_CODE_LENGTH, MAX_DEPTH, _clean_json
+        from cdss.intake._guard import MAX_DEPTH, _clean_json, _text_is_clean
 
         self.terminologies = tuple(terminologies)
         self._contributes = contributes
         self._clean = _clean_json
-        self._brackets = MAX_DEPTH - _RESOURCE_DEPTH - 1
-        self._longest = MAX_CODE_LENGTH
-        self._bounded = frozenset(key.encode() for key in _BOUNDED_KEYS)
+        self._text_clean = _text_is_clean
+        # levels below the Bundle's own: the resource and what it nests
+        self._levels = MAX_DEPTH - _RESOURCE_DEPTH
         self._memo: dict[bytes, bool] = {}
         self.reduced = 0
 
@@ -926,26 +925,9 @@ class Reducer:
 
     def _plainly_clean(self, raw: bytes | None) -> bool:
         """Whether a resource's JSON bytes alone prove it within intake's
-        bounds: no more brackets than the nesting bound allows, and no string
-        longer than the code bound as the value of a bounded key. With no
-        escaped backslash in the line, every quote not escaped delimits a
-        string, so the pieces between quotes alternate outside and inside
-        strings, and a string is never longer in characters than its piece in
-        bytes; a long value whose key is spelled with an escape is not judged
-        here."""
-        if raw is None or b"\\\\" in raw:
-            return False
-        if raw.count(b"{") + raw.count(b"[") > self._brackets:
-            return False
-        parts = raw.replace(b'\\"', b"__").split(b'"') if b"\\" in raw else raw.split(b'"')
-        longest = self._longest
-        if max(map(len, parts)) <= longest:
-            return True
-        for i in range(3, len(parts), 2):
-            if len(parts[i]) > longest and parts[i - 1].strip() == b":" and (
-                    parts[i - 2] in self._bounded or b"\\" in parts[i - 2]):
-                return False
-        return True
+        bounds at the level it will sit at in a worker's Bundle (see
+        :func:`cdss.intake._guard._text_is_clean`)."""
+        return raw is not None and self._text_clean(raw, self._levels)
 
 
 # --------------------------------------------------------------------------- #

@@ -289,28 +289,31 @@ def _unescaped(data: bytes) -> bytes:
     return data.replace(b"\\\\", b"__").replace(b'\\"', b"__")
 
 
-def _text_is_clean(data: bytes) -> bool:
+def _text_is_clean(data: bytes, levels: int = MAX_DEPTH) -> bool:
     """True when the JSON text ``data`` (which orjson parsed) holds nothing
-    :func:`_clean_json` refuses: no object or array deeper than
-    :data:`MAX_DEPTH` levels and no string of more than
-    :data:`MAX_CODE_LENGTH` characters under a bounded key. False when it may:
-    the walk then looks, and names the problem.
+    :func:`_clean_json` refuses: no object or array deeper than ``levels``
+    (:data:`MAX_DEPTH` for a record; fewer for a resource that will sit
+    inside a Bundle) and no string of more than :data:`MAX_CODE_LENGTH`
+    characters under a bounded key. False when it may: the walk then looks,
+    and names the problem.
 
-    Depth: the brackets outside strings, with every innermost pair removed
-    once per level. Lengths: a string holds no more characters than bytes, so
-    a quote followed by more than :data:`MAX_CODE_LENGTH` bytes without a
-    quote is looked at (the key before it); no such run, no long string.
+    Depth: no more brackets than ``levels`` at all, else the brackets
+    outside strings, with every innermost pair removed once per level.
+    Lengths: a string holds no more characters than bytes, so a quote
+    followed by more than :data:`MAX_CODE_LENGTH` bytes without a quote is
+    looked at (the key before it); no such run, no long string.
     """
     text = _unescaped(data)
-    brackets = text.translate(_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
-    if b'"' in brackets:  # strings that hold brackets: drop them with their content
-        brackets = _QUOTED.sub(b"", brackets)
-    for _ in range(MAX_DEPTH):
-        if not brackets:
-            break
-        brackets = brackets.replace(b"[]", b"")
-    if brackets:
-        return False
+    if data.count(b"{") + data.count(b"[") > levels:
+        brackets = text.translate(_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+        if b'"' in brackets:  # strings that hold brackets: drop them with their content
+            brackets = _QUOTED.sub(b"", brackets)
+        for _ in range(levels):
+            if not brackets:
+                break
+            brackets = brackets.replace(b"[]", b"")
+        if brackets:
+            return False
     runs = text.translate(_QUOTES)
     at = runs.find(_LONG)
     while at != -1:

@@ -164,7 +164,7 @@ def test_resources_no_rule_reads_are_spilled_reduced(tmp_path: Path) -> None:
 _KEYS = st.sampled_from(["id", "code", "system", "unit", "reference", "resourceType",
                          "display", "text", "div", "value", "co\"de", "c\\ode"])
 _TEXT = st.one_of(
-    st.text(alphabet=st.sampled_from('ab"\\\u00e9\u2014\n/'), max_size=12),
+    st.text(alphabet=st.sampled_from('ab"\\\u00e9\u2014\n/[]{}'), max_size=12),
     st.integers(200, 300).flatmap(lambda n: st.sampled_from(
         ["x" * n, "\"" * (n // 2), "\\" * (n // 2), "\u00e9" * n, "a\"b" * (n // 3)])),
 )
