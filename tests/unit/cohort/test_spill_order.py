@@ -149,6 +149,10 @@ def test_resources_no_rule_reads_are_spilled_reduced(tmp_path: Path) -> None:
     long_code["code"]["coding"][0]["code"] = "9" * 300  # beyond intake's code bound
     assert reducer(long_code, orjson.dumps(long_code)) is None
     assert reducer(long_code) is None  # the walk, without the line's bytes, finds it too
+    narrative = {**unmapped, "text": {"status": "generated", "div": '<div xmlns="x">'
+                                      + "\u2014 a \"long\" narrative " * 40 + "</div>"}}
+    assert reducer._plainly_clean(orjson.dumps(unmapped))  # the bytes do prove most lines
+    assert reducer._plainly_clean(orjson.dumps(narrative))
     _, groups, _ = _spilled(tmp_path, "r", None, partitions=1, reduce=reducer)
     entries = groups[0]["Patient/a"]
     payloads = [orjson.loads(payload) for _, _, _, _, payload in entries]
