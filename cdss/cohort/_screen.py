@@ -78,6 +78,7 @@ from cdss.cohort._worker import (
     in_flight,
     peak_rss_mb,
     run_partition,
+    table_codes,
     write_atomic,
 )
 from cdss.cohort._worklist import (
@@ -986,6 +987,21 @@ def _spill_in_parallel(chunks: Sequence[SpillChunk], pool: list[_LocalWorker],
     return results
 
 
+def _import_in_background(*modules: str) -> None:
+    """Import what the merge needs in a thread while this process waits for
+    its workers (pyarrow and numpy: a few tenths of a second); a module that
+    cannot be imported is left for the merge to report."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+    threading.Thread(target=load, name="cdss-screen-imports", daemon=True).start()
+
+
 def _reduces(evaluator: Callable[..., Any] | None) -> bool:
     """Whether the spill reduces the resources no rule can read: not for a
     caller's own evaluator (it may read them), nor on the reference path."""
@@ -1060,35 +1076,18 @@ def _sum_counters(counts: Mapping[int, PartitionCounts], name: str) -> dict[str,
     return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _codes(ruleset: Ruleset) -> dict[str, list[str]]:
-    """Every flag, referral, plan item and requested analyte the ruleset can
-    produce: the fixed columns of the Parquet table."""
-    flags, referrals, requests = set(), set(), set()
-    for rule in ruleset.file.rules:
-        for action in rule.then:
-            if action.flag:
-                flags.add(action.flag.code)
-            if action.referral:
-                referrals.add(action.referral.code)
-            if action.request:
-                requests.add(action.request.analyte)
-    return {"flag": sorted(flags), "referral": sorted(referrals),
-            "plan": [item.code for item in ruleset.file.plan_items],
-            "request": sorted(requests)}
-
-
 def _write_parquet(path: Path, rows: Iterator[tuple[str, bytes]], ruleset: Any,
                    as_of: str, mode: str) -> int:
-    """Write the flat table (one row per patient) in batches; return the rows."""
+    """Write the flat table (one row per patient, each a list of cells in
+    column order: :func:`cdss.cohort._worker.table_row`) in batches; return
+    the rows."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise CohortError("assessments.parquet needs pyarrow: pip install 'cdss-fhir[cohort]'"
                           ) from exc
-    codes = _codes(ruleset)
-    sources = {"flag": "flags", "referral": "referrals", "plan": "plan",
-               "request": "data_requests"}
+    codes = table_codes(ruleset)
     columns = [("patient", pa.string()), ("status", pa.string()),
                ("highest_severity", pa.string()), ("data_quality_notes", pa.int32())]
     columns += [(f"{group}:{code}", pa.bool_()) for group in codes for code in codes[group]]
@@ -1099,23 +1098,17 @@ def _write_parquet(path: Path, rows: Iterator[tuple[str, bytes]], ruleset: Any,
     written = 0
     tmp = path.with_name(f".{path.name}.tmp")
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        batch: list[dict[str, Any]] = []
+        batch: list[list[Any]] = []
 
         def flush() -> None:
-            data: dict[str, list[Any]] = {name: [] for name, _ in columns}
-            for row in batch:
-                assessed = row.get("status") == "assessed"
-                data["patient"].append(row["patient"])
-                data["status"].append(row["status"])
-                data["highest_severity"].append(row.get("highest_severity"))
-                data["data_quality_notes"].append(row.get("data_quality_notes"))
-                for group, names in codes.items():
-                    present = set(row.get(sources[group], ()))
-                    for code in names:
-                        data[f"{group}:{code}"].append(code in present if assessed else None)
-                data["error_kind"].append(row.get("error_kind"))
-                data["error"].append(row.get("error"))
-            writer.write_table(pa.table(data, schema=schema))
+            cells = list(zip(*batch, strict=True)) if batch else [() for _ in columns]
+            if len(cells) != len(columns):
+                raise CohortError(f"a partition's table rows have {len(cells)} cells, not "
+                                  f"{len(columns)}: run again without --resume")
+            writer.write_table(pa.Table.from_arrays(
+                [pa.array(column, type=kind) for column, (_, kind) in zip(cells, columns,
+                                                                          strict=True)],
+                schema=schema))
             batch.clear()
 
         for _, payload in rows:
@@ -1242,6 +1235,8 @@ def screen(
         done_spill = _spill(work, sources, n, bar, rulesets=[rs], reduce=_reduces(evaluator),
                             prestarted=prestarted)
         spilled = done_spill.stats
+        if executor == "dask" or workers > 0:  # this process waits meanwhile
+            _import_in_background("pyarrow.parquet", "cdss.cohort._report")
         counts, reused, eval_seconds = _evaluate_partitions(
             work, kind="screen", partitions=n, layout=done_spill.layout, rulesets=[rs],
             as_of=when, mode=mode,

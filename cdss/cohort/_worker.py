@@ -532,6 +532,41 @@ def flat_row(key: str, assessment: Any) -> dict[str, Any]:
     }
 
 
+def table_codes(ruleset: Any) -> dict[str, list[str]]:
+    """Every flag, referral, plan item and requested analyte the ruleset can
+    produce, by group: the fixed columns of the Parquet table, in order."""
+    flags, referrals, requests = set(), set(), set()
+    for rule in ruleset.file.rules:
+        for action in rule.then:
+            if action.flag:
+                flags.add(action.flag.code)
+            if action.referral:
+                referrals.add(action.referral.code)
+            if action.request:
+                requests.add(action.request.analyte)
+    return {"flag": sorted(flags), "referral": sorted(referrals),
+            "plan": [item.code for item in ruleset.file.plan_items],
+            "request": sorted(requests)}
+
+
+def table_row(key: str, flat: Mapping[str, Any] | None, codes: Mapping[str, list[str]],
+              error: tuple[str, str] | None = None) -> list[Any]:
+    """A patient's row of the Parquet table, its cells in column order:
+    patient, status, highest severity, data-quality notes, one cell per code
+    of :func:`table_codes` (whether the Assessment has it; None for an
+    error), error kind, error."""
+    if flat is None:
+        assert error is not None
+        return [key, "error", None, None, *(None for names in codes.values() for _ in names),
+                *error]
+    cells: list[Any] = [key, "assessed", flat["highest_severity"], flat["data_quality_notes"]]
+    for group, field_name in (("flag", "flags"), ("referral", "referrals"), ("plan", "plan"),
+                              ("request", "data_requests")):
+        present = set(flat[field_name])
+        cells += [code in present for code in codes[group]]
+    return [*cells, None, None]
+
+
 class _Out:
     """A partition result file, written under a temporary name, then renamed."""
 
@@ -732,6 +767,7 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
     unmapped_displays: Counter[str] = Counter()
     assessed = failed = left_out = 0
     died = {key: (code, reason) for key, code, reason in task.died}
+    codes = table_codes(ruleset)
     try:
         for key in sorted(groups):
             entries = groups[key]
@@ -747,9 +783,8 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
                     row = _error_row(task, key, entries, exc)
             if row is not None:
                 errors.write(key, orjson.dumps(row, option=_SORT))
-                rows.write(key, orjson.dumps({"patient": key, "status": "error",
-                                              "error_kind": row["error"],
-                                              "error": row["reason"]}))
+                rows.write(key, orjson.dumps(table_row(key, None, codes,
+                                                       (row["error"], row["reason"]))))
                 error_kinds[row["error"]] += 1
                 failed += 1
                 continue
@@ -767,7 +802,7 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
             unmapped_displays.update({f"{n.coding}\t{n.display}" for n in unmapped_notes
                                       if n.display})
             flat = flat_row(key, assessment)
-            rows.write(key, orjson.dumps(flat))
+            rows.write(key, orjson.dumps(table_row(key, flat, codes)))
             flags.update(flat["flags"])
             referrals.update(flat["referrals"])
             plan.update(flat["plan"])
