@@ -85,8 +85,11 @@ def _messy_lines(count: int) -> list[bytes]:
     return lines
 
 
+Spilled = tuple[dict[str, Any], dict[int, dict[str, list[Any]]], bytes]
+
+
 def _spilled(tmp_path: Path, name: str, chunk_bytes: int | None, partitions: int = 4,
-             reduce: Reducer | None = None) -> tuple[Any, dict[str, Any], bytes]:
+             reduce: Reducer | None = None) -> Spilled:
     folder = tmp_path / name
     stats, layout = spill(discover([tmp_path / "in"]), folder, partitions,
                           tmp_path / f"{name}-errors.ndjson", reduce=reduce,
@@ -216,7 +219,7 @@ def test_warm_workers_spill_every_chunk_and_give_what_one_pass_gives(tmp_path: P
     work.reset()
     chunk_bytes = screen_module._chunk_bytes
     try:
-        screen_module._chunk_bytes = lambda sources, processes: 700  # type: ignore[assignment]
+        screen_module._chunk_bytes = lambda sources, processes: 700
         with screen_module._Prestarted(2) as prestarted:
             for worker in prestarted.workers:  # wait until both are warm
                 message = worker.conn.recv()
@@ -227,7 +230,7 @@ def test_warm_workers_spill_every_chunk_and_give_what_one_pass_gives(tmp_path: P
                                            prestarted=prestarted)
             pids = {w.process.pid for w in prestarted.workers}
     finally:
-        screen_module._chunk_bytes = chunk_bytes  # type: ignore[assignment]
+        screen_module._chunk_bytes = chunk_bytes
     assert spilled.chunks > 8 and spilled.reduced > 0
     assert spilled.pids == pids and os.getpid() not in pids
     groups = {part: _read_groups(spilled.layout.partition_files(work.spill, part))
