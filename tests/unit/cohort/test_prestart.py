@@ -177,3 +177,39 @@ def test_a_done_marker_without_cpu_seconds_is_still_read() -> None:
     del older["cpu_seconds"]
     read = PartitionCounts.from_json(orjson.dumps(older))
     assert read.cpu_seconds == 0.0 and read.partition == 3 and read.assessed == 2
+
+
+def test_a_worker_that_dies_while_the_spill_runs_stops_the_screen_and_resume_finishes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed once warm, before it spills, stops the screen with an
+    error saying to run again (no partial spill is kept); the screen resumed
+    then gives the results of a screen never interrupted."""
+    import signal
+
+    inputs = _cohort(tmp_path / "in")
+    real = cohort_mod._spill_in_parallel
+    killed: list[int] = []
+
+    def spill_in_parallel(chunks: Any, pool: Any, *args: Any, **kwargs: Any) -> Any:
+        if not killed:
+            victim = pool[0]
+            message = victim.conn.recv()  # warm: it has said so
+            assert message[0] == "ready"
+            victim.ready = True
+            os.kill(victim.process.pid, signal.SIGKILL)
+            victim.process.join(10)
+            killed.append(victim.process.pid)
+        return real(chunks, pool, *args, **kwargs)
+
+    monkeypatch.setattr(cohort_mod, "_spill_in_parallel", spill_in_parallel)
+    with pytest.raises(CohortError, match=r"(spill|ended).*run again"):
+        screen([inputs], ruleset=RULESET, as_of=AS_OF, out=tmp_path / "out", workers=2,
+               partitions=4)
+    assert killed and not (tmp_path / "out" / ".cdss-screen" / "spill.json").exists()
+    resumed = screen([inputs], ruleset=RULESET, as_of=AS_OF, out=tmp_path / "out", workers=2,
+                     partitions=4, resume=True)
+    plain = screen([inputs], ruleset=RULESET, as_of=AS_OF, out=tmp_path / "plain",
+                   workers=2, partitions=4)
+    assert resumed.balanced and resumed.assessed == len(_IDS)
+    for name in ("assessments.ndjson", "assessments.parquet", "errors.ndjson", "summary.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (plain.out / name).read_bytes(), name
