@@ -101,6 +101,9 @@ _PATIENT_REF = re.compile(r"^(?:.*/)?Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/
 _OTHER_REF = re.compile(r"^(?:.*/)?([A-Z][A-Za-z]+)/[^/]+(?:/_history/[^/]*)?$")
 #: Lines longer than this are refused (and skipped) rather than read into memory.
 MAX_LINE = 64 * 1024 * 1024
+#: Spilled lines a chunk holds in memory before it writes them (a gzip file or
+#: a Bundle file is one chunk, whatever its size).
+FLUSH_BYTES = 16 * 1024 * 1024
 _NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 _JSON_SUFFIXES = (".json", ".json.gz")
 
@@ -504,11 +507,20 @@ class _Spiller:
     """Writes attributed resources to partition files and error rows to a file."""
 
     def __init__(self, partitions: int, errors: IO[bytes], on_bytes: Any = None, *,
-                 reduce: Reducer | None = None) -> None:
+                 reduce: Reducer | None = None, out: Path | None = None,
+                 flush_bytes: int = FLUSH_BYTES) -> None:
         self.partitions = partitions
         self.reduce = reduce
-        #: the spilled lines by partition (a chunk's: bounded by its size)
+        #: the spilled lines by partition, written to ``out`` as a segment (each
+        #: partition's lines in a row) whenever they reach ``flush_bytes``
         self.buffers: dict[int, list[bytes]] = {}
+        self.buffered = 0
+        self.flush_bytes = flush_bytes
+        self.out = out
+        self.out_handle: IO[bytes] | None = None
+        self.written = 0
+        #: per partition, the ``(offset, length)`` of its lines in each segment
+        self.ranges: dict[int, list[tuple[int, int]]] = {}
         self.errors = errors
         self.stats = SpillStats()
         self.on_bytes = on_bytes
@@ -536,21 +548,32 @@ class _Spiller:
         self.handle = None
         self.reported = self.unreported = 0
 
-    def save(self, path: Path) -> dict[int, tuple[int, int]]:
-        """Write the spilled lines to ``path``, partition after partition, and
-        flush it to disk; return each partition's ``(offset, length)``."""
-        ranges: dict[int, tuple[int, int]] = {}
-        offset = 0
-        with path.open("wb") as handle:
-            for part in sorted(self.buffers):
-                data = b"".join(self.buffers[part])
-                handle.write(data)
-                ranges[part] = (offset, len(data))
-                offset += len(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    def flush(self) -> None:
+        """Write the buffered lines to the chunk's file as one segment:
+        partition after partition, each one's range remembered."""
+        if not self.buffers:
+            return
+        if self.out_handle is None:
+            assert self.out is not None
+            self.out_handle = self.out.open("wb")
+        for part in sorted(self.buffers):
+            data = b"".join(self.buffers[part])
+            self.out_handle.write(data)
+            self.ranges.setdefault(part, []).append((self.written, len(data)))
+            self.written += len(data)
         self.buffers.clear()
-        return ranges
+        self.buffered = 0
+
+    def save(self) -> dict[int, list[tuple[int, int]]]:
+        """Write what is buffered and flush the chunk's file to disk; return
+        each partition's ranges in it."""
+        self.flush()
+        if self.out_handle is not None:
+            self.out_handle.flush()
+            os.fsync(self.out_handle.fileno())
+            self.out_handle.close()
+            self.out_handle = None
+        return self.ranges
 
     def write(self, key: str, rtype: str, file_index: int, number: int, alias: str,
               payload: bytes, *, mark: str = "") -> None:
@@ -561,8 +584,12 @@ class _Spiller:
         buffer = self.buffers.get(part)
         if buffer is None:
             buffer = self.buffers[part] = []
-        buffer.append(b"\t".join((encoded, (mark + rtype).encode(), str(file_index).encode(),
-                                  str(number).encode(), alias.encode(), payload)) + b"\n")
+        line = b"\t".join((encoded, (mark + rtype).encode(), str(file_index).encode(),
+                           str(number).encode(), alias.encode(), payload)) + b"\n"
+        buffer.append(line)
+        self.buffered += len(line)
+        if self.buffered >= self.flush_bytes:
+            self.flush()
         self.stats.attributed += 1
         self.stats.types[rtype] += 1
 
@@ -933,8 +960,7 @@ class Reducer:
 # --------------------------------------------------------------------------- #
 # Chunks
 # --------------------------------------------------------------------------- #
-#: The bounds of a chunk's size (plain NDJSON files are split; a chunk's lines
-#: are held in memory until it is written).
+#: The bounds of a chunk's size (plain NDJSON files are split).
 MIN_CHUNK_BYTES = 1024 * 1024
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -987,7 +1013,8 @@ class ChunkResult:
     #: the process that spilled it
     pid: int = 0
     #: where each partition's lines are in the chunk's file: ``(offset, length)``
-    ranges: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    #: of each segment holding some
+    ranges: Mapping[int, Sequence[tuple[int, int]]] = field(default_factory=dict)
 
 
 def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[SpillChunk]:
@@ -1040,9 +1067,11 @@ def _line_start_after(handle: IO[bytes], offset: int) -> int:
 
 def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
                 reduce: Reducer | None = None, whole: bool = False,
-                on_bytes: Any = None) -> ChunkResult:
+                on_bytes: Any = None, flush_bytes: int = FLUSH_BYTES) -> ChunkResult:
     """Spill one chunk into ``folder``: its lines, partition after partition,
-    in ``c<chunk>.tsv`` (where each partition's are is in the result), its
+    in ``c<chunk>.tsv`` (in segments of about ``flush_bytes``, so that memory
+    stays bounded whatever the chunk's size; where each partition's lines are
+    is in the result), its
     error rows in ``c<chunk>.errors.ndjson`` (line numbers counted from the
     chunk's first line). ``whole``: read the
     chunk's file from its start to its end, whatever the chunk's range (a
@@ -1055,7 +1084,8 @@ def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
     name = f"c{chunk.index:05d}"
     path = Path(chunk.path)
     with (folder / f"{name}.errors.ndjson").open("wb") as errors:
-        spiller = _Spiller(partitions, errors, on_bytes, reduce=reduce)
+        spiller = _Spiller(partitions, errors, on_bytes, reduce=reduce,
+                           out=folder / f"{name}.tsv", flush_bytes=flush_bytes)
         end = ChunkEnd(0, None, parsed=True)
         if chunk.role == "errors":
             spiller.outcome_file(path, chunk.label)
@@ -1069,15 +1099,16 @@ def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
         spiller.file_done(path.stat().st_size if chunk.end is None or whole else chunk.end)
         errors.flush()
         os.fsync(errors.fileno())
-    ranges = spiller.save(folder / f"{name}.tsv")
+    ranges = spiller.save()
     return ChunkResult(index=chunk.index, stats=spiller.stats, end=end,
                        reduced=(reduce.reduced - reduced_before) if reduce is not None else 0,
                        seconds=time.perf_counter() - started, pid=os.getpid(), ranges=ranges)
 
 
-#: Where a partition's lines are in one chunk's file: ``(file, offset, length,
-#: line base)``; a length of -1 is the whole file.
+#: Where some of a partition's lines are in one chunk's file: ``(file,
+#: offset, length, line base)``; a length of -1 is the whole file.
 SpillRange = tuple[str, int, int, int]
+Ranges = Mapping[int, Sequence[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -1086,23 +1117,25 @@ class SpillLayout:
     the number of its file's lines before it (added to the line numbers it
     wrote) and where each partition's lines are in its file."""
 
-    chunks: tuple[tuple[int, int, Mapping[int, tuple[int, int]]], ...]
+    chunks: tuple[tuple[int, int, Ranges], ...]
 
     def partition_files(self, folder: Path, partition: int) -> tuple[SpillRange, ...]:
         """Where a partition's spilled lines are, in input order."""
-        return tuple((str(folder / f"c{index:05d}.tsv"), *ranges[partition], base)
-                     for index, base, ranges in self.chunks if partition in ranges)
+        return tuple((str(folder / f"c{index:05d}.tsv"), offset, length, base)
+                     for index, base, ranges in self.chunks
+                     for offset, length in ranges.get(partition, ()))
 
     def to_json(self) -> bytes:
         return orjson.dumps({"chunks": [
-            [index, base, {str(p): list(r) for p, r in sorted(ranges.items())}]
+            [index, base, {str(p): [list(r) for r in rs] for p, rs in sorted(ranges.items())}]
             for index, base, ranges in self.chunks]})
 
     @classmethod
     def from_json(cls, data: bytes) -> SpillLayout:
         raw = orjson.loads(data)
         return cls(chunks=tuple(
-            (int(index), int(base), {int(p): (int(r[0]), int(r[1])) for p, r in ranges.items()})
+            (int(index), int(base),
+             {int(p): [(int(r[0]), int(r[1])) for r in rs] for p, rs in ranges.items()})
             for index, base, ranges in raw["chunks"]))
 
 
@@ -1119,7 +1152,7 @@ def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], f
     by_file: dict[int, list[SpillChunk]] = {}
     for chunk in chunks:
         by_file.setdefault(chunk.file_index, []).append(chunk)
-    kept: list[tuple[int, int, Mapping[int, tuple[int, int]]]] = []
+    kept: list[tuple[int, int, Ranges]] = []
     done = dict(results)
     for file_chunks in by_file.values():
         head = file_chunks[0]
@@ -1174,7 +1207,8 @@ def _add_stats(total: SpillStats, part: SpillStats) -> None:
 
 def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path: Path,
           *, on_bytes: Any = None, reduce: Reducer | None = None,
-          chunk_bytes: int | None = None) -> tuple[SpillStats, SpillLayout]:
+          chunk_bytes: int | None = None,
+          flush_bytes: int = FLUSH_BYTES) -> tuple[SpillStats, SpillLayout]:
     """Spill ``files`` into ``partitions`` in ``folder`` in this process,
     chunk after chunk (see :func:`plan_chunks`; ``chunk_bytes`` None: a chunk
     per file); write unattributable resources and unreadable files to
@@ -1183,10 +1217,12 @@ def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path
     counts and the layout. A screen runs the same chunks in parallel.
     """
     chunks = plan_chunks(files, chunk_bytes or (1 << 62))
-    results = {c.index: spill_chunk(c, folder, partitions, reduce=reduce, on_bytes=on_bytes)
+    results = {c.index: spill_chunk(c, folder, partitions, reduce=reduce, on_bytes=on_bytes,
+                                    flush_bytes=flush_bytes)
                for c in chunks}
     return assemble(chunks, results, folder, errors_path,
-                    lambda c: spill_chunk(c, folder, partitions, reduce=reduce, whole=True),
+                    lambda c: spill_chunk(c, folder, partitions, reduce=reduce, whole=True,
+                                          flush_bytes=flush_bytes),
                     deleted_files=sum(f.role == "deleted" for f in files))
 
 

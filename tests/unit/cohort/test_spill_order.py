@@ -89,15 +89,35 @@ Spilled = tuple[dict[str, Any], dict[int, dict[str, list[Any]]], bytes]
 
 
 def _spilled(tmp_path: Path, name: str, chunk_bytes: int | None, partitions: int = 4,
-             reduce: Reducer | None = None) -> Spilled:
+             reduce: Reducer | None = None, flush_bytes: int | None = None) -> Spilled:
     folder = tmp_path / name
     stats, layout = spill(discover([tmp_path / "in"]), folder, partitions,
                           tmp_path / f"{name}-errors.ndjson", reduce=reduce,
-                          chunk_bytes=chunk_bytes)
+                          chunk_bytes=chunk_bytes, **(
+                              {"flush_bytes": flush_bytes} if flush_bytes else {}))
     groups = {part: _read_groups(layout.partition_files(folder, part))
               for part in range(partitions)}
     return stats.to_dict(), groups, (tmp_path / f"{name}-errors.ndjson").read_bytes()
 
+
+def test_a_chunk_writes_in_segments_and_reads_back_the_same(tmp_path: Path) -> None:
+    """A chunk holds at most about ``flush_bytes`` of lines in memory (a gzip
+    file is one chunk, whatever its size): what it writes in many segments
+    reads back as what it writes in one."""
+    import gzip
+
+    path = write_ndjson(tmp_path / "plain" / "a.ndjson", _messy_lines(300))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.ndjson.gz").write_bytes(gzip.compress(path.read_bytes()))
+    one = _spilled(tmp_path, "one", None)
+    segmented = _spilled(tmp_path, "segments", None, flush_bytes=2000)
+    assert segmented == one
+    _, layout = spill(discover([tmp_path / "in"]), tmp_path / "again", 4,
+                      tmp_path / "again-errors.ndjson", flush_bytes=2000)
+    assert len(layout.chunks) == 1  # the gzip file: one chunk
+    assert max(len(layout.partition_files(tmp_path / "again", part))
+               for part in range(4)) > 5  # in many segments
+    assert SpillLayout.from_json(layout.to_json()) == layout
 
 @pytest.mark.parametrize("chunk_bytes", [64, 500, 3000])
 def test_chunks_give_what_one_pass_gives(tmp_path: Path, chunk_bytes: int) -> None:
