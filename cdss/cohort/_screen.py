@@ -2,10 +2,12 @@
 
 :func:`screen` runs in three steps, each bounded in memory:
 
-1. **Spill** (:mod:`cdss.cohort._inputs`): stream every resource of the inputs
-   once and append it to one of ``N`` partition files by a stable hash of its
-   patient reference, so that a partition holds whole patients. Resources that
-   belong to no patient become error rows.
+1. **Spill** (:mod:`cdss.cohort._inputs`): read every resource of the inputs
+   once and put it in one of ``N`` partitions by a stable hash of its patient
+   reference, so that a partition holds whole patients; resources that belong
+   to no patient become error rows, and those no rule can read are reduced.
+   The spill runs in chunks (byte ranges of large NDJSON files) in the worker
+   processes, put together in input order (:func:`_spill`).
 2. **Evaluate** (:mod:`cdss.cohort._worker`): one task per partition, run in
    worker processes (one per core, ``spawn`` context: durable-rules is not
    thread-safe) or on a Dask cluster; each writes its results atomically and
@@ -516,10 +518,10 @@ def _pickled(rulesets: Sequence[Ruleset]) -> tuple[tuple[str, bytes], ...]:
 class _Prestarted:
     """Local worker processes started before the spill pass, so that their
     start-up (spawn, imports, loading the unit registry: about a second each,
-    see :func:`cdss.cohort._worker.warm_up`) overlaps the spill rather than
-    delaying the first partitions. :func:`_run_local` takes them over; those
-    not taken (the spill failed, or every partition was reused) are stopped
-    on exit."""
+    see :func:`cdss.cohort._worker.warm_up`) overlaps the spill, which this
+    process runs until they are warm and they run after. :func:`_run_local`
+    takes them over; those not taken (the spill failed, or every partition
+    was reused) are stopped on exit."""
 
     def __init__(self, count: int) -> None:
         import multiprocessing
