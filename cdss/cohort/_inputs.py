@@ -61,7 +61,7 @@ import shutil
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
@@ -380,11 +380,15 @@ def _folder_files(folder: Path, files: list[Path]) -> tuple[list[InputFile], boo
 # --------------------------------------------------------------------------- #
 # Reading
 # --------------------------------------------------------------------------- #
-def _open(path: Path) -> IO[bytes]:
-    """The file, decompressed when it is gzip (recognised by its magic bytes)."""
+def _is_gzip(path: Path) -> bool:
+    """Whether the file is gzip-compressed (by its magic bytes)."""
     with path.open("rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":  # GzipFile opens (and closes) the file itself
+        return probe.read(2) == b"\x1f\x8b"
+
+
+def _open(path: Path) -> IO[bytes]:
+    """The file, decompressed when it is gzip."""
+    if _is_gzip(path):  # GzipFile opens (and closes) the file itself
         return gzip.GzipFile(filename=str(path), mode="rb")  # type: ignore[return-value]
     return path.open("rb")
 
@@ -506,9 +510,8 @@ class SpillStats:
 class _Spiller:
     """Writes attributed resources to partition files and error rows to a file."""
 
-    def __init__(self, partitions: int, errors: IO[bytes], on_bytes: Any = None, *,
-                 reduce: Reducer | None = None, out: Path | None = None,
-                 flush_bytes: int = FLUSH_BYTES) -> None:
+    def __init__(self, partitions: int, errors: IO[bytes], out: Path, on_bytes: Any = None,
+                 *, reduce: Reducer | None = None, flush_bytes: int = FLUSH_BYTES) -> None:
         self.partitions = partitions
         self.reduce = reduce
         #: the spilled lines by partition, written to ``out`` as a segment (each
@@ -554,7 +557,6 @@ class _Spiller:
         if not self.buffers:
             return
         if self.out_handle is None:
-            assert self.out is not None
             self.out_handle = self.out.open("wb")
         for part in sorted(self.buffers):
             data = b"".join(self.buffers[part])
@@ -993,12 +995,8 @@ class SpillChunk:
 
     @property
     def first(self) -> bool:
+        """The chunk opens its file."""
         return self.start == 0
-
-    @property
-    def split(self) -> bool:
-        """Part of a file that other chunks share."""
-        return self.start > 0 or self.end is not None
 
 
 @dataclass
@@ -1046,11 +1044,6 @@ def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[SpillChunk
     return chunks
 
 
-def _is_gzip(path: Path) -> bool:
-    with path.open("rb") as probe:
-        return probe.read(2) == b"\x1f\x8b"
-
-
 def _line_start_after(handle: IO[bytes], offset: int) -> int:
     """The offset of the first line that starts at or after ``offset``."""
     if offset <= 0:
@@ -1068,14 +1061,13 @@ def _line_start_after(handle: IO[bytes], offset: int) -> int:
 def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
                 reduce: Reducer | None = None, whole: bool = False,
                 on_bytes: Any = None, flush_bytes: int = FLUSH_BYTES) -> ChunkResult:
-    """Spill one chunk into ``folder``: its lines, partition after partition,
-    in ``c<chunk>.tsv`` (in segments of about ``flush_bytes``, so that memory
-    stays bounded whatever the chunk's size; where each partition's lines are
-    is in the result), its
-    error rows in ``c<chunk>.errors.ndjson`` (line numbers counted from the
-    chunk's first line). ``whole``: read the
-    chunk's file from its start to its end, whatever the chunk's range (a
-    file whose first chunk could not decide whether it is NDJSON)."""
+    """Spill one chunk into ``folder``: its lines in ``c<chunk>.tsv``, in
+    segments of about ``flush_bytes`` (each partition's lines in a row, where
+    they are in the result), so that memory stays bounded whatever the
+    chunk's size; its error rows in ``c<chunk>.errors.ndjson`` (line numbers
+    counted from the chunk's first line). ``whole``: read the chunk's file
+    from its start to its end, whatever the chunk's range (a file whose first
+    chunk could not decide whether it is NDJSON)."""
     import time
 
     started = time.perf_counter()
@@ -1084,8 +1076,8 @@ def spill_chunk(chunk: SpillChunk, folder: Path, partitions: int, *,
     name = f"c{chunk.index:05d}"
     path = Path(chunk.path)
     with (folder / f"{name}.errors.ndjson").open("wb") as errors:
-        spiller = _Spiller(partitions, errors, on_bytes, reduce=reduce,
-                           out=folder / f"{name}.tsv", flush_bytes=flush_bytes)
+        spiller = _Spiller(partitions, errors, folder / f"{name}.tsv", on_bytes,
+                           reduce=reduce, flush_bytes=flush_bytes)
         end = ChunkEnd(0, None, parsed=True)
         if chunk.role == "errors":
             spiller.outcome_file(path, chunk.label)
@@ -1147,8 +1139,9 @@ def assemble(chunks: Sequence[SpillChunk], results: Mapping[int, ChunkResult], f
     before it in its file; the chunks of a file after one that stopped it (not
     NDJSON, unreadable) are void; a split file whose first chunk parsed no line
     (it cannot tell a file that is not NDJSON) is spilled again whole by
-    ``redo`` (:func:`spill_chunk` with ``whole=True``) as its first chunk. Writes every error row to
-    ``errors_path`` in input order; returns the counts and the layout."""
+    ``redo`` (:func:`spill_chunk` with ``whole=True``) as its first chunk.
+    Writes every error row to ``errors_path`` in input order; returns the
+    counts and the layout."""
     by_file: dict[int, list[SpillChunk]] = {}
     for chunk in chunks:
         by_file.setdefault(chunk.file_index, []).append(chunk)
@@ -1197,12 +1190,13 @@ def _void(folder: Path, index: int) -> None:
 
 
 def _add_stats(total: SpillStats, part: SpillStats) -> None:
-    for name in ("lines", "blank", "items", "attributed", "not_patient_specific",
-                 "resource_errors", "file_errors", "bytes_read", "export_errors",
-                 "block_headers"):
-        setattr(total, name, getattr(total, name) + getattr(part, name))
-    total.types.update(part.types)
-    total.errors_by_kind.update(part.errors_by_kind)
+    """Add one chunk's counts (every field: numbers and counters) to ``total``."""
+    for item in fields(SpillStats):
+        mine, theirs = getattr(total, item.name), getattr(part, item.name)
+        if isinstance(mine, Counter):
+            mine.update(theirs)
+        else:
+            setattr(total, item.name, mine + theirs)
 
 
 def spill(files: Sequence[InputFile], folder: Path, partitions: int, errors_path: Path,
@@ -1232,9 +1226,7 @@ def input_bytes(files: Sequence[InputFile], *, on_disk: bool = False) -> int:
     total = 0
     for input_file in files:
         size = input_file.path.stat().st_size
-        if not on_disk:
-            with input_file.path.open("rb") as handle:
-                if handle.read(2) == b"\x1f\x8b":
-                    size *= 6
+        if not on_disk and _is_gzip(input_file.path):
+            size *= 6
         total += size
     return total

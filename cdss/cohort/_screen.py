@@ -882,10 +882,10 @@ class _Spilled:
     pids: frozenset[int] = frozenset()
 
 
-def _chunk_bytes(sources: Sequence[InputFile], processes: int) -> int:
-    """About sixteen chunks per process, within the chunk bounds: small
-    enough that the processes finish together and hand over quickly."""
-    total = input_bytes(sources, on_disk=True)
+def _chunk_bytes(total: int, processes: int) -> int:
+    """About sixteen chunks per process for ``total`` bytes of input, within
+    the chunk bounds: small enough that the processes finish together and
+    hand over quickly."""
     return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, total // max(1, 16 * processes)))
 
 
@@ -906,10 +906,11 @@ def _spill(work: _Work, sources: Sequence[InputFile], partitions: int, progress:
     shutil.rmtree(work.parts, ignore_errors=True)
     work.spill.mkdir(parents=True)
     write_atomic(work.sources, orjson.dumps([s.label for s in sources]))
-    progress.add("read", "reading", total=max(1e-6, input_bytes(sources, on_disk=True) / 1e6),
+    on_disk = input_bytes(sources, on_disk=True)
+    progress.add("read", "reading", total=max(1e-6, on_disk / 1e6),
                  note="{completed:,.1f}/{total:,.1f} MB")
     pool = prestarted.workers if prestarted is not None else []
-    chunks = plan_chunks(sources, _chunk_bytes(sources, len(pool) + 1))
+    chunks = plan_chunks(sources, _chunk_bytes(on_disk, len(pool) + 1))
     reducer = Reducer([r.terminology for r in rulesets]) if reduce else None
 
     def here(chunk: SpillChunk, *, whole: bool = False) -> ChunkResult:

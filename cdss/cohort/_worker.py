@@ -496,24 +496,26 @@ def _locate(entries: Sequence[Entry], rtype: str | None, rid: str | None
     return None
 
 
-def _evaluate(entries: Sequence[Entry], ruleset: Any, as_of: Any, mode: str, key: str,
-              evaluator: Callable[..., Any] | None = None, data: bytes | None = None) -> Any:
-    """The patient's Assessment: :func:`cdss.evaluate` of its Bundle (``data``,
-    built from ``entries`` when not given), or the caller's ``evaluator``;
-    resources the spill reduced go to intake as known to contribute nothing
-    (a screen with an evaluator of its own reduces none)."""
-    from cdss.evaluation import assess, evaluate, extract_facts
+def _record(entries: Sequence[Entry]) -> tuple[bytes, list[Any]]:
+    """The patient's Bundle (:func:`record_bytes`) and the resources the spill
+    reduced (:func:`reduced_resources`)."""
+    return record_bytes(entries), reduced_resources(entries)
 
-    if data is None:
-        data = record_bytes(entries)
-    reduced = reduced_resources(entries)
+
+def _evaluate(record: tuple[bytes, list[Any]], ruleset: Any, as_of: Any, mode: str, key: str,
+              evaluator: Callable[..., Any] | None = None) -> Any:
+    """The patient's Assessment from its :func:`_record`: what
+    :func:`cdss.evaluate` gives for its Bundle, the reduced resources handed
+    to intake as known to contribute nothing; or the caller's ``evaluator``
+    of the Bundle (a screen with an evaluator of its own reduces none)."""
+    from cdss.evaluation import assess, extract_facts
+
+    data, reduced = record
     if evaluator is not None:
         assessment = evaluator(data, ruleset=ruleset, as_of=as_of, mode=mode)
-    elif reduced:
+    else:
         assessment = assess(extract_facts(data, ruleset=ruleset, as_of=as_of, mode=mode,
                                           reduced=reduced), ruleset)
-    else:
-        assessment = evaluate(data, ruleset=ruleset, as_of=as_of, mode=mode)
     if assessment.patient is None:  # only resources the facts do not use
         assessment = assessment.model_copy(update={"patient": key})
     return assessment
@@ -777,7 +779,7 @@ def _screen(task: PartitionTask, groups: Mapping[str, list[Entry]], ruleset: Any
             else:
                 journal.start(key)
                 try:
-                    assessment = _evaluate(entries, ruleset, as_of, task.mode, key,
+                    assessment = _evaluate(_record(entries), ruleset, as_of, task.mode, key,
                                            task.evaluator)
                 except Exception as exc:  # a patient that fails is an error row, never lost
                     row = _error_row(task, key, entries, exc)
@@ -852,11 +854,11 @@ def _diff(task: PartitionTask, groups: Mapping[str, list[Entry]], before_rs: Any
                 results = [_died_row(key, entries, *died[key])] * 2
             else:
                 journal.start(key)
-                data = record_bytes(entries)
+                record = _record(entries)
                 for ruleset in (before_rs, after_rs):
                     try:
-                        results.append(_evaluate(entries, ruleset, as_of, task.mode, key,
-                                                 task.evaluator, data))
+                        results.append(_evaluate(record, ruleset, as_of, task.mode, key,
+                                                 task.evaluator))
                     except Exception as exc:  # reported, never lost
                         results.append(_error_row(task, key, entries, exc))
             if any(isinstance(r, dict) for r in results):

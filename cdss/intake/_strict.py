@@ -212,7 +212,7 @@ def read_record(record: Any, *, mode: str = "strict", on_invalid: str = "refuse"
         if lean:
             lean_intake.check_bundle_type(parsed)
         source = _unvalidated(parsed)
-    known_type = lean_intake.RESOURCE_TYPES.__contains__ if lean else _is_model_type
+    known_type = lean_intake.is_resource_type if lean else _is_model_type
     patients: list[tuple[Mapping[str, Any], str | None]] = []
     # (resource, can it become a fact?) in input order
     used: list[tuple[Mapping[str, Any], bool]] = []

@@ -119,7 +119,7 @@ def test_screen_files_match_the_reference_path(tmp_path: Path, mode: str, worker
     inputs = [*cohort.files, extra]
     monkeypatch.delenv(REFERENCE_PATH, raising=False)
     # small chunks: files split across processes, and put together again
-    monkeypatch.setattr(screen_module, "_chunk_bytes", lambda sources, processes: 20_000)
+    monkeypatch.setattr(screen_module, "_chunk_bytes", lambda total, processes: 20_000)
     summary = screen_cohort(inputs, tmp_path / "fast", mode=mode, partitions=3,
                             workers=workers)
     run = orjson.loads((tmp_path / "fast" / "run.json").read_bytes())["timings"]

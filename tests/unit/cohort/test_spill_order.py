@@ -239,7 +239,7 @@ def test_warm_workers_spill_every_chunk_and_give_what_one_pass_gives(tmp_path: P
     work.reset()
     chunk_bytes = screen_module._chunk_bytes
     try:
-        screen_module._chunk_bytes = lambda sources, processes: 700
+        screen_module._chunk_bytes = lambda total, processes: 700
         with screen_module._Prestarted(2) as prestarted:
             for worker in prestarted.workers:  # wait until both are warm
                 message = worker.conn.recv()
